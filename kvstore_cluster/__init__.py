@@ -1,0 +1,1 @@
+"""What every kvstore process shares: slot hash, cluster model, ZooKeeper layout and store."""

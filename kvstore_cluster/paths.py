@@ -1,0 +1,71 @@
+"""Pure builders for every ZooKeeper path of the kvstore layout (root ``/kvstore/<cluster>``)."""
+
+from __future__ import annotations
+
+import re
+
+ROOT = "/kvstore"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return ``name`` if it is a safe znode name, else raise ``ValueError``."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"bad {kind} name {name!r}: use 1-64 letters, digits, '_', '.', '-' "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def cluster_root(cluster: str) -> str:
+    return f"{ROOT}/{check_name('cluster', cluster)}"
+
+
+def meta(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/meta"
+
+
+def groups(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/groups"
+
+
+def slots(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/slots"
+
+
+def proxies(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/proxies"
+
+
+def proxy(cluster: str, proxy_id: str) -> str:
+    return f"{proxies(cluster)}/{check_name('proxy', proxy_id)}"
+
+
+def sentinels(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/sentinels"
+
+
+def sentinel(cluster: str, sentinel_id: str) -> str:
+    return f"{sentinels(cluster)}/{check_name('sentinel', sentinel_id)}"
+
+
+def sentinel_leader(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/sentinel-leader"
+
+
+def failovers(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/failover"
+
+
+def failover(cluster: str, group_id: str) -> str:
+    return f"{failovers(cluster)}/{check_name('group', group_id)}"
+
+
+def reshard(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/reshard"
+
+
+def containers(cluster: str) -> list[str]:
+    """Persistent parent znodes created with the cluster."""
+    return [proxies(cluster), sentinels(cluster), sentinel_leader(cluster), failovers(cluster)]

@@ -1,0 +1,242 @@
+"""ClusterStore: read the cluster from ZooKeeper with versions, change it only by checked transactions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    BadVersionError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RolledBackError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+
+from kvstore_cluster import paths
+from kvstore_cluster.model import Groups, Meta, ModelError, SlotTable
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """A ZooKeeper-side failure, with a message fit to show a user as is."""
+
+
+class ZooKeeperUnavailable(StoreError):
+    pass
+
+
+class ClusterNotFound(StoreError):
+    pass
+
+
+class ClusterExists(StoreError):
+    pass
+
+
+class VersionConflict(StoreError):
+    """Somebody else changed what we read before our transaction committed."""
+
+
+class CorruptData(StoreError):
+    pass
+
+
+def connect(hosts: str, timeout: float = 5.0, **kwargs: Any) -> KazooClient:
+    """Start a kazoo client, or raise ``ZooKeeperUnavailable`` after ``timeout`` seconds."""
+    client = KazooClient(hosts=hosts, timeout=kwargs.pop("session_timeout", 10.0), **kwargs)
+    try:
+        client.start(timeout=timeout)
+    except (KazooTimeoutError, OSError, ValueError) as exc:
+        client.stop()
+        client.close()
+        reason = str(exc) or type(exc).__name__
+        raise ZooKeeperUnavailable(f"cannot reach ZooKeeper at {hosts} within {timeout:g}s ({reason})") from None
+    return client
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned(Generic[T]):
+    value: T
+    version: int
+
+
+# Transaction operations: plain data, so callers build a list and ``commit`` runs it atomically.
+
+
+@dataclass(frozen=True, slots=True)
+class Set:
+    path: str
+    data: bytes
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    path: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    path: str
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    path: str
+    version: int = -1
+
+
+Op = Set | Check | Create | Delete
+
+
+class ClusterStore:
+    """One cluster's znodes under ``/kvstore/<cluster>``."""
+
+    def __init__(self, client: KazooClient, cluster: str):
+        self.client = client
+        self.cluster = cluster
+        self.root = paths.cluster_root(cluster)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.client.exists(paths.meta(self.cluster)) is not None
+
+    def read_raw(self, path: str) -> tuple[bytes, int]:
+        try:
+            data, stat = self.client.get(path)
+        except NoNodeError:
+            if not self.exists():
+                raise ClusterNotFound(f"cluster {self.cluster!r} does not exist (run 'kvstore-admin init')") from None
+            raise StoreError(f"{path} is missing") from None
+        return data, stat.version
+
+    def _read(self, path: str, decode: Callable[[bytes], T]) -> Versioned[T]:
+        data, version = self.read_raw(path)
+        try:
+            return Versioned(decode(data), version)
+        except ModelError as exc:
+            raise CorruptData(f"{path} holds malformed data: {exc}") from None
+
+    def read_meta(self) -> Versioned[Meta]:
+        return self._read(paths.meta(self.cluster), Meta.decode)
+
+    def read_groups(self) -> Versioned[Groups]:
+        return self._read(paths.groups(self.cluster), Groups.decode)
+
+    def read_slots(self) -> Versioned[SlotTable]:
+        return self._read(paths.slots(self.cluster), SlotTable.decode)
+
+    def read_json_children(self, parent: str) -> dict[str, Any]:
+        """Children of ``parent`` decoded as JSON; unreadable ones appear as ``{"error": ...}``."""
+        out: dict[str, Any] = {}
+        try:
+            names = self.client.get_children(parent)
+        except NoNodeError:
+            return out
+        for name in sorted(names):
+            try:
+                data, _ = self.client.get(f"{parent}/{name}")
+            except NoNodeError:
+                continue  # ephemeral node went away between list and get
+            try:
+                out[name] = json.loads(data)
+            except ValueError:
+                out[name] = {"error": "malformed JSON"}
+        return out
+
+    def proxies(self) -> dict[str, Any]:
+        return self.read_json_children(paths.proxies(self.cluster))
+
+    def sentinels(self) -> dict[str, Any]:
+        return self.read_json_children(paths.sentinels(self.cluster))
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def create(self, meta: Meta, groups: Groups, slots: SlotTable) -> None:
+        """Create the whole cluster layout in one transaction."""
+        self.client.ensure_path(paths.ROOT)
+        ops: list[Op] = [
+            Create(self.root),
+            Create(paths.meta(self.cluster), meta.encode()),
+            Create(paths.groups(self.cluster), groups.encode()),
+            Create(paths.slots(self.cluster), slots.encode()),
+            *(Create(p) for p in paths.containers(self.cluster)),
+        ]
+        try:
+            self.commit(ops)
+        except StoreError as exc:
+            if self.client.exists(self.root) is not None:
+                raise ClusterExists(f"cluster {self.cluster!r} already exists") from None
+            raise exc
+
+    def commit(self, ops: Sequence[Op]) -> None:
+        """Run ``ops`` atomically; raise ``VersionConflict`` if a checked version moved."""
+        txn = self.client.transaction()
+        for op in ops:
+            if isinstance(op, Set):
+                txn.set_data(op.path, op.data, version=op.version)
+            elif isinstance(op, Check):
+                txn.check(op.path, op.version)
+            elif isinstance(op, Create):
+                txn.create(op.path, op.data)
+            elif isinstance(op, Delete):
+                txn.delete(op.path, version=op.version)
+            else:  # pragma: no cover - a programming error
+                raise TypeError(f"unknown transaction op {op!r}")
+        results = txn.commit()
+        # commit() does not raise: each result is either True/a path/a stat or an exception.
+        for op, result in zip(ops, results, strict=True):
+            if isinstance(result, RolledBackError) or not isinstance(result, Exception):
+                continue
+            if isinstance(result, BadVersionError):
+                raise VersionConflict(
+                    f"{op.path} was changed by someone else meanwhile; nothing was written, try again"
+                )
+            if isinstance(result, NodeExistsError):
+                raise StoreError(f"{op.path} already exists; nothing was written")
+            if isinstance(result, NoNodeError):
+                if not self.exists():
+                    raise ClusterNotFound(f"cluster {self.cluster!r} does not exist")
+                raise StoreError(f"{op.path} does not exist; nothing was written")
+            if isinstance(result, NotEmptyError):
+                raise StoreError(f"{op.path} is not empty; nothing was written")
+            raise StoreError(f"transaction failed at {op.path}: {type(result).__name__}")
+
+    def set_groups(self, groups: Groups, version: int) -> None:
+        self.commit([Set(paths.groups(self.cluster), groups.encode(), version)])
+
+    def set_slots(self, slots: SlotTable, version: int) -> None:
+        self.commit([Set(paths.slots(self.cluster), slots.encode(), version)])
+
+    def set_groups_and_slots(self, groups: Versioned[Groups], slots: Versioned[SlotTable]) -> None:
+        """Replace both tables in one transaction, each checked against the version read."""
+        self.commit([
+            Set(paths.groups(self.cluster), groups.value.encode(), groups.version),
+            Set(paths.slots(self.cluster), slots.value.encode(), slots.version),
+        ])
+
+    def destroy(self) -> None:
+        """Delete the cluster and everything under it."""
+        try:
+            self.client.delete(self.root, recursive=True)
+        except NoNodeError:
+            raise ClusterNotFound(f"cluster {self.cluster!r} does not exist") from None
+
+    def register(self, path: str, info: dict[str, Any]) -> None:
+        """Create (or replace) an ephemeral registration node with JSON ``info``."""
+        data = json.dumps(info, sort_keys=True).encode()
+        try:
+            self.client.create(path, data, ephemeral=True)
+        except NodeExistsError:
+            self.client.set(path, data)
+        except NoNodeError:
+            raise ClusterNotFound(f"cluster {self.cluster!r} does not exist") from None
