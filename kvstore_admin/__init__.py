@@ -1,0 +1,1 @@
+"""kvstore-admin: the operator's CLI (create, grow, reshard, switch over, inspect) and local clusters."""

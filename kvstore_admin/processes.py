@@ -1,0 +1,254 @@
+"""Start, probe and stop local ZooKeeper and redis-server processes (used by `local up` and the tests)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ZOOKEEPER_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+ZOOKEEPER_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+
+
+class ProcessError(RuntimeError):
+    """A local process could not be started or did not become ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it is true; raise ``TimeoutError`` naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except Exception:  # noqa: BLE001 - a probe that fails is just "not yet"
+            pass
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class LocalProcess:
+    """A process we started: enough to find it again from a state file and stop exactly it."""
+
+    name: str
+    pid: int
+    port: int
+    argv: list[str]
+    log: str
+    started: int = 0  # kernel start time of the pid, to tell our process from a recycled pid
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LocalProcess:
+        return cls(**{k: obj[k] for k in ("name", "pid", "port", "argv", "log", "started")})
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        """True if our process (not a recycled pid, not a zombie) still runs."""
+        stat = _proc_stat(self.pid)
+        return stat is not None and stat[0] != "Z" and stat[1] == self.started
+
+    def signal(self, sig: int) -> None:
+        _reap(self.pid)
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it is still there after ``timeout``."""
+        _reap(self.pid)
+        if not self.alive():
+            return
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            wait_until(lambda: _reap(self.pid) or not self.alive(), timeout, f"{self.name} to exit")
+        except TimeoutError:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            wait_until(lambda: _reap(self.pid) or not self.alive(), 5.0, f"{self.name} to die")
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time) of ``pid`` from /proc, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[19])
+
+
+def _reap(pid: int) -> None:
+    # A child of ours that exited stays a zombie until waited for; only the parent can reap it,
+    # so ChildProcessError (e.g. `local down` in another process) is expected.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def spawn(name: str, argv: list[str], port: int, log: Path, cwd: Path | None = None,
+          env: dict[str, str] | None = None) -> LocalProcess:
+    """Start ``argv`` detached (own session, output to ``log``) so it outlives the caller."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=cwd, env=env, start_new_session=True,
+        )
+    stat = _proc_stat(proc.pid)
+    return LocalProcess(name=name, pid=proc.pid, port=port, argv=argv, log=str(log),
+                        started=stat[1] if stat else 0)
+
+
+def require_binary(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise ProcessError(f"{name} not found: install it with 'apt-get install -y {package}'")
+    return path
+
+
+def tcp_answers(port: int, payload: bytes, expect: bytes, host: str = "127.0.0.1") -> bool:
+    with socket.create_connection((host, port), timeout=1.0) as s:
+        s.sendall(payload)
+        return expect in s.recv(4096)
+
+
+# --- ZooKeeper -----------------------------------------------------------------------------------
+
+
+def zookeeper_ready(port: int) -> bool:
+    # "srvr" is the one four-letter word ZooKeeper 3.5+ allows by default.
+    try:
+        return tcp_answers(port, b"srvr", b"Mode: standalone")
+    except OSError:
+        return False
+
+
+def start_zookeeper(data_dir: Path, port: int | None = None, timeout: float = 30.0) -> LocalProcess:
+    """Start a single-node ZooKeeper (Debian's package) on 127.0.0.1 with its own data dir."""
+    java = require_binary("java", "zookeeper")
+    if not Path("/usr/share/java/zookeeper.jar").exists():
+        raise ProcessError("ZooKeeper not found: install it with 'apt-get install -y zookeeper'")
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "data").mkdir(exist_ok=True)
+    cfg = data_dir / "zoo.cfg"
+    cfg.write_text(
+        "tickTime=500\n"
+        "initLimit=10\nsyncLimit=5\n"
+        f"dataDir={data_dir / 'data'}\n"
+        f"clientPort={port}\nclientPortAddress=127.0.0.1\n"
+        "admin.enableServer=false\n"
+        "maxClientCnxns=0\n"
+        "minSessionTimeout=1000\nmaxSessionTimeout=60000\n"
+        "4lw.commands.whitelist=srvr,ruok,stat\n"
+    )
+    argv = [
+        java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.log.dir=" + str(data_dir),
+        "-Dzookeeper.root.logger=WARN,CONSOLE", "-cp", ZOOKEEPER_CLASSPATH, ZOOKEEPER_MAIN, str(cfg),
+    ]
+    proc = spawn("zookeeper", argv, port, data_dir / "zookeeper.log")
+    try:
+        wait_until(lambda: zookeeper_ready(port) or not proc.alive(), timeout, f"ZooKeeper on port {port}")
+    except TimeoutError:
+        proc.stop()
+        raise ProcessError(f"ZooKeeper did not start on port {port}; see {proc.log}") from None
+    if not proc.alive():
+        raise ProcessError(f"ZooKeeper exited at start; see {proc.log}")
+    return proc
+
+
+# --- Redis -----------------------------------------------------------------------------------------
+
+
+def redis_ping(port: int, password: str | None = None, host: str = "127.0.0.1") -> bool:
+    try:
+        auth = b"" if password is None else _resp(b"AUTH", password.encode())
+        with socket.create_connection((host, port), timeout=1.0) as s:
+            s.sendall(auth + b"PING\r\n")
+            data = b""
+            while b"PONG" not in data and not data.startswith(b"-") and len(data) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return b"+PONG" in data
+    except OSError:
+        return False
+
+
+def _resp(*parts: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for p in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(p), p))
+    return b"".join(out)
+
+
+def redis_config(port: int, data_dir: Path, *, password: str | None = None,
+                 replicaof: str | None = None, extra: dict[str, str] | None = None) -> str:
+    lines = {
+        "port": str(port),
+        "bind": "127.0.0.1",
+        "dir": str(data_dir),
+        "daemonize": "no",
+        "save": '""',
+        "appendonly": "no",
+        "protected-mode": "no",
+        "loglevel": "warning",
+        "logfile": '""',
+        "dbfilename": "dump.rdb",
+    }
+    if password:
+        lines["requirepass"] = password
+        lines["masterauth"] = password
+    if replicaof:
+        host, _, rport = replicaof.rpartition(":")
+        lines["replicaof"] = f"{host} {rport}"
+    lines.update(extra or {})
+    return "".join(f"{k} {v}\n" for k, v in lines.items())
+
+
+def start_redis(data_dir: Path, port: int | None = None, *, name: str | None = None,
+                password: str | None = None, replicaof: str | None = None,
+                extra: dict[str, str] | None = None, timeout: float = 15.0) -> LocalProcess:
+    """Start a redis-server on 127.0.0.1 with its own dir and config file; wait for PING."""
+    binary = require_binary("redis-server", "redis-server")
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "redis.conf"
+    conf.write_text(redis_config(port, data_dir, password=password, replicaof=replicaof, extra=extra))
+    proc = spawn(name or f"redis-{port}", [binary, str(conf)], port, data_dir / "redis.log")
+    try:
+        wait_until(lambda: redis_ping(port, password) or not proc.alive(), timeout, f"redis on port {port}")
+    except TimeoutError:
+        proc.stop()
+        raise ProcessError(f"redis-server did not start on port {port}; see {proc.log}") from None
+    if not proc.alive():
+        raise ProcessError(f"redis-server exited at start on port {port}; see {proc.log}")
+    return proc

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real ZooKeeper per session (fresh chroot per test) and real redis-server processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kazoo.client import KazooClient
+
+from kvstore_admin.processes import LocalProcess, start_redis, start_zookeeper
+from kvstore_cluster.store import connect
+
+
+@pytest.fixture(scope="session")
+def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
+    """One real ZooKeeper for the whole test session, stopped at the end whatever happens."""
+    proc = start_zookeeper(tmp_path_factory.mktemp("zookeeper"))
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def zk_hosts(zookeeper: LocalProcess) -> Iterator[str]:
+    """A connection string with a chroot of this test's own, so tests never see each other's data."""
+    chroot = f"/t-{uuid.uuid4().hex[:12]}"
+    admin = connect(zookeeper.address)
+    try:
+        admin.create(chroot)
+        yield f"{zookeeper.address}{chroot}"
+        admin.delete(chroot, recursive=True)
+    finally:
+        admin.stop()
+        admin.close()
+
+
+@pytest.fixture
+def zk(zk_hosts: str) -> Iterator[KazooClient]:
+    client = connect(zk_hosts)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+class RedisFactory:
+    """Starts redis-server processes for one test and stops every one of them afterwards."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.procs: list[LocalProcess] = []
+
+    def start(self, **kwargs) -> LocalProcess:  # type: ignore[no-untyped-def]
+        proc = start_redis(self.base / f"redis-{len(self.procs)}", **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            proc.stop(timeout=5)
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
+    factory = RedisFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def redis_server(redis_factory: RedisFactory) -> LocalProcess:
+    return redis_factory.start()
+
+
+class TestCluster:
+    """A cluster written straight into ZooKeeper over real redis-server processes."""
+
+    __test__ = False  # not a test class, despite the name
+
+    def __init__(self, zk_hosts: str, name: str, meta, groups, slots, nodes: dict[str, list[LocalProcess]]):  # type: ignore[no-untyped-def]
+        self.zk_hosts = zk_hosts
+        self.name = name
+        self.meta = meta
+        self.groups = groups
+        self.slots = slots
+        self.nodes = nodes  # group id -> [master, replicas...]
+
+
+@pytest.fixture
+def make_cluster(zk_hosts: str, redis_factory: RedisFactory):  # type: ignore[no-untyped-def]
+    """``make_cluster(groups=3, replicas=0, mode="cache", name="test")`` -> TestCluster (slots split evenly)."""
+    import time
+
+    from kvstore_admin.processes import wait_until
+    from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split
+    from kvstore_cluster.store import ClusterStore
+
+    def make(groups: int = 3, replicas: int = 0, mode: str = "cache", name: str = "test") -> TestCluster:
+        nodes: dict[str, list[LocalProcess]] = {}
+        group_list = []
+        for i in range(1, groups + 1):
+            gid = f"g{i}"
+            master = redis_factory.start()
+            reps = [redis_factory.start(replicaof=master.address) for _ in range(replicas)]
+            nodes[gid] = [master, *reps]
+            group_list.append(Group(gid, master.address, tuple(r.address for r in reps)))
+        for gid, procs in nodes.items():
+            master = procs[0]
+            if len(procs) > 1:
+                import redis
+
+                client = redis.Redis(port=master.port)
+                wait_until(lambda c=client, n=len(procs) - 1: c.info("replication")["connected_slaves"] >= n,
+                           15, f"replicas of {gid} to connect")
+        meta = Meta(mode=mode, created_at=time.time())
+        group_model = Groups(tuple(group_list))
+        slots = SlotTable(tuple(even_split(group_model.ids())))
+        client = connect(zk_hosts)
+        try:
+            ClusterStore(client, name).create(meta, group_model, slots)
+        finally:
+            client.stop()
+            client.close()
+        return TestCluster(zk_hosts, name, meta, group_model, slots, nodes)
+
+    return make
