@@ -94,7 +94,7 @@ class TestCluster:
 
 @pytest.fixture
 def make_cluster(zk_hosts: str, redis_factory: RedisFactory):  # type: ignore[no-untyped-def]
-    """``make_cluster(groups=3, replicas=0, mode="cache", name="test")`` -> TestCluster (slots split evenly)."""
+    """``make_cluster(groups=3, replicas=0, mode="cache")`` -> TestCluster, slots split evenly."""
     import time
 
     from kvstore_admin.processes import wait_until
@@ -111,12 +111,12 @@ def make_cluster(zk_hosts: str, redis_factory: RedisFactory):  # type: ignore[no
             nodes[gid] = [master, *reps]
             group_list.append(Group(gid, master.address, tuple(r.address for r in reps)))
         for gid, procs in nodes.items():
-            master = procs[0]
             if len(procs) > 1:
                 import redis
 
-                client = redis.Redis(port=master.port)
-                wait_until(lambda c=client, n=len(procs) - 1: c.info("replication")["connected_slaves"] >= n,
+                client = redis.Redis(port=procs[0].port)
+                want = len(procs) - 1
+                wait_until(lambda c=client, n=want: c.info("replication")["connected_slaves"] >= n,
                            15, f"replicas of {gid} to connect")
         meta = Meta(mode=mode, created_at=time.time())
         group_model = Groups(tuple(group_list))
