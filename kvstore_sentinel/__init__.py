@@ -1,0 +1,1 @@
+"""kvstore-sentinel: health probing, leader election and failover for a kvstore cluster."""

@@ -1,0 +1,84 @@
+"""Control commands on one Redis node (REPLICAOF, FLUSHALL, CLIENT PAUSE, offsets) with timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from kvstore_cluster.model import parse_address
+from kvstore_sentinel.probe import ProbeResult, parse_info, result_from_info
+
+T = TypeVar("T")
+
+
+class NodeError(Exception):
+    """A control command failed on a node; the message names the node and the command."""
+
+
+class Node:
+    """One short-lived redis.asyncio client to ``address``; every call raises only ``NodeError``."""
+
+    def __init__(self, address: str, timeout: float = 2.0, password: str | None = None):
+        self.address = address
+        host, port = parse_address(address)
+        self.timeout = timeout
+        self.client = aioredis.Redis(host=host, port=port, password=password, socket_timeout=timeout,
+                                     socket_connect_timeout=timeout, retry_on_timeout=False,
+                                     single_connection_client=True)
+
+    async def __aenter__(self) -> Node:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
+            pass
+
+    async def _run(self, what: str, fn: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
+        try:
+            return await asyncio.wait_for(fn(), timeout or self.timeout + 0.5)
+        except TimeoutError:
+            raise NodeError(f"{self.address}: {what} timed out") from None
+        except redis.exceptions.ResponseError as exc:
+            raise NodeError(f"{self.address}: {what} refused: {exc}") from None
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise NodeError(f"{self.address}: {what} failed: {type(exc).__name__}: {exc}") from None
+
+    async def execute(self, *args: Any, timeout: float | None = None) -> Any:
+        what = " ".join(str(a) for a in args[:3])
+        return await self._run(what, lambda: self.client.execute_command(*args), timeout)
+
+    async def replication(self) -> ProbeResult:
+        """INFO replication as a ``ProbeResult`` (role, offset, master)."""
+        raw = await self.execute("INFO", "replication")
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        info = parse_info(text) if isinstance(text, str) else {k: str(v) for k, v in dict(text).items()}
+        try:
+            return result_from_info(self.address, info, time.time())
+        except Exception as exc:  # noqa: BLE001 - ProbeError, but keep NodeError the one type callers see
+            raise NodeError(f"{self.address}: INFO replication unusable: {exc}") from None
+
+    async def promote(self) -> None:
+        await self.execute("REPLICAOF", "NO", "ONE")
+
+    async def follow(self, master: str) -> None:
+        host, port = parse_address(master)
+        await self.execute("REPLICAOF", host, str(port))
+
+    async def flushall(self) -> None:
+        await self.execute("FLUSHALL", "SYNC", timeout=max(10.0, self.timeout))
+
+    async def pause_writes(self, millis: int) -> None:
+        await self.execute("CLIENT", "PAUSE", str(millis), "WRITE")
+
+    async def unpause(self) -> None:
+        await self.execute("CLIENT", "UNPAUSE")

@@ -1,0 +1,102 @@
+"""Pure plans and verdicts: slot spreading, rejoin shares, quorum votes, INFO parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvstore_cluster.model import Group, Groups, Migration, ModelError, SlotTable, even_split
+from kvstore_cluster.slots import SLOT_COUNT
+from kvstore_sentinel.plans import drop_group, rejoin_share
+from kvstore_sentinel.probe import ProbeError, parse_info, result_from_info
+from kvstore_sentinel.view import fresh_views, objectively_down
+
+
+def _cluster(n: int) -> tuple[Groups, SlotTable]:
+    groups = Groups(tuple(Group(f"g{i}", f"127.0.0.1:{7000 + i}") for i in range(1, n + 1)))
+    return groups, SlotTable(tuple(even_split(groups.ids())))
+
+
+def test_drop_group_spreads_its_slots_evenly_and_marks_it_down():
+    groups, slots = _cluster(3)
+    new_groups, table, dropped = drop_group(groups, slots, "g1", ["g2", "g3"])
+    counts = table.counts()
+    assert set(counts) == {"g2", "g3"}
+    assert abs(counts["g2"] - counts["g3"]) <= 1
+    assert sum(counts.values()) == SLOT_COUNT
+    assert new_groups.get("g1").state == "down"
+    assert dropped == ()
+    # slots the survivors already owned never move
+    for s, owner in enumerate(slots.owners()):
+        if owner != "g1":
+            assert table.owner(s) == owner
+
+
+def test_drop_group_refuses_to_remove_the_last_healthy_group():
+    groups, slots = _cluster(2)
+    with pytest.raises(ModelError, match="last healthy group"):
+        drop_group(groups, slots, "g1", ["g1"])
+
+
+def test_drop_group_drops_migrations_that_involve_the_failed_group():
+    groups, slots = _cluster(3)
+    lo, hi = slots.ranges_of("g1")[0]
+    lo2, _ = slots.ranges_of("g2")[0]
+    migrating = (Migration(lo, lo + 9, "g1", "g2"), Migration(lo2, lo2 + 4, "g2", "g3"))
+    slots = slots.with_migrating(migrating)
+    _, table, dropped = drop_group(groups, slots, "g1", ["g2", "g3"])
+    assert dropped == (migrating[0],)
+    assert table.migrating == (migrating[1],)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_rejoin_gives_a_fair_share_taken_evenly_from_the_others(n):
+    groups, slots = _cluster(n)
+    healthy = [g for g in groups.ids() if g != "g1"]
+    down_groups, dropped, _ = drop_group(groups, slots, "g1", healthy)
+    back, table = rejoin_share(down_groups, dropped, "g1", healthy)
+    counts = table.counts()
+    assert back.get("g1").state == "ok"
+    assert sum(counts.values()) == SLOT_COUNT
+    assert max(counts.values()) - min(counts.values()) <= 1
+    assert counts["g1"] >= SLOT_COUNT // n
+
+
+def test_rejoin_never_moves_migrating_slots():
+    groups, slots = _cluster(2)
+    down_groups, table, _ = drop_group(groups, slots, "g1", ["g2"])
+    hi = SLOT_COUNT - 1
+    table = table.with_migrating((Migration(hi - 9, hi, "g2", "g1"),))
+    _, after = rejoin_share(down_groups, table, "g1", ["g2"])
+    assert all(after.owner(s) == "g2" for s in range(hi - 9, hi + 1))
+
+
+def test_quorum_counts_only_fresh_views():
+    views = {
+        "a": {"time": 100.0, "down": {"n1": 1.0, "n2": 1.0}},
+        "b": {"time": 99.5, "down": {"n1": 1.0}},
+        "c": {"time": 10.0, "down": {"n2": 1.0, "n3": 1.0}},  # stale
+        "d": {"error": "malformed JSON"},
+    }
+    fresh = fresh_views(views, stale_after=5, now=100.0)
+    assert set(fresh) == {"a", "b"}
+    assert objectively_down(fresh, quorum=2) == {"n1": 2}
+    assert objectively_down(fresh, quorum=1) == {"n1": 2, "n2": 1}
+
+
+@pytest.mark.parametrize(
+    ("info", "role", "offset", "master"),
+    [
+        ("# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:42\r\n", "master", 42, None),
+        ("role:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:6379\r\nmaster_link_status:down\r\n"
+         "slave_repl_offset:7\r\n", "slave", 7, "10.0.0.1:6379"),
+    ],
+)
+def test_info_replication_is_parsed(info, role, offset, master):
+    result = result_from_info("n", parse_info(info), 0.0)
+    assert (result.role, result.offset, result.master) == (role, offset, master)
+
+
+@pytest.mark.parametrize("info", ["", "role:sentinel\r\n", "role:master\r\nmaster_repl_offset:x\r\n"])
+def test_unusable_info_is_a_probe_error(info):
+    with pytest.raises(ProbeError):
+        result_from_info("n", parse_info(info), 0.0)
