@@ -1,0 +1,296 @@
+"""kvstore-admin: the click wiring of the admin commands (the work is in groups, status, local)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kvstore_admin import groups as ops
+from kvstore_admin import local, nodes, status
+from kvstore_admin.errors import EXIT_CODES_HELP, USER_ERROR, AdminError, LocalStateError, as_admin_error
+from kvstore_cluster import logs, paths
+from kvstore_cluster.store import ClusterStore, connect
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    zk: str
+    cluster: str
+    zk_timeout: float
+
+
+class AdminGroup(click.Group):
+    """Turns every known failure into one ``Error: ...`` line and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            err = as_admin_error(exc)
+            if err is None:
+                raise
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(err.code)
+
+
+@contextlib.contextmanager
+def open_store(settings: Settings) -> Iterator[ClusterStore]:
+    try:
+        paths.check_name("cluster", settings.cluster)
+    except ValueError as exc:
+        raise AdminError(str(exc), USER_ERROR) from None
+    client = connect(settings.zk, settings.zk_timeout)
+    try:
+        yield ClusterStore(client, settings.cluster)
+    finally:
+        client.stop()
+        client.close()
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+pass_settings = click.make_pass_decorator(Settings)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(cls=AdminGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--zk", envvar="KVSTORE_ZK", default="127.0.0.1:2181", show_default=True,
+              help="ZooKeeper hosts (HOST:PORT,...[/chroot]); env KVSTORE_ZK.")
+@click.option("--cluster", envvar="KVSTORE_CLUSTER", default="default", show_default=True,
+              help="Cluster name; env KVSTORE_CLUSTER.")
+@click.option("--zk-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds to wait for ZooKeeper before giving up.")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="console", show_default=True)
+@click.option("-v", "--verbose", is_flag=True, help="Log each change made (to stderr).")
+@click.pass_context
+def cli(ctx: click.Context, zk: str, cluster: str, zk_timeout: float, log_format: str, verbose: bool) -> None:
+    """Administer a kvstore cluster kept in ZooKeeper."""
+    logs.configure(log_format, "info" if verbose else "warning")
+    # Failures are reported as one line each; kazoo's own connection chatter would only add noise.
+    logging.getLogger("kazoo").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    ctx.obj = Settings(zk=zk, cluster=cluster, zk_timeout=zk_timeout)
+
+
+@cli.command()
+@click.option("--mode", type=click.Choice(["cache", "datastore"]), required=True,
+              help="cache: a failed group's slots go to the others; datastore: a replica is promoted.")
+@pass_settings
+def init(settings: Settings, mode: str) -> None:
+    """Create the cluster in ZooKeeper (no groups, no slot owned yet)."""
+    with open_store(settings) as store:
+        ops.init_cluster(store, mode)
+    click.echo(f"created cluster {settings.cluster!r} in {mode} mode; add groups with 'kvstore-admin group add'")
+
+
+@cli.group("group", cls=AdminGroup)
+def group_cmd() -> None:
+    """Add, list and remove groups (one master plus replicas)."""
+
+
+@group_cmd.command("add")
+@click.option("--id", "group_id", help="Group id (default: the next free gN).")
+@click.option("--master", required=True, metavar="HOST:PORT")
+@click.option("--replica", "replicas", multiple=True, metavar="HOST:PORT", help="Repeat for several.")
+@click.option("--repl-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for each replica's link to its master.")
+@pass_settings
+def group_add(settings: Settings, group_id: str | None, master: str, replicas: tuple[str, ...],
+              repl_timeout: float) -> None:
+    """Add a group of running redis-servers; replicas are made to replicate the master (REPLICAOF).
+
+    The new group owns no slot until 'rebalance' gives it unowned ones.
+    """
+    with open_store(settings) as store:
+        added = ops.add_group(store, master, list(replicas), group_id=group_id, repl_timeout=repl_timeout)
+        mode = store.read_meta().value.mode
+    g = added.group
+    reps = f", replicas {', '.join(g.replicas)} (replicating)" if g.replicas else ""
+    click.echo(f"added group {g.id}: master {g.master}{reps}; it owns no slots yet ('kvstore-admin rebalance')")
+    if mode == "datastore" and not g.replicas:
+        click.echo(f"warning: group {g.id} has no replica, so it cannot fail over "
+                   "('kvstore-admin group add-replica')", err=True)
+
+
+@group_cmd.command("add-replica")
+@click.argument("group_id", metavar="GROUP")
+@click.argument("address", metavar="HOST:PORT")
+@click.option("--repl-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@pass_settings
+def group_add_replica(settings: Settings, group_id: str, address: str, repl_timeout: float) -> None:
+    """Add a running redis-server to GROUP as a replica of its master."""
+    with open_store(settings) as store:
+        g = ops.add_replica(store, group_id, address, repl_timeout=repl_timeout)
+    click.echo(f"added replica {address} to group {g.id} (replicating {g.master})")
+
+
+@group_cmd.command("remove")
+@click.argument("group_id", metavar="GROUP")
+@pass_settings
+def group_remove(settings: Settings, group_id: str) -> None:
+    """Remove GROUP from the cluster; refused while it owns slots. Its redis-servers keep running."""
+    with open_store(settings) as store:
+        ops.remove_group(store, group_id)
+    click.echo(f"removed group {group_id}")
+
+
+@group_cmd.command("list")
+@json_option
+@pass_settings
+def group_list(settings: Settings, as_json: bool) -> None:
+    """List the groups with their nodes and slots (from ZooKeeper only; 'status' probes the nodes)."""
+    with open_store(settings) as store:
+        rows = ops.list_groups(store)
+    if as_json:
+        emit_json(rows)
+    elif not rows:
+        click.echo("no groups")
+    else:
+        click.echo(status.table(
+            ["GROUP", "STATE", "MASTER", "REPLICAS", "SLOTS", "RANGES"],
+            [[g["id"], g["state"], g["master"], ",".join(g["replicas"]) or "-", g["slots"], g["ranges"] or "-"]
+             for g in rows],
+        ))
+
+
+@cli.command()
+@pass_settings
+def rebalance(settings: Settings) -> None:
+    """Give every unowned slot to the groups in state ok, as evenly as possible.
+
+    Only unowned slots are assigned: slots that already have an owner are never moved,
+    because that means moving their keys. Data-moving rebalancing (draining a group,
+    resharding) is not implemented yet; it comes with the reshard command.
+    """
+    with open_store(settings) as store:
+        gained = ops.rebalance(store)
+    if not gained:
+        click.echo("every slot already has an owner; nothing to do (owned slots are not moved)")
+        return
+    parts = ", ".join(f"{gid} +{n}" for gid, n in sorted(gained.items()))
+    click.echo(f"assigned {sum(gained.values())} unowned slots: {parts}")
+
+
+@cli.command("status")
+@json_option
+@click.option("--node-timeout", type=click.FloatRange(min=0.05), default=nodes.NODE_TIMEOUT, show_default=True,
+              help="Seconds to wait for each Redis node's answer.")
+@pass_settings
+def status_cmd(settings: Settings, as_json: bool, node_timeout: float) -> None:
+    """Groups, slot owners, and the live health and role of every node (PING + INFO replication)."""
+    with open_store(settings) as store:
+        found = status.collect(store, node_timeout)
+    if as_json:
+        emit_json(found)
+    else:
+        click.echo(status.render(found))
+
+
+@cli.command()
+@json_option
+@pass_settings
+def proxies(settings: Settings, as_json: bool) -> None:
+    """The proxies registered in ZooKeeper, with the table versions each has applied."""
+    with open_store(settings) as store:
+        store.read_meta()  # a missing cluster is an error, not "no proxies"
+        found = store.proxies()
+    if as_json:
+        emit_json([{"id": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in found.items()])
+    else:
+        click.echo(status.render_proxies(found))
+
+
+# --- local cluster -------------------------------------------------------------------------------
+
+dir_option = click.option(
+    "--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+    default=lambda: os.environ.get("KVSTORE_LOCAL_DIR", ".kvstore-local"), show_default=".kvstore-local",
+    help="State dir (state.json, logs, data); env KVSTORE_LOCAL_DIR.",
+)
+
+
+@cli.group("local", cls=AdminGroup)
+def local_cmd() -> None:
+    """A whole cluster on this machine, for trying kvstore out and for tests."""
+
+
+@local_cmd.command("up")
+@dir_option
+@click.option("--mode", type=click.Choice(["cache", "datastore"]), default="datastore", show_default=True,
+              help="datastore keeps your data (replicas, failover); cache drops a failed group's keys.")
+@click.option("--groups", "n_groups", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--replicas", type=click.IntRange(min=0), default=None,
+              help="Replicas per group [default: 1 in datastore mode, 0 in cache mode].")
+@click.option("--zk", "zk_hosts", default=None, help="Use this ZooKeeper instead of starting one.")
+@click.option("--proxy-port", type=click.IntRange(1, 65535), default=None, help="[default: a free port]")
+@click.option("--proxy-workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--sentinels", type=click.IntRange(min=0), default=1, show_default=True)
+@pass_settings
+def local_up(settings: Settings, directory: Path, mode: str, n_groups: int, replicas: int | None,
+             zk_hosts: str | None, proxy_port: int | None, proxy_workers: int, sentinels: int) -> None:
+    """Start ZooKeeper (unless --zk), redis-servers, the cluster, the proxy and the sentinels.
+
+    The proxy and sentinels start only once their packages exist; what is skipped is said.
+    """
+    try:
+        paths.check_name("cluster", settings.cluster)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+    opts = local.UpOptions(
+        directory=directory, cluster=settings.cluster, mode=mode, groups=n_groups, replicas=replicas,
+        zk=zk_hosts, zk_timeout=settings.zk_timeout, proxy_port=proxy_port, proxy_workers=proxy_workers,
+        sentinels=sentinels,
+    )
+    state = local.up(opts, click.echo)
+    click.echo("\nkvstore local cluster is up")
+    for line in local.connect_lines(state):
+        click.echo(f"  {line}")
+
+
+@local_cmd.command("down")
+@dir_option
+def local_down(directory: Path) -> None:
+    """Stop exactly the processes 'local up' recorded (logs and data stay under --dir)."""
+    stopped = local.down(directory, click.echo)
+    if stopped is None:
+        click.echo(f"no local cluster recorded in {directory.resolve()}; nothing to stop")
+    else:
+        click.echo(f"local cluster down ({len(stopped)} processes stopped)")
+
+
+@local_cmd.command("status")
+@dir_option
+@json_option
+def local_status(directory: Path, as_json: bool) -> None:
+    """Each recorded process, alive or not, and how to connect."""
+    found = local.status(directory)
+    if found is None:
+        raise LocalStateError(f"no local cluster recorded in {directory.resolve()}")
+    if as_json:
+        emit_json(found)
+        return
+    click.echo(f"local cluster in {found['dir']}: {found['running']}/{found['recorded']} processes running")
+    click.echo(status.table(
+        ["NAME", "PID", "PORT", "STATE", "LOG"],
+        [[p["name"], p["pid"], p["port"] or "-", "running" if p["alive"] else "DEAD", p["log"]]
+         for p in found["processes"]],
+    ))
+    for what in found["skipped"]:
+        click.echo(f"skipped {what}")
+    for line in found["connect"]:
+        click.echo(line)
+
+
+def main() -> None:
+    cli(prog_name="kvstore-admin")

@@ -1,0 +1,90 @@
+"""The admin's exit codes and the errors that carry them (one user-facing line each)."""
+
+from __future__ import annotations
+
+from kazoo.exceptions import KazooException
+from kazoo.handlers.threading import KazooTimeoutError
+
+from kvstore_cluster.model import ModelError
+from kvstore_cluster.store import (
+    ClusterExists,
+    ClusterNotFound,
+    CorruptData,
+    StoreError,
+    VersionConflict,
+    ZooKeeperUnavailable,
+)
+
+OK = 0
+USER_ERROR = 1  # bad input or a refused operation (unknown group, node already in a group, ...)
+USAGE = 2  # click's own code for a bad command line
+ZOOKEEPER_UNREACHABLE = 3
+CLUSTER_MISSING_OR_EXISTS = 4
+CONFLICT = 5  # somebody else changed the cluster between our read and our write
+NODE_FAILED = 6  # a Redis node does not answer, or replication did not come up
+CORRUPT_DATA = 7  # malformed data in ZooKeeper or in the local state file
+LOCAL_STATE = 8  # local cluster already running / nothing recorded
+PROCESS_FAILED = 9  # a local process did not start or did not become ready
+
+EXIT_CODES_HELP = f"""\b
+Exit codes:
+  {OK}  success
+  {USER_ERROR}  bad input or refused operation (unknown group, node already in a group, ...)
+  {USAGE}  bad command line
+  {ZOOKEEPER_UNREACHABLE}  ZooKeeper unreachable (within --zk-timeout) or connection lost
+  {CLUSTER_MISSING_OR_EXISTS}  cluster does not exist / already exists
+  {CONFLICT}  lost a race: the cluster changed meanwhile, nothing was written
+  {NODE_FAILED}  a Redis node does not answer PING or replication did not come up
+  {CORRUPT_DATA}  malformed data in ZooKeeper or in the local state file
+  {LOCAL_STATE}  local cluster already running, or none recorded
+  {PROCESS_FAILED}  a local process did not start or did not become ready
+"""
+
+
+class AdminError(Exception):
+    """A failure to show as one ``Error: ...`` line, exiting with ``code``."""
+
+    code = USER_ERROR
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class NodeError(AdminError):
+    code = NODE_FAILED
+
+
+class LocalStateError(AdminError):
+    code = LOCAL_STATE
+
+
+class ProcessFailed(AdminError):
+    code = PROCESS_FAILED
+
+
+_STORE_CODES: list[tuple[type[Exception], int]] = [
+    (ZooKeeperUnavailable, ZOOKEEPER_UNREACHABLE),
+    (ClusterNotFound, CLUSTER_MISSING_OR_EXISTS),
+    (ClusterExists, CLUSTER_MISSING_OR_EXISTS),
+    (VersionConflict, CONFLICT),
+    (CorruptData, CORRUPT_DATA),
+    (StoreError, USER_ERROR),
+]
+
+
+def as_admin_error(exc: Exception) -> AdminError | None:
+    """Translate a known library error into an ``AdminError``; ``None`` for anything else."""
+    if isinstance(exc, AdminError):
+        return exc
+    for kind, code in _STORE_CODES:
+        if isinstance(exc, kind):
+            return AdminError(str(exc), code)
+    if isinstance(exc, ModelError):
+        return AdminError(str(exc), USER_ERROR)
+    if isinstance(exc, KazooException | KazooTimeoutError):
+        # ConnectionLoss, SessionExpired, ... after a successful connect.
+        reason = str(exc) or type(exc).__name__
+        return AdminError(f"lost the connection to ZooKeeper ({reason})", ZOOKEEPER_UNREACHABLE)
+    return None

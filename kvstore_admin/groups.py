@@ -1,0 +1,213 @@
+"""Cluster changes (init, group add/add-replica/remove, rebalance) as plain functions on a ClusterStore.
+
+Every change reads with versions and commits through ``ClusterStore.commit`` with those
+versions checked, so a concurrent change makes it fail with ``VersionConflict``, writing nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+
+from kvstore_admin import nodes
+from kvstore_admin.errors import AdminError
+from kvstore_cluster import paths
+from kvstore_cluster.model import Group, Groups, Meta, SlotTable, assign_unowned, parse_address
+from kvstore_cluster.slots import format_slot_ranges
+from kvstore_cluster.store import Check, ClusterStore, Set
+
+log = structlog.get_logger("kvstore.admin")
+
+
+def check_address(text: str, what: str = "node") -> str:
+    """Return ``text`` if it is a valid ``HOST:PORT``, else an ``AdminError``."""
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise AdminError(f"{what}: {exc}") from None
+    return text
+
+
+def init_cluster(store: ClusterStore, mode: str) -> Meta:
+    """Create an empty cluster (no groups, every slot unowned)."""
+    meta = Meta(mode=mode, created_at=time.time())
+    store.create(meta, Groups(), SlotTable())
+    log.info("cluster_created", cluster=store.cluster, mode=mode)
+    return meta
+
+
+def next_group_id(groups: Groups) -> str:
+    """The first ``gN`` (N = 1, 2, ...) not in use."""
+    taken = set(groups.ids())
+    n = 1
+    while f"g{n}" in taken:
+        n += 1
+    return f"g{n}"
+
+
+def _check_free(groups: Groups, address: str, as_replica: bool) -> None:
+    owner = groups.owner_of_node(address)
+    if owner is None:
+        return
+    if as_replica and owner.master == address:
+        raise AdminError(f"node {address} is the master of group {owner.id}; it cannot be a replica elsewhere")
+    role = "master" if owner.master == address else "a replica"
+    raise AdminError(f"node {address} is already {role} of group {owner.id}")
+
+
+def _check_live_master(address: str) -> None:
+    found = nodes.info(address)
+    if found.role != "master":
+        raise AdminError(
+            f"node {address} is a replica of {found.master}; a group's master must be a master "
+            "(run REPLICAOF NO ONE on it first)"
+        )
+
+
+def _check_live_replica(address: str, master: str) -> None:
+    found = nodes.info(address)
+    # REPLICAOF wipes the node's data: refuse a node that is itself somebody's master.
+    if found.role == "master" and found.connected_replicas > 0:
+        raise AdminError(
+            f"node {address} is a master with {found.connected_replicas} replica(s) of its own; "
+            "refusing to make it a replica of " + master
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    group: Group
+    replication_configured: bool
+
+
+def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: str | None = None,
+              repl_timeout: float = 30.0) -> Added:
+    """Add a group of live nodes; its replicas are made to replicate its master first.
+
+    The group owns no slot until ``rebalance`` (or a reshard) gives it some.
+    """
+    check_address(master, "master")
+    for r in replicas:
+        check_address(r, "replica")
+    wanted = [master, *replicas]
+    dupes = sorted({a for a in wanted if wanted.count(a) > 1})
+    if dupes:
+        raise AdminError(f"node {dupes[0]} is given twice")
+    if group_id is not None:
+        try:
+            paths.check_name("group", group_id)
+        except ValueError as exc:
+            raise AdminError(str(exc)) from None
+    meta = store.read_meta()
+    groups = store.read_groups()
+    gid = group_id or next_group_id(groups.value)
+    if groups.value.get(gid) is not None:
+        raise AdminError(f"group {gid} already exists")
+    _check_free(groups.value, master, as_replica=False)
+    for r in replicas:
+        _check_free(groups.value, r, as_replica=True)
+    for address in wanted:
+        nodes.ping(address)
+    _check_live_master(master)
+    for r in replicas:
+        _check_live_replica(r, master)
+    # Replication first, the ZooKeeper write last: a group appears in the cluster only once
+    # its replicas really follow its master. A lost race afterwards leaves nothing in ZooKeeper.
+    for r in replicas:
+        nodes.replicate(r, master, timeout=repl_timeout)
+        log.info("replication_configured", replica=r, master=master)
+    group = Group(id=gid, master=master, replicas=tuple(replicas))
+    store.commit([
+        Check(paths.meta(store.cluster), meta.version),
+        Set(paths.groups(store.cluster), groups.value.put(group).encode(), groups.version),
+    ])
+    log.info("group_added", group=gid, master=master, replicas=replicas)
+    return Added(group, replication_configured=bool(replicas))
+
+
+def add_replica(store: ClusterStore, group_id: str, address: str, repl_timeout: float = 30.0) -> Group:
+    """Add a live node to a group as a replica of its master (REPLICAOF, then the ZooKeeper write)."""
+    check_address(address, "replica")
+    groups = store.read_groups()
+    group = _get_group(groups.value, group_id)
+    _check_free(groups.value, address, as_replica=True)
+    nodes.ping(address)
+    _check_live_replica(address, group.master)
+    nodes.replicate(address, group.master, timeout=repl_timeout)
+    updated = replace(group, replicas=(*group.replicas, address))
+    store.set_groups(groups.value.put(updated), groups.version)
+    log.info("replica_added", group=group_id, replica=address)
+    return updated
+
+
+def remove_group(store: ClusterStore, group_id: str) -> Group:
+    """Remove a group that owns no slot; its Redis nodes are left running and untouched."""
+    groups = store.read_groups()
+    slots = store.read_slots()
+    group = _get_group(groups.value, group_id)
+    owned = slots.value.counts().get(group_id, 0)
+    if owned:
+        raise AdminError(
+            f"group {group_id} owns {owned} slots; move them to other groups first (reshard)"
+        )
+    if any(group_id in (m.source, m.target) for m in slots.value.migrating):
+        raise AdminError(f"group {group_id} takes part in a slot migration; finish it first")
+    # Checking the slots version too: a slot handed to this group meanwhile makes this fail.
+    store.commit([
+        Set(paths.groups(store.cluster), groups.value.without(group_id).encode(), groups.version),
+        Check(paths.slots(store.cluster), slots.version),
+    ])
+    log.info("group_removed", group=group_id)
+    return group
+
+
+def _get_group(groups: Groups, group_id: str) -> Group:
+    group = groups.get(group_id)
+    if group is None:
+        known = ", ".join(groups.ids()) or "none"
+        raise AdminError(f"unknown group {group_id!r} (groups: {known})")
+    return group
+
+
+def rebalance(store: ClusterStore) -> dict[str, int]:
+    """Give every unowned slot to the groups in state ``ok``, evenly; return the new slots per group.
+
+    Owned slots never move here: moving data between groups is resharding's job.
+    """
+    groups = store.read_groups()
+    slots = store.read_slots()
+    ok = [g.id for g in groups.value if g.state == "ok"]
+    if not ok:
+        raise AdminError("no group in state ok to assign slots to; add one with 'group add'")
+    before = slots.value.owners()
+    if None not in before:
+        return {}
+    table = assign_unowned(slots.value, ok)
+    gained: dict[str, int] = {}
+    for old, new in zip(before, table.owners(), strict=True):
+        if old != new and new is not None:
+            gained[new] = gained.get(new, 0) + 1
+    store.commit([
+        Set(paths.slots(store.cluster), table.encode(), slots.version),
+        Check(paths.groups(store.cluster), groups.version),
+    ])
+    log.info("slots_assigned", gained=gained)
+    return gained
+
+
+def list_groups(store: ClusterStore) -> list[dict[str, Any]]:
+    """Every group with its slot count and ranges, for ``group list``."""
+    groups = store.read_groups().value
+    slots = store.read_slots().value
+    counts = slots.counts()
+    return [
+        {
+            **g.to_json(),
+            "slots": counts.get(g.id, 0),
+            "ranges": format_slot_ranges(slots.ranges_of(g.id)),
+        }
+        for g in groups
+    ]

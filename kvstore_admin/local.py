@@ -1,0 +1,402 @@
+"""A whole cluster on this machine (`local up|down|status`): ZooKeeper, redis-servers, proxy, sentinels.
+
+Every process started is recorded in ``<dir>/state.json`` right after it starts, so ``down``
+stops exactly those (pid + kernel start time, see ``LocalProcess.alive``) even after a
+failure midway, and nothing else. ``down`` keeps the logs and data dirs under ``<dir>`` for
+inspection; the next ``up`` wipes each process's dir before starting it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvstore_admin import groups as ops
+from kvstore_admin.errors import CORRUPT_DATA, AdminError, LocalStateError, ProcessFailed
+from kvstore_admin.processes import (
+    LocalProcess,
+    ProcessError,
+    free_port,
+    redis_ping,
+    spawn,
+    start_redis,
+    start_zookeeper,
+    wait_until,
+)
+from kvstore_cluster.store import ClusterExists, ClusterStore, connect
+
+STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
+STATE_VERSION = 1
+PROXY_MODULE = "kvstore_proxy"
+SENTINEL_MODULE = "kvstore_sentinel"
+PROXY_READY_TIMEOUT = 30.0
+SENTINEL_READY_TIMEOUT = 15.0
+# The default 5 s delay before a diskless full sync would make every replica wait for nothing.
+REDIS_EXTRA = {"repl-diskless-sync-delay": "0"}
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class LocalState:
+    """What `up` recorded: where ZooKeeper is, which cluster, and every process it started."""
+
+    dir: Path
+    zk: str = ""
+    cluster: str = "default"
+    mode: str = "datastore"
+    proxy_port: int | None = None
+    processes: list[LocalProcess] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION, "zk": self.zk, "cluster": self.cluster, "mode": self.mode,
+            "proxy_port": self.proxy_port, "processes": [p.to_json() for p in self.processes],
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_json(cls, directory: Path, obj: Any) -> LocalState:
+        if not isinstance(obj, dict) or obj.get("version") != STATE_VERSION:
+            raise ValueError(f"expected a JSON object with version {STATE_VERSION}")
+        procs = obj.get("processes")
+        if not isinstance(procs, list):
+            raise ValueError("'processes' must be a list")
+        processes = []
+        for item in procs:
+            try:
+                proc = LocalProcess.from_json(item)
+            except (KeyError, TypeError) as exc:
+                raise ValueError(f"bad process entry {item!r} ({exc})") from None
+            if not (isinstance(proc.pid, int) and proc.pid > 0 and isinstance(proc.started, int)
+                    and isinstance(proc.port, int) and isinstance(proc.name, str)):
+                raise ValueError(f"bad process entry {item!r}")
+            processes.append(proc)
+        proxy_port = obj.get("proxy_port")
+        if not (isinstance(obj.get("zk"), str) and isinstance(obj.get("cluster"), str)
+                and (proxy_port is None or isinstance(proxy_port, int))):
+            raise ValueError("'zk', 'cluster' must be strings and 'proxy_port' a number or null")
+        return cls(directory, obj["zk"], obj["cluster"], str(obj.get("mode", "")), proxy_port,
+                   processes, [str(s) for s in obj.get("skipped", [])])
+
+    def save(self) -> None:
+        # Write then rename: a crash never leaves a half-written state file behind.
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+    def add(self, proc: LocalProcess) -> LocalProcess:
+        self.processes.append(proc)
+        self.save()
+        return proc
+
+    def alive(self) -> list[LocalProcess]:
+        return [p for p in self.processes if p.alive()]
+
+
+def load_state(directory: Path) -> LocalState | None:
+    """The recorded state, ``None`` if there is none; ``AdminError`` if the file is garbage."""
+    path = directory / STATE_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AdminError(f"cannot read {path}: {exc}", CORRUPT_DATA) from None
+    try:
+        return LocalState.from_json(directory, json.loads(text))
+    except ValueError as exc:
+        raise AdminError(
+            f"{path} is not a valid local cluster state ({exc}); "
+            "stop its processes by hand if any run, then delete the file",
+            CORRUPT_DATA,
+        ) from None
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """One `up`/`down` at a time per state dir."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LocalStateError(f"another 'kvstore-admin local' command is working on {directory}") from None
+        yield
+
+
+def module_available(package: str) -> bool:
+    """True if ``python -m package`` can run (the package and its ``__main__`` exist)."""
+    try:
+        return importlib.util.find_spec(f"{package}.__main__") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass
+class UpOptions:
+    directory: Path
+    cluster: str = "default"
+    mode: str = "datastore"
+    groups: int = 3
+    replicas: int | None = None  # None: 1 in datastore mode, 0 in cache mode
+    zk: str | None = None  # an existing ZooKeeper; None starts one
+    zk_timeout: float = 5.0
+    proxy_port: int | None = None
+    proxy_workers: int = 1
+    sentinels: int = 1
+
+
+def up(opts: UpOptions, echo: Echo) -> LocalState:
+    """Start a whole cluster; on any failure stop what was started and re-raise."""
+    directory = opts.directory.resolve()
+    replicas = opts.replicas if opts.replicas is not None else (1 if opts.mode == "datastore" else 0)
+    if opts.groups < 1 or replicas < 0 or opts.sentinels < 0 or opts.proxy_workers < 1:
+        raise AdminError("--groups and --proxy-workers must be at least 1, --replicas and --sentinels at least 0")
+    with _locked(directory):
+        old = load_state(directory)
+        if old is not None:
+            running = old.alive()
+            if running:
+                raise LocalStateError(
+                    f"a local cluster is already running in {directory} ({len(running)} processes); "
+                    "use 'kvstore-admin local down' first"
+                )
+            echo(f"removing the stale state of a stopped cluster in {directory}")
+            old.path.unlink()
+        state = LocalState(directory, zk=opts.zk or "", cluster=opts.cluster, mode=opts.mode)
+        state.save()
+        try:
+            _start_all(state, opts, replicas, echo)
+        except BaseException:
+            echo("start failed; stopping what was started")
+            _stop_all(state, echo)
+            state.path.unlink(missing_ok=True)
+            raise
+        return state
+
+
+def _fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def _start_all(state: LocalState, opts: UpOptions, replicas: int, echo: Echo) -> None:
+    d = state.dir
+    try:
+        if not opts.zk:
+            zk = state.add(start_zookeeper(_fresh_dir(d / "zookeeper")))
+            state.zk = zk.address
+            state.save()
+            echo(f"started zookeeper on {zk.address} (pid {zk.pid})")
+        client = connect(state.zk, opts.zk_timeout)
+    except ProcessError as exc:
+        raise ProcessFailed(str(exc)) from None
+    try:
+        store = ClusterStore(client, state.cluster)
+        if store.exists():
+            raise ClusterExists(f"cluster {state.cluster!r} already exists in ZooKeeper {state.zk}; "
+                                "pick another --cluster")
+        members: list[tuple[str, list[str]]] = []
+        for i in range(1, opts.groups + 1):
+            gid = f"g{i}"
+            names = [f"redis-{gid}-master", *(f"redis-{gid}-replica{j}" for j in range(1, replicas + 1))]
+            addresses = []
+            for name in names:
+                try:
+                    proc = start_redis(_fresh_dir(d / name), name=name, extra=REDIS_EXTRA)
+                except ProcessError as exc:
+                    raise ProcessFailed(str(exc)) from None
+                state.add(proc)
+                addresses.append(proc.address)
+                echo(f"started {name} on {proc.address} (pid {proc.pid})")
+            members.append((gid, addresses))
+        ops.init_cluster(store, opts.mode)
+        try:
+            for gid, (master, *reps) in members:
+                ops.add_group(store, master, reps, group_id=gid)
+            ops.rebalance(store)
+            echo(f"created cluster {state.cluster!r} ({opts.mode} mode): {opts.groups} groups, "
+                 f"{replicas} replica(s) each, all slots assigned")
+            _start_services(state, store, opts, echo)
+        except BaseException:
+            if opts.zk:
+                # Our ZooKeeper dies with the rest; in somebody else's, leave no half cluster behind.
+                with contextlib.suppress(Exception):
+                    store.destroy()
+            raise
+    finally:
+        client.stop()
+        client.close()
+
+
+def _start_services(state: LocalState, store: ClusterStore, opts: UpOptions, echo: Echo) -> None:
+    """The proxy and the sentinels, each only if its package can already run."""
+    if module_available(PROXY_MODULE):
+        _start_proxy(state, opts, echo)
+    else:
+        state.skipped.append(f"proxy ({PROXY_MODULE} is not available yet)")
+        state.save()
+    if opts.sentinels and module_available(SENTINEL_MODULE):
+        for i in range(1, opts.sentinels + 1):
+            _start_sentinel(state, store, i, echo)
+    elif opts.sentinels:
+        state.skipped.append(f"sentinel ({SENTINEL_MODULE} is not available yet)")
+        state.save()
+    for what in state.skipped:
+        echo(f"skipped {what}")
+
+
+def _start_proxy(state: LocalState, opts: UpOptions, echo: Echo) -> None:
+    port = opts.proxy_port or free_port()
+    argv = [sys.executable, "-m", PROXY_MODULE, "--zk", state.zk, "--cluster", state.cluster,
+            "--listen", f"127.0.0.1:{port}", "--workers", str(opts.proxy_workers)]
+    proc = state.add(spawn("proxy", argv, port, _fresh_dir(state.dir / "proxy") / "proxy.log"))
+    state.proxy_port = port
+    state.save()
+    try:
+        wait_until(lambda: redis_ping(port) or not proc.alive(), PROXY_READY_TIMEOUT, "the proxy")
+    except TimeoutError:
+        raise ProcessFailed(f"the proxy did not answer PING on port {port} within "
+                            f"{PROXY_READY_TIMEOUT:g}s; see {proc.log}") from None
+    if not proc.alive():
+        raise ProcessFailed(f"the proxy exited at start; see {proc.log}")
+    echo(f"started proxy on 127.0.0.1:{port} (pid {proc.pid}, {opts.proxy_workers} worker(s))")
+
+
+def _start_sentinel(state: LocalState, store: ClusterStore, n: int, echo: Echo) -> None:
+    name = f"sentinel-{n}"
+    argv = [sys.executable, "-m", SENTINEL_MODULE, "--zk", state.zk, "--cluster", state.cluster]
+    proc = state.add(spawn(name, argv, 0, _fresh_dir(state.dir / name) / "sentinel.log"))
+    # A sentinel has no port; it is ready once it registered under sentinels/.
+    try:
+        wait_until(lambda: len(store.sentinels()) >= n or not proc.alive(), SENTINEL_READY_TIMEOUT, name)
+    except TimeoutError:
+        echo(f"note: {name} has not registered in ZooKeeper after {SENTINEL_READY_TIMEOUT:g}s; see {proc.log}")
+    if not proc.alive():
+        raise ProcessFailed(f"{name} exited at start; see {proc.log}")
+    echo(f"started {name} (pid {proc.pid})")
+
+
+# --- stopping ----------------------------------------------------------------------------------
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(entry))
+    return out
+
+
+def stop_process(proc: LocalProcess, timeout: float = 10.0) -> None:
+    """Stop ``proc`` and whatever it forked (e.g. proxy workers), and nothing else.
+
+    ``spawn`` starts each process as the leader of a new session, so its process group is
+    exactly it and its children. The group is signalled only after the leader is verified
+    to be our process (pid + start time), and while the group is non-empty its id cannot be
+    reused by an unrelated process.
+    """
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(proc.pid, os.WNOHANG)  # reap it if it is our own exited child
+    if not proc.alive():
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        proc.stop(timeout)
+        return
+
+    def gone() -> bool:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(proc.pid, os.WNOHANG)
+        return not _group_members(proc.pid)
+
+    try:
+        wait_until(gone, timeout, f"{proc.name} to exit")
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        wait_until(gone, 5.0, f"{proc.name} to die")
+
+
+def _stop_all(state: LocalState, echo: Echo) -> list[LocalProcess]:
+    stopped = []
+    # Reverse start order: sentinels and proxy before the nodes they watch, ZooKeeper last.
+    for proc in reversed(state.processes):
+        if proc.alive():
+            stop_process(proc)
+            stopped.append(proc)
+            echo(f"stopped {proc.name} (pid {proc.pid})")
+    return stopped
+
+
+def down(directory: Path, echo: Echo) -> list[LocalProcess] | None:
+    """Stop every recorded process and forget the state; ``None`` if nothing was recorded."""
+    directory = directory.resolve()
+    if not (directory / STATE_FILE).exists():
+        return None
+    with _locked(directory):
+        state = load_state(directory)
+        if state is None:
+            return None
+        stopped = _stop_all(state, echo)
+        state.path.unlink(missing_ok=True)
+        return stopped
+
+
+def status(directory: Path) -> dict[str, Any] | None:
+    """The recorded processes and whether each still runs; ``None`` if nothing is recorded."""
+    state = load_state(directory.resolve())
+    if state is None:
+        return None
+    procs = [{**p.to_json(), "alive": p.alive()} for p in state.processes]
+    return {
+        "dir": str(state.dir), "zk": state.zk, "cluster": state.cluster, "mode": state.mode,
+        "proxy_port": state.proxy_port, "processes": procs, "skipped": state.skipped,
+        "running": sum(p["alive"] for p in procs), "recorded": len(procs),
+        "connect": connect_lines(state),
+    }
+
+
+def connect_lines(state: LocalState) -> list[str]:
+    lines = []
+    if state.proxy_port:
+        lines.append(f"connect:   redis-cli -p {state.proxy_port}")
+    else:
+        masters = [p for p in state.processes if p.name.endswith("-master")]
+        lines.append("connect:   no proxy yet; each group's master directly: "
+                     + ", ".join(f"redis-cli -p {p.port}" for p in masters))
+    lines += [
+        f"zookeeper: {state.zk}   cluster: {state.cluster}",
+        f"status:    kvstore-admin --zk {state.zk} --cluster {state.cluster} status",
+        f"stop:      kvstore-admin local down --dir {state.dir}",
+    ]
+    return lines
+

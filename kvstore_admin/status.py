@@ -1,0 +1,142 @@
+"""Collect the cluster's state (ZooKeeper tables + a live probe of every node) and render it as text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kvstore_admin import nodes
+from kvstore_cluster.model import Group
+from kvstore_cluster.slots import SLOT_COUNT, format_slot_ranges
+from kvstore_cluster.store import ClusterStore
+
+
+def _node_health(group: Group, probe: dict[str, Any]) -> dict[str, Any]:
+    expected = "master" if probe["address"] == group.master else "replica"
+    problem = None
+    if not probe["up"]:
+        problem = probe["error"]
+    elif probe["role"] != expected:
+        problem = f"node {probe['address']} is a {probe['role']}, expected {expected}"
+    elif expected == "replica" and probe["master"] != group.master:
+        problem = f"replica {probe['address']} follows {probe['master']}, not the master {group.master}"
+    elif expected == "replica" and not probe["link_up"]:
+        problem = f"replica {probe['address']} has its link to {group.master} down"
+    return {**probe, "expected_role": expected, "ok": problem is None, "problem": problem}
+
+
+def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain JSON-able data."""
+    meta = store.read_meta()
+    groups = store.read_groups()
+    slots = store.read_slots()
+    proxies = store.proxies()
+    sentinels = store.sentinels()
+    addresses = [a for g in groups.value for a in g.nodes]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(addresses)))) as pool:
+        probes = dict(zip(addresses, pool.map(lambda a: nodes.probe(a, node_timeout), addresses), strict=True))
+    counts = slots.value.counts()
+    problems: list[str] = []
+    group_rows = []
+    for g in groups.value:
+        health = [_node_health(g, probes[a]) for a in g.nodes]
+        problems += [h["problem"] for h in health if h["problem"]]
+        if g.state != "ok":
+            problems.append(f"group {g.id} is {g.state}")
+        group_rows.append({
+            **g.to_json(),
+            "slots": counts.get(g.id, 0),
+            "ranges": format_slot_ranges(slots.value.ranges_of(g.id)),
+            "nodes": health,
+        })
+    unowned = len(slots.value.unowned())
+    if unowned:
+        problems.append(f"{unowned} slots have no owner (run 'kvstore-admin rebalance')")
+    return {
+        "cluster": store.cluster,
+        "mode": meta.value.mode,
+        "created_at": meta.value.created_at,
+        "versions": {"groups": groups.version, "slots": slots.version},
+        "slots": {
+            "total": SLOT_COUNT,
+            "owned": SLOT_COUNT - unowned,
+            "unowned": unowned,
+            "migrating": [
+                {"lo": m.lo, "hi": m.hi, "from": m.source, "to": m.target} for m in slots.value.migrating
+            ],
+        },
+        "groups": group_rows,
+        "proxies": {"count": len(proxies), "items": [{"id": k, **_as_dict(v)} for k, v in proxies.items()]},
+        "sentinels": {"count": len(sentinels), "items": [{"id": k, **_as_dict(v)} for k, v in sentinels.items()]},
+        "healthy": not problems,
+        "problems": problems,
+    }
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def _health_text(node: dict[str, Any]) -> str:
+    if not node["up"]:
+        return "DOWN"
+    if not node["ok"]:
+        return "WRONG ROLE" if node["role"] != node["expected_role"] else "LINK DOWN"
+    return "up"
+
+
+def render(status: dict[str, Any]) -> str:
+    s = status["slots"]
+    lines = [
+        f"cluster {status['cluster']} ({status['mode']} mode)  "
+        f"groups v{status['versions']['groups']}  slots v{status['versions']['slots']}",
+        f"slots: {s['owned']}/{s['total']} owned, {s['unowned']} unowned, {len(s['migrating'])} migrating",
+        "",
+    ]
+    rows = []
+    for g in status["groups"]:
+        for i, n in enumerate(g["nodes"]):
+            first = i == 0
+            rows.append([
+                g["id"] if first else "", g["state"] if first else "", g["slots"] if first else "",
+                (g["ranges"] or "-") if first else "",
+                n["address"], n["expected_role"], _health_text(n),
+            ])
+    if rows:
+        lines.append(table(["GROUP", "STATE", "SLOTS", "RANGES", "NODE", "ROLE", "HEALTH"], rows))
+    else:
+        lines.append("no groups (add one with 'kvstore-admin group add')")
+    lines.append("")
+    lines.append(f"proxies: {status['proxies']['count']}  sentinels: {status['sentinels']['count']}")
+    if status["healthy"]:
+        lines.append("healthy")
+    else:
+        lines.append("problems:")
+        lines += [f"  - {p}" for p in status["problems"]]
+    return "\n".join(lines)
+
+
+def render_proxies(proxies: dict[str, Any]) -> str:
+    """``proxies`` as a table; registration fields are read leniently (the proxy defines them)."""
+    if not proxies:
+        return "no proxy registered"
+    rows = []
+    for pid_name, info in proxies.items():
+        info = _as_dict(info)
+        applied = _as_dict(info.get("applied", {}))
+        rows.append([
+            pid_name,
+            info.get("address", "?"),
+            info.get("pid", "?"),
+            info.get("slots_version", applied.get("slots", "?")),
+            info.get("groups_version", applied.get("groups", "?")),
+        ])
+    return table(["ID", "ADDRESS", "PID", "SLOTS V", "GROUPS V"], rows)
