@@ -152,7 +152,14 @@ class NodeHealth:
     first_seen: float  # monotonic
     last_ok: float | None = None  # monotonic time of the last successful probe
     failing_since: float | None = None  # wall time of the first failure of the current streak
+    ok_since: float | None = None  # monotonic time of the first success of the current streak
     last: ProbeResult | None = None
+
+    def up_for(self, now: float) -> float:
+        """Seconds this node has answered every probe (0 if the last probe failed)."""
+        if self.last is None or not self.last.ok or self.ok_since is None:
+            return 0.0
+        return now - self.ok_since
 
     def down(self, now: float, down_after: float) -> bool:
         """Down when no probe succeeded for ``down_after`` seconds (since first seen if never)."""
@@ -195,10 +202,14 @@ class Prober:
             previous = health.last
             health.last = result
             if result.ok:
+                if previous is None or not previous.ok:
+                    health.ok_since = now
                 health.last_ok = now
                 health.failing_since = None
-            elif health.failing_since is None:
-                health.failing_since = result.at
+            else:
+                health.ok_since = None
+                if health.failing_since is None:
+                    health.failing_since = result.at
             out.append((result, previous))
         return out
 

@@ -1,0 +1,101 @@
+"""Cache-mode repairs: remove a failed group (slots spread, group down) and rejoin a recovered one after FLUSHALL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from kvstore_cluster import paths
+from kvstore_cluster.model import ModelError
+from kvstore_cluster.store import ClusterStore, Set, StoreError
+from kvstore_sentinel.context import Context
+from kvstore_sentinel.nodes import NodeError
+from kvstore_sentinel.plans import drop_group, rejoin_share
+
+log = structlog.get_logger("kvstore.sentinel.cache")
+
+
+class RejoinError(Exception):
+    """A group cannot rejoin; the message says why, fit to show a user."""
+
+
+async def remove_group(ctx: Context, group_id: str, down: set[str]) -> bool:
+    """Spread ``group_id``'s slots over the healthy groups and mark it down, in one transaction.
+
+    Returns False (and logs why) when it is the last healthy group: serving a slice of the cache
+    from nothing is worse than waiting for its node.
+    """
+    groups_v = await ctx.zk(ctx.store.read_groups)
+    slots_v = await ctx.zk(ctx.store.read_slots)
+    group = groups_v.value.get(group_id)
+    if group is None or group.state != "ok" or group.master not in down:
+        return False
+    healthy = [g.id for g in groups_v.value if g.state == "ok" and g.master not in down and g.id != group_id]
+    if not healthy:
+        return False
+    new_groups, new_slots, dropped = drop_group(groups_v.value, slots_v.value, group_id, healthy)
+    ctx.fence.check()
+    await ctx.zk(ctx.store.commit, [
+        Set(paths.groups(ctx.store.cluster), new_groups.encode(), groups_v.version),
+        Set(paths.slots(ctx.store.cluster), new_slots.encode(), slots_v.version),
+        *ctx.fence.zk_checks(),
+    ])
+    moved = slots_v.value.counts().get(group_id, 0)
+    log.warning("group_removed", group=group_id, master=group.master, slots_moved=moved, to=healthy)
+    for m in dropped:
+        log.warning("migration_dropped", lo=m.lo, hi=m.hi, source=m.source, target=m.target,
+                    reason=f"group {group_id} failed; restart the reshard")
+    return True
+
+
+async def rejoin(ctx: Context, group_id: str) -> None:
+    """FLUSHALL the group's node(s), then give the group a fair share of slots and mark it ok.
+
+    The flush comes first: the node must hold no stale key by the time proxies route to it. Raises
+    ``RejoinError`` with a readable reason.
+    """
+    meta_v = await ctx.zk(ctx.store.read_meta)
+    if meta_v.value.mode != "cache":
+        raise RejoinError(f"cluster {ctx.store.cluster!r} is in {meta_v.value.mode} mode; "
+                          "rejoin flushes data and is for cache mode only")
+    groups_v = await ctx.zk(ctx.store.read_groups)
+    slots_v = await ctx.zk(ctx.store.read_slots)
+    group = groups_v.value.get(group_id)
+    if group is None:
+        raise RejoinError(f"no group {group_id!r}")
+    if group.state != "down":
+        raise RejoinError(f"group {group_id!r} is {group.state}, not down; nothing to rejoin")
+    healthy = [g.id for g in groups_v.value if g.state == "ok"]
+    for addr in group.nodes:
+        ctx.fence.check()
+        async with ctx.node(addr) as node:
+            try:
+                await node.flushall()
+            except NodeError as exc:
+                raise RejoinError(f"cannot flush {addr}: {exc}") from None
+    try:
+        new_groups, new_slots = rejoin_share(groups_v.value, slots_v.value, group_id, healthy)
+    except ModelError as exc:
+        raise RejoinError(str(exc)) from None
+    ctx.fence.check()
+    await ctx.zk(ctx.store.commit, [
+        Set(paths.groups(ctx.store.cluster), new_groups.encode(), groups_v.version),
+        Set(paths.slots(ctx.store.cluster), new_slots.encode(), slots_v.version),
+        *ctx.fence.zk_checks(),
+    ])
+    log.warning("group_rejoined", group=group_id, master=group.master,
+                slots=new_slots.counts().get(group_id, 0), flushed=list(group.nodes))
+
+
+def rejoin_group(store: ClusterStore, group_id: str, password: str | None = None, timeout: float = 5.0) -> int:
+    """Blocking entry for ``kvstore-admin group rejoin``: flush and rejoin a down cache group.
+
+    Returns the number of slots the group owns afterwards; raises ``RejoinError`` or ``StoreError``.
+    """
+    ctx = Context(store, node_timeout=timeout, password=password)
+    try:
+        asyncio.run(rejoin(ctx, group_id))
+    except StoreError:
+        raise
+    return store.read_slots().value.counts().get(group_id, 0)

@@ -1,0 +1,108 @@
+"""The leader's decisions each round: resume recorded failovers, then repair each group by mode."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import structlog
+
+from kvstore_cluster import paths
+from kvstore_cluster.model import Group
+from kvstore_cluster.store import Set
+from kvstore_sentinel.cache_failover import RejoinError, rejoin, remove_group
+from kvstore_sentinel.context import Context
+from kvstore_sentinel.datastore_failover import resume_failover, start_failover
+from kvstore_sentinel.probe import Prober
+from kvstore_sentinel.reconcile import Reconciler
+
+log = structlog.get_logger("kvstore.sentinel.leader")
+
+
+class Leader:
+    """Acts on objectively-down nodes; every side effect goes through ``ctx.fence``."""
+
+    def __init__(self, ctx: Context, prober: Prober, mode: str, auto_rejoin: bool, stable_for: float):
+        self.ctx = ctx
+        self.prober = prober
+        self.mode = mode
+        self.auto_rejoin = auto_rejoin
+        self.stable_for = stable_for  # a down group's node must answer this long before it rejoins
+        self.reconciler = Reconciler(ctx, prober)
+        self._said: set[tuple[str, ...]] = set()  # (event, key) logged once until the condition clears
+
+    def _once(self, event: str, key: str, level: str = "warning", **fields: object) -> None:
+        if (event, key) not in self._said:
+            self._said.add((event, key))
+            getattr(log, level)(event, **fields)
+
+    def _clear(self, event: str, key: str) -> None:
+        self._said.discard((event, key))
+
+    def _up(self, address: str, role: str = "master") -> bool:
+        health = self.prober.nodes.get(address)
+        if health is None or health.last is None or not health.last.ok or health.last.role != role:
+            return False
+        return health.up_for(time.monotonic()) >= self.stable_for
+
+    async def tick(self, down: set[str]) -> None:
+        records = await self.ctx.zk(self.ctx.store.client.get_children, paths.failovers(self.ctx.store.cluster))
+        for group_id in sorted(records):
+            await resume_failover(self.ctx, group_id)
+        groups_v = await self.ctx.zk(self.ctx.store.read_groups)
+        for group in groups_v.value:
+            if group.id in records:
+                continue
+            if self.mode == "datastore":
+                await self._datastore(group, down)
+            else:
+                await self._cache(group, down)
+
+    async def _datastore(self, group: Group, down: set[str]) -> None:
+        if group.master in down:
+            if group.state == "down":
+                return  # marked down before; a replica coming back is picked up below
+            await start_failover(self.ctx, group.id, down)
+            return
+        if group.state == "down":
+            replicas_up = [r for r in group.replicas if r not in down and self._up(r, "slave")]
+            if not self._up(group.master):
+                return
+            groups_v = await self.ctx.zk(self.ctx.store.read_groups)
+            current = groups_v.value.get(group.id)
+            if current is None or current.state != "down":
+                return
+            self.ctx.fence.check()
+            await self.ctx.zk(self.ctx.store.commit, [
+                Set(paths.groups(self.ctx.store.cluster),
+                    groups_v.value.put(replace(current, state="ok")).encode(), groups_v.version),
+                *self.ctx.fence.zk_checks(),
+            ])
+            log.warning("group_recovered", group=group.id, master=group.master, replicas_up=replicas_up)
+            return
+        if group.state == "ok":
+            await self.reconciler.group(group)
+
+    async def _cache(self, group: Group, down: set[str]) -> None:
+        if group.state == "ok" and group.master in down:
+            if await remove_group(self.ctx, group.id, down):
+                return
+            self._once("last_group_kept", group.id, "error", group=group.id, master=group.master,
+                       reason="no other healthy group to take its slots; keeping it")
+            return
+        self._clear("last_group_kept", group.id)
+        if group.state == "down":
+            if group.master in down or not self._up(group.master):
+                self._clear("group_awaiting_rejoin", group.id)
+                return
+            if not self.auto_rejoin:
+                self._once("group_awaiting_rejoin", group.id, group=group.id, master=group.master,
+                           hint=f"node is back; run 'kvstore-admin group rejoin {group.id}' to flush and rejoin it")
+                return
+            try:
+                await rejoin(self.ctx, group.id)
+            except RejoinError as exc:
+                self._once("rejoin_failed", group.id, "error", group=group.id, error=str(exc))
+            return
+        if group.state == "ok":
+            await self.reconciler.group(group)

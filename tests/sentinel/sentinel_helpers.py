@@ -1,0 +1,101 @@
+"""Sentinel test helpers: sentinel subprocesses with JSON logs as events, redis restarts, timed waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kvstore_admin.processes import LocalProcess, spawn, start_redis, wait_until
+
+FAST = ["--interval", "0.2", "--down-after", "1.0", "--zk-session-timeout", "3"]
+
+
+class SentinelProc:
+    """A ``python -m kvstore_sentinel`` subprocess whose JSON log lines can be read as events."""
+
+    def __init__(self, proc: LocalProcess, sentinel_id: str):
+        self.proc = proc
+        self.id = sentinel_id
+
+    @property
+    def log(self) -> Path:
+        return Path(self.proc.log)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        try:
+            lines = self.log.read_text().splitlines()
+        except FileNotFoundError:
+            return out
+        for line in lines:
+            if not line.startswith("{"):
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if name is None or event.get("event") == name:
+                out.append(event)
+        return out
+
+    def wait_event(self, name: str, timeout: float = 20.0, **match: Any) -> dict[str, Any]:
+        found: list[dict[str, Any]] = []
+
+        def seen() -> bool:
+            found[:] = [e for e in self.events(name) if all(e.get(k) == v for k, v in match.items())]
+            return bool(found)
+
+        try:
+            wait_until(seen, timeout, f"sentinel {self.id} to log {name} {match or ''}")
+        except TimeoutError:
+            tail = "\n".join(self.log.read_text().splitlines()[-30:])
+            raise TimeoutError(f"no {name} {match} from sentinel {self.id}; log tail:\n{tail}") from None
+        return found[0]
+
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=5)
+
+
+class SentinelFactory:
+    def __init__(self, base: Path):
+        self.base = base
+        self.procs: list[SentinelProc] = []
+
+    def start(self, zk_hosts: str, cluster: str, *args: str, sentinel_id: str | None = None,
+              env: dict[str, str] | None = None, wait_leader: bool = True) -> SentinelProc:
+        sid = sentinel_id or f"s{len(self.procs) + 1}"
+        argv = [sys.executable, "-m", "kvstore_sentinel", "--zk", zk_hosts, "--cluster", cluster, "--id", sid,
+                "--log-format", "json", "--log-level", "info", *args]
+        proc = spawn(f"sentinel-{sid}", argv, 0, self.base / f"sentinel-{sid}.log",
+                     env={**os.environ, **(env or {})})
+        handle = SentinelProc(proc, sid)
+        self.procs.append(handle)
+        handle.wait_event("sentinel_started", timeout=20)
+        if wait_leader:
+            handle.wait_event("leader_elected", timeout=20)
+        return handle
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            p.proc.signal(18)  # SIGCONT, in case a test left it stopped
+            p.stop()
+
+
+def restart_redis(factory: Any, proc: LocalProcess, **kwargs: Any) -> LocalProcess:
+    """Start redis-server again on the same port and directory as ``proc``; ``factory`` stops it at the end."""
+    new = start_redis(Path(proc.log).parent, port=proc.port, **kwargs)
+    factory.procs.append(new)
+    return new
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
+    """``wait_until`` that returns the time.monotonic() at which the predicate became true."""
+    wait_until(predicate, timeout, what, interval=0.02)
+    return time.monotonic()
