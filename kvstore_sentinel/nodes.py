@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from kvstore_cluster.model import parse_address
 from kvstore_sentinel.probe import ProbeResult, parse_info, result_from_info
@@ -28,8 +30,9 @@ class Node:
         host, port = parse_address(address)
         self.timeout = timeout
         self.client = aioredis.Redis(host=host, port=port, password=password, socket_timeout=timeout,
-                                     socket_connect_timeout=timeout, retry_on_timeout=False,
-                                     single_connection_client=True)
+                                     socket_connect_timeout=timeout, single_connection_client=True,
+                                     # No silent retries: a failover step must fail fast and be logged.
+                                     retry=Retry(NoBackoff(), 0))
 
     async def __aenter__(self) -> Node:
         return self
