@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 from kazoo.client import KazooState
+from kazoo.exceptions import KazooException
 
 from kvstore_cluster import paths
 from kvstore_cluster.model import Groups
@@ -130,8 +131,9 @@ class Sentinel:
         try:
             self._groups = (await self.ctx.zk(self.store.read_groups)).value
             self._say_once("groups_unreadable", None)
-        except (StoreError, TimeoutError) as exc:
-            self._say_once("groups_unreadable", str(exc) or type(exc).__name__,
+        except (StoreError, KazooException, TimeoutError) as exc:
+            # ClusterStore lets kazoo's ConnectionLoss & co. through; a flaky link is not a crash.
+            self._say_once("groups_unreadable", f"{type(exc).__name__}: {exc}",
                            action="probing the last good groups")
         return self._groups
 
@@ -139,25 +141,34 @@ class Sentinel:
         interval = self.config.interval
         while True:
             started = time.monotonic()
-            groups = await self._read_groups()
-            if groups is not None:
-                self.prober.set_nodes({n for g in groups for n in g.nodes})
-            was_down = set(self.prober.down_nodes())
-            for result, previous in await self.prober.probe_all():
-                if not result.ok and (previous is None or previous.ok):
-                    log.warning("node_probe_failed", node=result.address, error=result.error)
-                elif result.ok and previous is not None and not previous.ok:
-                    log.info("node_answering", node=result.address, role=result.role)
-            now_down = set(self.prober.down_nodes())
-            for addr in sorted(now_down - was_down):
-                health = self.prober.nodes[addr]
-                log.warning("node_down", node=addr, error=health.last.error if health.last else None)
-            for addr in sorted(was_down - now_down):
-                if addr in self.prober.nodes:
-                    log.info("node_up", node=addr)
-            await self._publish()
+            try:
+                await self._probe_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - probing must go on whatever one round hit
+                log.exception("probe_round_crashed", error=f"{type(exc).__name__}: {exc}")
             self._round.set()
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def _probe_round(self) -> None:
+        """Probe every node once, log transitions, publish our view."""
+        groups = await self._read_groups()
+        if groups is not None:
+            self.prober.set_nodes({n for g in groups for n in g.nodes})
+        was_down = set(self.prober.down_nodes())
+        for result, previous in await self.prober.probe_all():
+            if not result.ok and (previous is None or previous.ok):
+                log.warning("node_probe_failed", node=result.address, error=result.error)
+            elif result.ok and previous is not None and not previous.ok:
+                log.info("node_answering", node=result.address, role=result.role)
+        now_down = set(self.prober.down_nodes())
+        for addr in sorted(now_down - was_down):
+            health = self.prober.nodes[addr]
+            log.warning("node_down", node=addr, error=health.last.error if health.last else None)
+        for addr in sorted(was_down - now_down):
+            if addr in self.prober.nodes:
+                log.info("node_up", node=addr)
+        await self._publish()
 
     async def _publish(self) -> None:
         if self.client.state != KazooState.CONNECTED:

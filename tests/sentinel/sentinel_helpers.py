@@ -99,3 +99,92 @@ def wait_for(predicate, timeout: float, what: str) -> float:  # type: ignore[no-
     """``wait_until`` that returns the time.monotonic() at which the predicate became true."""
     wait_until(predicate, timeout, what, interval=0.02)
     return time.monotonic()
+
+
+def event_time(event: dict[str, Any]) -> float:
+    """The wall time of a JSON log event (structlog ISO timestamp)."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+class TcpProxy:
+    """A TCP relay between one client and a server that a test can cut (blackhole) and heal.
+
+    Cut drops bytes in both directions but keeps the sockets open, as a partitioned network does:
+    the client notices only through its own timeouts. Heal resets the old connections.
+    """
+
+    def __init__(self, target: tuple[str, int]):
+        import socket
+        import threading
+
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut_flag = threading.Event()
+        self.closed = threading.Event()
+        self.conns: list[Any] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self.lock:
+                self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            if self.cut_flag.is_set():
+                continue  # blackholed
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.cut_flag.set()
+
+    def heal(self) -> None:
+        import socket
+
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+        self.cut_flag.clear()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+        self.heal()
