@@ -260,9 +260,10 @@ def local_up(settings: Settings, directory: Path, mode: str, n_groups: int, repl
 
 @local_cmd.command("down")
 @dir_option
-def local_down(directory: Path) -> None:
+@pass_settings
+def local_down(settings: Settings, directory: Path) -> None:
     """Stop exactly the processes 'local up' recorded (logs and data stay under --dir)."""
-    stopped = local.down(directory, click.echo)
+    stopped = local.down(directory, click.echo, settings.zk_timeout)
     if stopped is None:
         click.echo(f"no local cluster recorded in {directory.resolve()}; nothing to stop")
     else:

@@ -33,7 +33,7 @@ from kvstore_admin.processes import (
     start_zookeeper,
     wait_until,
 )
-from kvstore_cluster.store import ClusterExists, ClusterStore, connect
+from kvstore_cluster.store import ClusterExists, ClusterNotFound, ClusterStore, connect
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
@@ -57,6 +57,7 @@ class LocalState:
     cluster: str = "default"
     mode: str = "datastore"
     proxy_port: int | None = None
+    external_zk: bool = False  # --zk given: the cluster lives in somebody else's ZooKeeper
     processes: list[LocalProcess] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -67,7 +68,8 @@ class LocalState:
     def to_json(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION, "zk": self.zk, "cluster": self.cluster, "mode": self.mode,
-            "proxy_port": self.proxy_port, "processes": [p.to_json() for p in self.processes],
+            "proxy_port": self.proxy_port, "external_zk": self.external_zk,
+            "processes": [p.to_json() for p in self.processes],
             "skipped": self.skipped,
         }
 
@@ -93,7 +95,7 @@ class LocalState:
                 and (proxy_port is None or isinstance(proxy_port, int))):
             raise ValueError("'zk', 'cluster' must be strings and 'proxy_port' a number or null")
         return cls(directory, obj["zk"], obj["cluster"], str(obj.get("mode", "")), proxy_port,
-                   processes, [str(s) for s in obj.get("skipped", [])])
+                   bool(obj.get("external_zk", False)), processes, [str(s) for s in obj.get("skipped", [])])
 
     def save(self) -> None:
         # Write then rename: a crash never leaves a half-written state file behind.
@@ -180,7 +182,8 @@ def up(opts: UpOptions, echo: Echo) -> LocalState:
                 )
             echo(f"removing the stale state of a stopped cluster in {directory}")
             old.path.unlink()
-        state = LocalState(directory, zk=opts.zk or "", cluster=opts.cluster, mode=opts.mode)
+        state = LocalState(directory, zk=opts.zk or "", cluster=opts.cluster, mode=opts.mode,
+                           external_zk=bool(opts.zk))
         state.save()
         try:
             _start_all(state, opts, replicas, echo)
@@ -255,7 +258,8 @@ def _start_services(state: LocalState, store: ClusterStore, opts: UpOptions, ech
         state.save()
     if opts.sentinels and module_available(SENTINEL_MODULE):
         for i in range(1, opts.sentinels + 1):
-            _start_sentinel(state, store, i, echo)
+            # A majority of the sentinels must agree before the leader acts.
+            _start_sentinel(state, store, i, opts.sentinels // 2 + 1, echo)
     elif opts.sentinels:
         state.skipped.append(f"sentinel ({SENTINEL_MODULE} is not available yet)")
         state.save()
@@ -280,9 +284,10 @@ def _start_proxy(state: LocalState, opts: UpOptions, echo: Echo) -> None:
     echo(f"started proxy on 127.0.0.1:{port} (pid {proc.pid}, {opts.proxy_workers} worker(s))")
 
 
-def _start_sentinel(state: LocalState, store: ClusterStore, n: int, echo: Echo) -> None:
+def _start_sentinel(state: LocalState, store: ClusterStore, n: int, quorum: int, echo: Echo) -> None:
     name = f"sentinel-{n}"
-    argv = [sys.executable, "-m", SENTINEL_MODULE, "--zk", state.zk, "--cluster", state.cluster]
+    argv = [sys.executable, "-m", SENTINEL_MODULE, "--zk", state.zk, "--cluster", state.cluster,
+            "--quorum", str(quorum)]
     proc = state.add(spawn(name, argv, 0, _fresh_dir(state.dir / name) / "sentinel.log"))
     # A sentinel has no port; it is ready once it registered under sentinels/.
     try:
@@ -357,8 +362,12 @@ def _stop_all(state: LocalState, echo: Echo) -> list[LocalProcess]:
     return stopped
 
 
-def down(directory: Path, echo: Echo) -> list[LocalProcess] | None:
-    """Stop every recorded process and forget the state; ``None`` if nothing was recorded."""
+def down(directory: Path, echo: Echo, zk_timeout: float = 5.0) -> list[LocalProcess] | None:
+    """Stop every recorded process and forget the state; ``None`` if nothing was recorded.
+
+    With ``--zk`` (somebody else's ZooKeeper) the cluster ``up`` created there is deleted
+    too, so that the next ``up`` can create it again; our own ZooKeeper just stops.
+    """
     directory = directory.resolve()
     if not (directory / STATE_FILE).exists():
         return None
@@ -368,6 +377,15 @@ def down(directory: Path, echo: Echo) -> list[LocalProcess] | None:
             return None
         stopped = _stop_all(state, echo)
         state.path.unlink(missing_ok=True)
+        if state.external_zk:
+            client = connect(state.zk, zk_timeout)
+            try:
+                with contextlib.suppress(ClusterNotFound):
+                    ClusterStore(client, state.cluster).destroy()
+                    echo(f"deleted cluster {state.cluster!r} from ZooKeeper {state.zk}")
+            finally:
+                client.stop()
+                client.close()
         return stopped
 
 
