@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: RLIMIT_NOFILE is {nofile}; idle-connection test uses {idle_conns} connections")
 
     def on_signal(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
@@ -324,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     except ProcessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        print(f"\ninterrupted ({exc or 'SIGINT'}): every process stopped, nothing written", file=sys.stderr)
+        ok = True
+        return 130
     finally:
         if ok and not args.keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
