@@ -28,6 +28,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port(host: str = "127.0.0.1") -> int:
+    """A free port for a cluster-enabled redis-server: its bus port (port + 10000) must exist and be free.
+
+    Redis refuses to start in cluster mode on a port above 55535, and the kernel's pick is
+    often above it.
+    """
+    for _ in range(200):
+        port = free_port(host)
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, port + 10000))
+        except OSError:
+            continue
+        return port
+    raise ProcessError("no free port pair (port, port + 10000) for a cluster-enabled redis-server")
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
     """Poll ``predicate`` until it is true; raise ``TimeoutError`` naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -239,6 +258,8 @@ def start_redis(data_dir: Path, port: int | None = None, *, name: str | None = N
                 extra: dict[str, str] | None = None, timeout: float = 15.0) -> LocalProcess:
     """Start a redis-server on 127.0.0.1 with its own dir and config file; wait for PING."""
     binary = require_binary("redis-server", "redis-server")
+    if port is None and (extra or {}).get("cluster-enabled") == "yes":
+        port = free_cluster_port()
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "redis.conf"

@@ -1,0 +1,67 @@
+# kvstore: install what is missing, run a local cluster, run the tests.
+#   make up | down | status    a whole cluster on this machine (kvstore-admin local ...)
+#   make test                  the whole test suite (what .ci/run runs)
+#   make lint                  ruff
+# System packages are installed with apt-get only when missing (so no root is needed on a
+# machine that has them); the virtualenv is (re)installed when missing or when pyproject.toml
+# is newer than its stamp file.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ADMIN := $(VENV)/bin/kvstore-admin
+STAMP := $(VENV)/.installed
+LOCAL_DIR ?= .kvstore-local
+PYTEST_ARGS ?=
+
+.PHONY: help up down status test lint system-packages
+
+help:
+	@echo "make up       install what is missing, start a local cluster in $(LOCAL_DIR)/"
+	@echo "make down     stop exactly what 'make up' started"
+	@echo "make status   the local processes and the cluster's status"
+	@echo "make test     install what is missing, run the whole test suite"
+	@echo "make lint     ruff"
+
+system-packages:
+	@missing=""; \
+	command -v $(PYTHON) >/dev/null || missing="$$missing python3"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	test -f /usr/share/java/zookeeper.jar || missing="$$missing zookeeper"; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+		$$sudo apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | system-packages
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+up: $(STAMP)
+	$(ADMIN) local up --dir $(LOCAL_DIR)
+
+down:
+	@if [ -x $(ADMIN) ]; then $(ADMIN) local down --dir $(LOCAL_DIR); \
+	else echo "kvstore is not installed ($(ADMIN) is missing); nothing to stop"; fi
+
+status:
+	@test -x $(ADMIN) || { echo "kvstore is not installed; run 'make up'"; exit 1; }
+	$(ADMIN) local status --dir $(LOCAL_DIR)
+	@echo
+	$(ADMIN) --zk "$$($(PY) -c 'import json, sys; print(json.load(open(sys.argv[1]))["zk"])' \
+		$(LOCAL_DIR)/state.json)" status
+
+# pytest exits 5 when it collected no test; like every non-zero exit it fails this target.
+test: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
