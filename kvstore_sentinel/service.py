@@ -68,6 +68,7 @@ class Sentinel:
         self._round = asyncio.Event()
         self._groups: Groups | None = None
         self._said: dict[str, str] = {}
+        self._down: set[str] = set()  # nodes we last reported down, to log transitions once
 
     def _say_once(self, event: str, message: str | None, **fields: object) -> None:
         """Log ``event`` when its message changes (so a persistent fault is one line, not one per round)."""
@@ -155,13 +156,13 @@ class Sentinel:
         groups = await self._read_groups()
         if groups is not None:
             self.prober.set_nodes({n for g in groups for n in g.nodes})
-        was_down = set(self.prober.down_nodes())
+        was_down = self._down & set(self.prober.nodes)
         for result, previous in await self.prober.probe_all():
             if not result.ok and (previous is None or previous.ok):
                 log.warning("node_probe_failed", node=result.address, error=result.error)
             elif result.ok and previous is not None and not previous.ok:
                 log.info("node_answering", node=result.address, role=result.role)
-        now_down = set(self.prober.down_nodes())
+        now_down = self._down = set(self.prober.down_nodes())
         for addr in sorted(now_down - was_down):
             health = self.prober.nodes[addr]
             log.warning("node_down", node=addr, error=health.last.error if health.last else None)

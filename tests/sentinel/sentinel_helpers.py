@@ -188,3 +188,41 @@ class TcpProxy:
         self.closed.set()
         self.listener.close()
         self.heal()
+
+
+class GarbageServer:
+    """A TCP server that answers every connection with bytes that are not the Redis protocol."""
+
+    def __init__(self, payload: bytes = b"HTTP/1.1 400 Bad Request\r\n\r\n\x00\xff garbage"):
+        import socket
+        import threading
+
+        self.payload = payload
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        # Answer each request with garbage and keep the connection open, like a wrong service would.
+        try:
+            while conn.recv(65536):
+                conn.sendall(self.payload)
+        except OSError:
+            pass
+        conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
