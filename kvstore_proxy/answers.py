@@ -1,0 +1,266 @@
+"""Commands the proxy answers itself (PING, AUTH, HELLO, CLIENT, INFO, SLOWLOG, ...) and run-time refusals."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kvstore_proxy import commands, fanout, resp, stats
+from kvstore_proxy.commands import CommandSpec
+
+if TYPE_CHECKING:
+    from kvstore_proxy.request import CommandStat
+    from kvstore_proxy.session import Session
+
+Handler = Callable[["Session", list[bytes], "CommandStat", float], "bytes | None"]
+
+BEFORE_AUTH = frozenset({b"auth", b"hello", b"quit"})
+_WRONGPASS = resp.error("WRONGPASS invalid username-password pair or user is disabled.")
+_NOPASS = resp.error(
+    "ERR AUTH <password> called without any password configured for the default user. "
+    "Are you sure your configuration is correct?")
+_NOT_INT = resp.error("ERR value is not an integer or out of range")
+_SYNTAX = resp.error("ERR syntax error")
+
+
+def _ping(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.PONG if len(args) == 1 else resp.bulk(args[1])
+
+
+def _echo(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.bulk(args[1])
+
+
+def _quit(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> None:
+    s.quit_after(s.answer(stat, args, t0, resp.OK))
+
+
+def _check_password(s: Session, user: bytes | None, password: bytes) -> bytes | None:
+    """None if accepted, else the error reply."""
+    wanted = s.worker.config.requirepass
+    if not wanted:
+        return _NOPASS if user is None else _WRONGPASS
+    if user is not None and user != b"default":
+        return _WRONGPASS
+    if not hmac.compare_digest(password, wanted.encode()):
+        return _WRONGPASS
+    s.authenticate()
+    return None
+
+
+def _auth(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    if len(args) > 3:
+        return _SYNTAX
+    user, password = (None, args[1]) if len(args) == 2 else (args[1], args[2])
+    return _check_password(s, user, password) or resp.OK
+
+
+def _hello(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    if len(args) > 1:
+        try:
+            version = int(args[1])
+        except ValueError:
+            return resp.error("ERR Protocol version is not an integer or out of range")
+        if version != 2:
+            return resp.error("NOPROTO sorry, this protocol version is not supported.")
+        i = 2
+        name = None
+        while i < len(args):
+            opt = args[i].lower()
+            if opt == b"auth" and i + 2 < len(args):
+                err = _check_password(s, args[i + 1], args[i + 2])
+                if err is not None:
+                    return err
+                i += 3
+            elif opt == b"setname" and i + 1 < len(args):
+                name = args[i + 1]
+                i += 2
+            else:
+                return resp.error(f"ERR Syntax error in HELLO option '{args[i].decode(errors='replace')}'")
+        if not s.authenticated:
+            return resp.error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+                "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
+                "select the RESP protocol version at the same time")
+        if name is not None:
+            if not _valid_name(name):
+                return resp.error("ERR Client names cannot contain spaces, newlines or special characters.")
+            s.name = name
+    elif not s.authenticated:
+        return resp.error("NOAUTH Authentication required.")
+    return resp.array([
+        resp.bulk(b"server"), resp.bulk(b"redis"),
+        resp.bulk(b"version"), resp.bulk(commands.REDIS_VERSION.encode()),
+        resp.bulk(b"proto"), resp.integer(2),
+        resp.bulk(b"id"), resp.integer(s.id),
+        resp.bulk(b"mode"), resp.bulk(b"standalone"),
+        resp.bulk(b"role"), resp.bulk(b"master"),
+        resp.bulk(b"modules"), resp.EMPTY_ARRAY,
+    ])
+
+
+def _reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    s.name = b""
+    if s.worker.config.requirepass:
+        s.authenticated = False
+        s.routes = {}
+    return resp.status("RESET")
+
+
+def _select(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    try:
+        db = int(args[1])
+    except ValueError:
+        return _NOT_INT
+    if db == 0:
+        return resp.OK
+    return resp.error("ERR DB index is out of range (kvstore serves database 0 only)")
+
+
+def _time(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    now = time.time_ns() // 1000
+    return resp.array([resp.bulk(b"%d" % (now // 1_000_000)), resp.bulk(b"%d" % (now % 1_000_000))])
+
+
+def _info(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.bulk(stats.render_info(s.worker, [a.decode(errors="replace") for a in args[1:]]))
+
+
+def _valid_name(name: bytes) -> bool:
+    return all(33 <= c <= 126 for c in name)
+
+
+def _client_setname(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    if not _valid_name(args[2]):
+        return resp.error("ERR Client names cannot contain spaces, newlines or special characters.")
+    s.name = args[2]
+    return resp.OK
+
+
+def _client_getname(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.bulk(s.name) if s.name else resp.NULL_BULK
+
+
+def _client_id(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.integer(s.id)
+
+
+def _client_list(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    sessions = list(s.worker.clients.values())
+    if len(args) > 2:
+        opt = args[2].lower()
+        if opt == b"type" and len(args) == 4:
+            kind = args[3].lower()
+            if kind not in (b"normal", b"master", b"replica", b"pubsub"):
+                return resp.error(f"ERR Unknown client type '{args[3].decode(errors='replace')}'")
+            if kind != b"normal":
+                sessions = []
+        elif opt == b"id" and len(args) > 3:
+            try:
+                ids = {int(a) for a in args[3:]}
+            except ValueError:
+                return resp.error("ERR Invalid client ID")
+            sessions = [c for c in sessions if c.id in ids]
+        else:
+            return _SYNTAX
+    return resp.bulk(b"".join(c.describe() + b"\n" for c in sessions))
+
+
+def _client_info(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.bulk(s.describe() + b"\n")
+
+
+def client_setinfo(s: Session, args: list[bytes]) -> bytes:
+    """CLIENT SETINFO (Redis 7.2; redis-py sends it on connect). Not in 7.0's table, so called directly."""
+    if len(args) != 4:
+        return resp.error("ERR wrong number of arguments for 'client|setinfo' command")
+    attr = args[2].lower()
+    if not _valid_name(args[3]):
+        return resp.error(f"ERR {attr.decode(errors='replace')} cannot contain spaces, newlines or special characters.")
+    if attr == b"lib-name":
+        s.lib_name = args[3]
+    elif attr == b"lib-ver":
+        s.lib_ver = args[3]
+    else:
+        return resp.error(f"ERR Unrecognized option '{args[2].decode(errors='replace')}'")
+    return resp.OK
+
+
+def _command_count(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.integer(sum(1 for spec in commands.all_specs() if b"|" not in spec.name))
+
+
+def _slowlog_get(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    count = 10
+    if len(args) > 2:
+        try:
+            count = int(args[2])
+        except ValueError:
+            return _NOT_INT
+        if count < -1:
+            return resp.error("ERR count should be greater than or equal to -1")
+    entries = list(s.worker.slowlog.entries)
+    if count != -1:
+        entries = entries[:count]
+    return resp.array([
+        resp.array([resp.integer(i), resp.integer(ts), resp.integer(us),
+                    resp.array([resp.bulk(a) for a in argv]), resp.bulk(addr), resp.bulk(name)])
+        for i, ts, us, argv, addr, name in entries
+    ])
+
+
+def _slowlog_len(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.integer(len(s.worker.slowlog.entries))
+
+
+def _slowlog_reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    s.worker.slowlog.reset()
+    return resp.OK
+
+
+HANDLERS: dict[bytes, Handler] = {
+    b"ping": _ping, b"echo": _echo, b"quit": _quit, b"auth": _auth, b"hello": _hello,
+    b"reset": _reset, b"select": _select, b"time": _time, b"info": _info,
+    b"client|setname": _client_setname, b"client|getname": _client_getname,
+    b"client|id": _client_id, b"client|list": _client_list, b"client|info": _client_info,
+    b"command|count": _command_count,
+    b"slowlog|get": _slowlog_get, b"slowlog|len": _slowlog_len, b"slowlog|reset": _slowlog_reset,
+    **fanout.HANDLERS,
+}
+
+
+# --- refusals the command table leaves to run time (see commands.Kind) ---------------------------
+
+
+def keyless(spec: CommandSpec, args: list[bytes]) -> bytes | None:
+    """A SAME_SLOT command with no keys (EVAL ... 0): None to send it to any group."""
+    return None
+
+
+def keyed_option(spec: CommandSpec, args: list[bytes]) -> bytes | None:
+    """Options the proxy cannot serve although the command itself is fine; None if all is well."""
+    name = spec.name
+    if name in (b"xread", b"xreadgroup"):
+        for a in args[1:]:
+            low = a.lower()
+            if low == b"block":
+                return resp.error(
+                    f"ERR {spec.display_name} BLOCK is not supported by kvstore-proxy: blocking commands "
+                    "would stall a backend connection shared by many clients")
+            if low == b"streams":
+                break
+    elif name in (b"sort", b"sort_ro"):
+        for i in range(2, len(args) - 1):
+            low = args[i].lower()
+            pattern = args[i + 1]
+            if (low == b"by" and b"*" in pattern) or (low == b"get" and pattern != b"#"):
+                return resp.error(
+                    f"ERR {spec.display_name} with BY/GET patterns is not supported by kvstore-proxy: "
+                    "the keys they name may live on other groups")
+    elif name == b"copy":
+        for a in args[3:]:
+            if a.lower() == b"db":
+                return resp.error("ERR COPY ... DB is not supported by kvstore-proxy: only database 0 exists")
+    return None

@@ -1,0 +1,332 @@
+"""Connections to the Redis masters: write buffers, reply FIFOs, failure, timeouts and reconnection."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+from typing import Any
+
+import structlog
+
+from kvstore_proxy import resp
+from kvstore_proxy.outbox import Outbox
+from kvstore_proxy.request import Reply
+
+log = structlog.get_logger("kvstore.proxy.backend")
+
+CONNECTING, UP, DOWN, CLOSED = "connecting", "up", "down", "closed"
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+
+
+class _AuthProbe:
+    """FIFO entry for the AUTH sent on connect; a refused password takes the backend down."""
+
+    __slots__ = ("backend", "t0")
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.t0 = time.monotonic()
+
+    session = None
+
+    def done(self, raw: bytes | bytearray) -> None:
+        if raw[:1] == b"-":
+            self.backend.abort(f"AUTH refused: {bytes(raw[1:]).strip().decode(errors='replace')}")
+        return None
+
+    def fail(self, err: bytes) -> None:
+        return None
+
+
+class Refuser:
+    """Stands in a slot table entry that must not reach Redis (fenced, unowned, group down).
+
+    Shares ``up``/``refuse`` with :class:`Backend`, so the hot path needs no extra check.
+    """
+
+    __slots__ = ("error", "outbox")
+    up = False
+    group = None
+
+    def __init__(self, error: bytes, outbox: Outbox):
+        self.error = error
+        self.outbox = outbox
+
+    def refuse(self, r: Any) -> None:
+        done = r.fail(self.error)
+        if done is not None:
+            _notify(done, self.outbox)
+
+    def send(self, r: Any, raw: bytes) -> None:
+        self.refuse(r)
+
+
+def _notify(r: Reply, outbox: Outbox) -> None:
+    s = r.session
+    if s is not None and not s.dirty:
+        s.dirty = True
+        outbox.sessions.append(s)
+        outbox.schedule()
+
+
+class Backend(asyncio.Protocol):
+    """One TCP connection to a group's master (reconnected with backoff) and its reply FIFO.
+
+    Requests are appended to ``out`` and ``fifo`` together; ``out`` is written once per loop
+    iteration by the :class:`Outbox`. Replies are found with :func:`resp.scan_reply` and handed
+    over as raw bytes in FIFO order.
+    """
+
+    def __init__(self, group: str, address: str, outbox: Outbox, password: str | None = None,
+                 connect_timeout: float = 2.0):
+        self.group = group
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.outbox = outbox
+        self.loop = outbox.loop
+        self.password = password
+        self.connect_timeout = connect_timeout
+        self.state = CONNECTING
+        self.up = True  # accepts requests (queued while the first connect is in flight)
+        self.transport: asyncio.Transport | None = None
+        self.fifo: deque[Any] = deque()
+        self.out: list[bytes] = []
+        self.dirty = False
+        self.retired = False
+        self.reason = ""
+        self.error = resp.error(f"ERR backend {group} {address} is not connected")
+        self.backoff = BACKOFF_MIN
+        self.connects = 0
+        self.failures = 0
+        self.sent = 0
+        self._carry: bytearray | None = None
+        self._stack: list[int] = []
+        self._scan = 0
+        self._retry: asyncio.TimerHandle | None = None
+        self._connect_task: asyncio.Task[Any] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._connect_task = self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: self, self.host, self.port), self.connect_timeout)
+        except (TimeoutError, OSError) as exc:
+            if self.state == CLOSED:
+                return
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            self._went_down(f"connect failed: {detail}")
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio.Transport
+        if self.state == CLOSED:
+            transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.transport = transport
+        self._carry = None
+        self._stack = []
+        self._scan = 0
+        was = self.state
+        self.state = UP
+        self.up = True
+        self.backoff = BACKOFF_MIN
+        self.connects += 1
+        if self.password:
+            # AUTH goes first; requests queued meanwhile follow it on the same connection.
+            self.fifo.appendleft(_AuthProbe(self))
+            self.out.insert(0, resp.command([b"AUTH", self.password.encode()]))
+        if self.out:
+            self.flush()
+        if was == DOWN:
+            log.warning("backend_up", group=self.group, addr=self.address)
+        else:
+            log.info("backend_connected", group=self.group, addr=self.address)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.state == CLOSED:
+            self._fail_all(f"ERR backend {self.group} {self.address} connection closed")
+            return
+        reason = self.reason or (f"connection lost: {exc}" if exc else "connection closed by the server")
+        self.reason = ""
+        self._went_down(reason)
+
+    def _went_down(self, reason: str) -> None:
+        pending = len(self.fifo)
+        self.failures += 1
+        self.state = DOWN
+        self.up = False
+        self.error = resp.error(f"ERR backend {self.group} {self.address} is down ({reason})")
+        self._fail_all(f"ERR backend {self.group} {self.address} {reason}")
+        if self.retired:
+            self.state = CLOSED
+            return
+        log.warning("backend_down", group=self.group, addr=self.address, reason=reason,
+                    pending=pending, retry_in=round(self.backoff, 3))
+        self._retry = self.loop.call_later(self.backoff, self._reconnect)
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+
+    def _reconnect(self) -> None:
+        self._retry = None
+        if self.state == DOWN and not self.retired:
+            self.start()
+
+    def _fail_all(self, text: str) -> None:
+        self.out.clear()
+        fifo = self.fifo
+        if not fifo:
+            return
+        err = resp.error(text)
+        outbox = self.outbox
+        while fifo:
+            done = fifo.popleft().fail(err)
+            if done is not None:
+                _notify(done, outbox)
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection (its reply stream can no longer be trusted); pending requests fail."""
+        self.reason = reason
+        if self.transport is not None:
+            self.transport.abort()
+
+    def retire(self) -> None:
+        """No new requests (the group moved elsewhere); close once the replies in flight are in."""
+        self.retired = True
+        if not self.fifo:
+            self.close()
+
+    def close(self) -> None:
+        self.state = CLOSED
+        self.up = False
+        if self._retry is not None:
+            self._retry.cancel()
+        if self.transport is not None:
+            self.transport.close()
+        else:
+            self._fail_all(f"ERR backend {self.group} {self.address} closed")
+
+    def check_timeout(self, now: float, timeout: float) -> None:
+        fifo = self.fifo
+        if fifo and now - fifo[0].t0 > timeout and self.transport is not None:
+            # Redis answers in order, so a late reply would land on the wrong request: the
+            # connection must go, and every request on it with it.
+            log.warning("backend_timeout", group=self.group, addr=self.address,
+                        pending=len(fifo), timeout=timeout)
+            self.reason = f"timeout: no reply within {timeout:g}s"
+            self.transport.abort()
+
+    # --- hot path -------------------------------------------------------------------------
+
+    def refuse(self, r: Any) -> None:
+        done = r.fail(self.error)
+        if done is not None:
+            _notify(done, self.outbox)
+
+    def send(self, r: Any, raw: bytes) -> None:
+        if self.up:
+            self.fifo.append(r)
+            self.out.append(raw)
+            if not self.dirty:
+                self.dirty = True
+                self.outbox.backends.append(self)
+                self.outbox.schedule()
+        else:
+            self.refuse(r)
+
+    def flush(self) -> None:
+        self.dirty = False
+        out = self.out
+        if out and self.transport is not None:
+            self.sent += len(out)
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+
+    def data_received(self, data: bytes) -> None:
+        carry = self._carry
+        if carry is not None:
+            carry += data
+            buf: bytes | bytearray = carry
+        else:
+            buf = data
+        n = len(buf)
+        p = 0
+        fifo = self.fifo
+        stack = self._stack
+        find = buf.find
+        outbox = self.outbox
+        dirty = outbox.sessions
+        notified = False
+        try:
+            while p < n:
+                if stack:
+                    end, complete = resp.scan_reply(buf, self._scan, n, stack)
+                    if not complete:
+                        self._scan = end
+                        break
+                else:
+                    c = buf[p]
+                    if c == 36:  # $
+                        nl = find(b"\r\n", p)
+                        if nl < 0:
+                            break
+                        size = int(buf[p + 1 : nl])
+                        end = nl + size + 4 if size >= 0 else nl + 2
+                        if end > n:
+                            break
+                    elif c == 43 or c == 58 or c == 45:  # + : -
+                        end = find(b"\r\n", p) + 2
+                        if end < 2:
+                            break
+                    else:
+                        end, complete = resp.scan_reply(buf, p, n, stack)
+                        if not complete:
+                            self._scan = end
+                            break
+                raw = buf[p:end]
+                p = end
+                r = fifo.popleft()
+                if r.__class__ is Reply:
+                    r.data = raw
+                else:
+                    r = r.done(raw)
+                    if r is None:
+                        continue
+                s = r.session
+                if s is not None and not s.dirty:
+                    s.dirty = True
+                    dirty.append(s)
+                    notified = True
+        except (ValueError, IndexError, resp.ProtocolError) as exc:
+            # Garbage or an unsolicited reply: nothing after it can be matched to a request.
+            log.error("backend_protocol_error", group=self.group, addr=self.address, error=str(exc))
+            self.abort(f"protocol error from Redis: {exc}")
+            return
+        if p >= n:
+            self._carry = None
+        elif carry is None:
+            self._carry = bytearray(memoryview(buf)[p:])
+            self._scan -= p
+        else:
+            del carry[:p]
+            self._scan -= p
+        if notified:
+            outbox.schedule()
+        if self.retired and not fifo:
+            self.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"group": self.group, "addr": self.address, "state": self.state,
+                "pending": len(self.fifo), "connects": self.connects, "failures": self.failures}

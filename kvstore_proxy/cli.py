@@ -1,0 +1,72 @@
+"""The ``kvstore-proxy`` command line: parse flags, then run one proxy in-process or supervise N workers."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from kvstore_cluster import logs
+from kvstore_cluster.model import parse_address
+from kvstore_proxy.config import ProxyConfig
+
+
+def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--zk", envvar="KVSTORE_ZK", default="127.0.0.1:2181", show_default=True,
+              help="ZooKeeper hosts (env KVSTORE_ZK).")
+@click.option("--cluster", envvar="KVSTORE_CLUSTER", default="default", show_default=True,
+              help="Cluster name (env KVSTORE_CLUSTER).")
+@click.option("--listen", "listen", default="127.0.0.1:6380", show_default=True, callback=_listen,
+              help="HOST:PORT to serve clients on (loopback by default).")
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+              help="Processes sharing the port (SO_REUSEPORT); 1 runs in this process.")
+@click.option("--requirepass", default=None, envvar="KVSTORE_PROXY_REQUIREPASS",
+              help="Password clients must AUTH with.")
+@click.option("--backend-password", default=None, envvar="KVSTORE_BACKEND_PASSWORD",
+              help="Password of the Redis nodes (requirepass).")
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=5.0, show_default=True,
+              help="Seconds a request may wait for its backend reply.")
+@click.option("--max-clients", type=click.IntRange(min=1), default=10000, show_default=True)
+@click.option("--max-request-size", type=click.IntRange(min=1), default=512 * 1024 * 1024, show_default=True,
+              help="Largest bulk string a client may send, in bytes (Redis's proto-max-bulk-len).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Close clients idle this many seconds (0: never).")
+@click.option("--zk-session-timeout", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="ZooKeeper session timeout in seconds; fencing follows it.")
+@click.option("--slowlog-slower-than", type=int, default=10000, show_default=True,
+              help="Log requests slower than this many microseconds (negative: off).")
+@click.option("--slowlog-max-len", type=click.IntRange(min=0), default=128, show_default=True)
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds to wait for replies in flight when stopping.")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="console", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def main(zk: str, cluster: str, listen: tuple[str, int], workers: int, requirepass: str | None,
+         backend_password: str | None, timeout: float, max_clients: int, max_request_size: int,
+         idle_timeout: float, zk_session_timeout: float, slowlog_slower_than: int, slowlog_max_len: int,
+         drain_timeout: float, log_format: str, log_level: str) -> None:
+    """Serve the Redis protocol for a kvstore cluster, routing each key to its group."""
+    logs.configure(log_format, log_level)
+    config = ProxyConfig(
+        zk=zk, cluster=cluster, host=listen[0], port=listen[1], workers=workers,
+        requirepass=requirepass or None, backend_password=backend_password or None, timeout=timeout,
+        max_clients=max_clients, max_request_size=max_request_size, idle_timeout=idle_timeout,
+        zk_session_timeout=zk_session_timeout, slowlog_slower_than=slowlog_slower_than,
+        slowlog_max_len=slowlog_max_len, drain_timeout=drain_timeout, log_format=log_format,
+        log_level=log_level,
+    )
+    if workers == 1:
+        from kvstore_proxy import server
+
+        sys.exit(server.run(config))
+    from kvstore_proxy import workers as supervisor
+
+    sys.exit(supervisor.supervise(config))

@@ -1,0 +1,132 @@
+"""Commands sent to every group (or any one) and merged: DBSIZE, FLUSH*, KEYS, SCAN, RANDOMKEY, SCRIPT, COMMAND."""
+
+from __future__ import annotations
+
+import random
+from binascii import crc_hqx
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from kvstore_proxy import resp
+from kvstore_proxy.request import CommandStat, Part, Reply, SplitReply
+
+if TYPE_CHECKING:
+    from kvstore_proxy.session import Session
+
+_NO_GROUPS = resp.error("CLUSTERDOWN the cluster has no groups")
+
+
+def _slot(key: bytes) -> int:
+    s = key.find(b"{")
+    if s >= 0:
+        e = key.find(b"}", s + 1)
+        if e > s + 1:
+            key = key[s + 1 : e]
+    return crc_hqx(key, 0) & 0x3FFF
+
+
+def fan_out(s: Session, stat: CommandStat, args: list[bytes], t0: float,
+            requests: list[tuple[Any, bytes]], merge: Callable[[list[Any]], bytes]) -> bytes | None:
+    """Queue one SplitReply and send each ``(backend, request)``; ``merge`` builds the answer."""
+    if not requests:
+        return _NO_GROUPS
+    parent = SplitReply(s, t0, stat, args, len(requests), merge)
+    s.fifo.append(parent)
+    for i, (backend, raw) in enumerate(requests):
+        backend.send(Part(parent, i), raw)
+    return None
+
+
+def _broadcast(s: Session, args: list[bytes], stat: CommandStat, t0: float,
+               merge: Callable[[list[Any]], bytes]) -> bytes | None:
+    raw = resp.command(args)
+    return fan_out(s, stat, args, t0, [(b, raw) for b in s.router.all_backends()], merge)
+
+
+def _any(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> None:
+    """Static answers (COMMAND INFO/DOCS/...): any group's master knows them."""
+    r = Reply(s, t0, stat, args)
+    s.fifo.append(r)
+    s.router.any_backend().send(r, resp.command(args))
+
+
+def _dbsize(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
+    return _broadcast(s, args, stat, t0, lambda results: resp.integer(sum(results)))
+
+
+def _ok(results: list[Any]) -> bytes:
+    return resp.OK
+
+
+def _flush(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
+    return _broadcast(s, args, stat, t0, _ok)
+
+
+def _keys(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
+    router = s.router
+
+    def merge(results: list[Any]) -> bytes:
+        out = []
+        for gi, keys in enumerate(results):
+            out.extend(k for k in keys if router.owns(gi, _slot(k)))
+        return resp.array([resp.bulk(k) for k in out])
+
+    return _broadcast(s, args, stat, t0, merge)
+
+
+def _randomkey(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
+    def merge(results: list[Any]) -> bytes:
+        found = [k for k in results if k is not None]
+        return resp.bulk(random.choice(found)) if found else resp.NULL_BULK
+
+    return _broadcast(s, args, stat, t0, merge)
+
+
+def _scan(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
+    """SCAN over every group in turn: cursor = backend_cursor * ngroups + group_index."""
+    backends = s.router.all_backends()
+    n = len(backends)
+    if n == 0:
+        return _NO_GROUPS
+    try:
+        cursor = int(args[1])
+        if cursor < 0:
+            raise ValueError
+    except ValueError:
+        return resp.error("ERR invalid cursor")
+    group, inner = cursor % n, cursor // n
+    router = s.router
+
+    def merge(results: list[Any]) -> bytes:
+        next_inner, keys = results[0]
+        next_inner = int(next_inner)
+        if next_inner:
+            nxt = next_inner * n + group
+        else:
+            nxt = group + 1 if group + 1 < n else 0
+        # Only keys this group serves: a node may still hold keys of slots it gave away.
+        keys = [k for k in keys if router.owns(group, _slot(k))]
+        return resp.array([resp.bulk(b"%d" % nxt), resp.array([resp.bulk(k) for k in keys])])
+
+    sub = [args[0], b"%d" % inner, *args[2:]]
+    return fan_out(s, stat, args, t0, [(backends[group], resp.command(sub))], merge)
+
+
+def _script_load(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
+    return _broadcast(s, args, stat, t0, lambda results: resp.bulk(results[0]))
+
+
+def _script_exists(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
+    def merge(results: list[Any]) -> bytes:
+        return resp.array([resp.integer(int(all(r[i] for r in results))) for i in range(len(args) - 2)])
+
+    return _broadcast(s, args, stat, t0, merge)
+
+
+HANDLERS: dict[bytes, Callable[..., bytes | None]] = {
+    b"dbsize": _dbsize, b"flushdb": _flush, b"flushall": _flush, b"keys": _keys,
+    b"randomkey": _randomkey, b"scan": _scan,
+    b"script|load": _script_load, b"script|exists": _script_exists, b"script|flush": _flush,
+    b"command": _any, b"command|info": _any, b"command|docs": _any, b"command|list": _any,
+    b"command|getkeys": _any, b"command|getkeysandflags": _any,
+}

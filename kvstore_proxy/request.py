@@ -1,0 +1,102 @@
+"""The slot a request leaves in its client's reply FIFO, and the parts a split request waits for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import hiredis
+
+from kvstore_proxy import resp
+
+
+class CommandStat:
+    """Calls and total latency of one command name (INFO commandstats)."""
+
+    __slots__ = ("name", "calls", "usec", "errors")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.calls = 0
+        self.usec = 0.0  # seconds, despite the name; INFO converts
+        self.errors = 0
+
+
+class Reply:
+    """One request's place in the client's FIFO; ``data`` is its encoded reply once known.
+
+    Backends hold the same object in their own FIFO and fill ``data`` with the raw reply bytes
+    when they arrive, so a reply routed whole is never parsed or re-encoded.
+    """
+
+    __slots__ = ("session", "data", "t0", "stat", "args")
+
+    def __init__(self, session: Any, t0: float, stat: CommandStat, args: list[bytes]):
+        self.session = session
+        self.data: bytes | bytearray | None = None
+        self.t0 = t0
+        self.stat = stat
+        self.args = args
+
+    def fail(self, err: bytes) -> Reply | None:
+        """Answer with an encoded error reply; returns self (finished) for the caller to notify."""
+        if self.data is None:
+            self.data = err
+        return self
+
+
+Merge = Callable[[list[Any]], bytes]
+
+
+class SplitReply(Reply):
+    """A request answered from several backend replies, merged by ``merge`` once all arrived."""
+
+    __slots__ = ("results", "left", "merge")
+
+    def __init__(self, session: Any, t0: float, stat: CommandStat, args: list[bytes], nparts: int, merge: Merge):
+        Reply.__init__(self, session, t0, stat, args)
+        self.results: list[Any] = [None] * nparts
+        self.left = nparts
+        self.merge = merge
+
+    def part_done(self, index: int, value: Any) -> Reply | None:
+        self.results[index] = value
+        self.left -= 1
+        if self.left:
+            return None
+        if self.data is None:
+            for value in self.results:
+                if isinstance(value, hiredis.ReplyError):
+                    self.data = resp.error(str(value))
+                    return self
+            try:
+                self.data = self.merge(self.results)
+            except Exception as exc:  # noqa: BLE001 - a surprising backend reply must not kill the loop
+                self.data = resp.error(f"ERR kvstore could not merge replies: {exc}")
+        return self
+
+
+class Part:
+    """One backend's share of a split request; forwards its parsed reply to the parent."""
+
+    __slots__ = ("parent", "index", "t0")
+
+    def __init__(self, parent: SplitReply, index: int):
+        self.parent = parent
+        self.index = index
+        self.t0 = parent.t0
+
+    @property
+    def session(self) -> Any:
+        return self.parent.session
+
+    def done(self, raw: bytes | bytearray) -> Reply | None:
+        try:
+            value = resp.parse_one(bytes(raw))
+        except (resp.ProtocolError, hiredis.ProtocolError) as exc:
+            value = hiredis.ReplyError(f"ERR kvstore could not parse a backend reply: {exc}")
+        return self.parent.part_done(self.index, value)
+
+    def fail(self, err: bytes) -> Reply | None:
+        text = err[1:].rstrip(b"\r\n").decode(errors="replace")
+        return self.parent.part_done(self.index, hiredis.ReplyError(text))

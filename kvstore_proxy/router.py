@@ -1,0 +1,145 @@
+"""The routing table: slot -> backend (or a refusal), rebuilt from each groups/slots version; fencing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from kvstore_cluster.model import Groups, SlotTable
+from kvstore_cluster.slots import SLOT_COUNT
+from kvstore_proxy import resp
+from kvstore_proxy.backend import Backend, Refuser
+from kvstore_proxy.outbox import Outbox
+
+log = structlog.get_logger("kvstore.proxy.router")
+
+FENCED_ERROR = resp.error(
+    "TRYAGAIN kvstore-proxy is cut off from ZooKeeper and its routing may be stale; retry shortly")
+NO_TABLE_ERROR = resp.error("TRYAGAIN kvstore-proxy has not read the cluster tables yet; retry shortly")
+
+
+class Router:
+    """Owns the backends of the current masters and ``slot_backend``, the table the hot path indexes.
+
+    Every entry of ``slot_backend`` answers ``up``/``send``/``refuse``: a :class:`Backend`, or a
+    :class:`Refuser` for slots nobody may serve right now (unowned, group down, proxy fenced), so
+    the hot path never checks those cases itself.
+
+    Migrating slots (DESIGN.md, "Resharding without restart") get their entry here too: today
+    the owner's backend; the resharding issue replaces it with a handler that runs MIGRATE on the
+    source before forwarding to the target, without touching the session or the backends.
+    """
+
+    def __init__(self, outbox: Outbox, backend_password: str | None = None, connect_timeout: float = 2.0):
+        self.outbox = outbox
+        self.backend_password = backend_password
+        self.connect_timeout = connect_timeout
+        self.groups: Groups | None = None
+        self.slots: SlotTable | None = None
+        self.groups_version = -1
+        self.slots_version = -1
+        self.backends: dict[str, Backend] = {}
+        self.retired: list[Backend] = []
+        self.fenced = False
+        self.fence_reason = ""
+        self._fence = Refuser(FENCED_ERROR, outbox)
+        self._no_table = Refuser(NO_TABLE_ERROR, outbox)
+        self.slot_backend: list[Any] = [self._no_table] * SLOT_COUNT
+        self.owners: tuple[str | None, ...] = (None,) * SLOT_COUNT
+        self.group_order: list[Any] = []  # one entry per group, for fan-out commands
+
+    # --- applying ZooKeeper's tables ----------------------------------------------------------
+
+    def apply(self, groups: Groups, groups_version: int, slots: SlotTable, slots_version: int) -> None:
+        """Switch to these tables: new masters get new backends; requests in flight finish on the old."""
+        self.groups, self.groups_version = groups, groups_version
+        self.slots, self.slots_version = slots, slots_version
+        wanted = {g.id: g.master for g in groups}
+        for gid, backend in list(self.backends.items()):
+            if wanted.get(gid) != backend.address:
+                del self.backends[gid]
+                backend.retire()
+                if backend.state != "closed":
+                    self.retired.append(backend)
+                log.info("backend_retired", group=gid, addr=backend.address, pending=len(backend.fifo))
+        for gid, master in wanted.items():
+            if gid not in self.backends:
+                b = Backend(gid, master, self.outbox, self.backend_password, self.connect_timeout)
+                self.backends[gid] = b
+                b.start()
+        self.retired = [b for b in self.retired if b.state != "closed"]
+        self.owners = slots.owners()
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        if self.fenced:
+            self.slot_backend = [self._fence] * SLOT_COUNT
+            self.group_order = [self._fence] * max(1, len(self.groups or ()))
+            return
+        if self.groups is None:
+            return
+        table: dict[str | None, Any] = {None: Refuser(resp.error("CLUSTERDOWN Hash slot not served"), self.outbox)}
+        order = []
+        for g in self.groups:
+            if g.state == "down":
+                entry: Any = Refuser(resp.error(f"CLUSTERDOWN group {g.id} is down"), self.outbox)
+            else:
+                entry = self.backends[g.id]
+            table[g.id] = entry
+            order.append(entry)
+        unknown = table[None]
+        self.slot_backend = [table.get(o, unknown) for o in self.owners]
+        self.group_order = order
+
+    # --- fencing --------------------------------------------------------------------------------
+
+    def fence(self, reason: str) -> None:
+        if not self.fenced:
+            self.fenced = True
+            self.fence_reason = reason
+            log.warning("proxy_fenced", reason=reason)
+            self._rebuild()
+
+    def unfence(self) -> None:
+        if self.fenced:
+            self.fenced = False
+            self.fence_reason = ""
+            log.warning("proxy_unfenced", slots_version=self.slots_version, groups_version=self.groups_version)
+            self._rebuild()
+
+    # --- lookups for the slow paths -------------------------------------------------------------
+
+    def any_backend(self) -> Any:
+        """Where keyless scripts and static commands go: the first group (fenced: a refusal)."""
+        if self.fenced:
+            return self._fence
+        for entry in self.group_order:
+            if entry.up:
+                return entry
+        return self.group_order[0] if self.group_order else self._no_table
+
+    def all_backends(self) -> list[Any]:
+        return [self._fence] if self.fenced and not self.group_order else self.group_order
+
+    def owns(self, group_index: int, slot: int) -> bool:
+        """True if the group at ``group_index`` of ``group_order`` serves ``slot`` (owner or target)."""
+        groups = self.groups
+        if groups is None or group_index >= len(groups):
+            return False
+        gid = groups.groups[group_index].id
+        if self.owners[slot] == gid:
+            return True
+        if self.slots is not None and self.slots.migrating:
+            m = self.slots.migration_of(slot)
+            return m is not None and m.target == gid
+        return False
+
+    def close(self) -> None:
+        for b in [*self.backends.values(), *self.retired]:
+            b.close()
+        self.backends.clear()
+        self.retired.clear()
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [b.describe() for b in [*self.backends.values(), *self.retired]]

@@ -1,0 +1,230 @@
+"""One proxy process: its event loop, listening socket, ZooKeeper session, clients, timers and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import time
+from typing import Any
+
+import structlog
+
+from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
+from kvstore_proxy.commands import CommandSpec, Kind
+from kvstore_proxy.config import ProxyConfig
+from kvstore_proxy.outbox import Outbox
+from kvstore_proxy.request import CommandStat
+from kvstore_proxy.router import Router
+from kvstore_proxy.session import Session
+from kvstore_proxy.stats import SlowLog, Stats
+from kvstore_proxy.topology import Topology, proxy_id
+
+log = structlog.get_logger("kvstore.proxy.server")
+
+_MAX_LEARNED = 4096  # distinct spellings of command names in the fast-route cache
+
+
+class StartupError(Exception):
+    """The proxy cannot start; the message is one line for the user."""
+
+
+class Route:
+    """How one command spec is served, with its stats; ``fast`` routes skip lookup entirely."""
+
+    __slots__ = ("spec", "stat", "fast", "key", "nmin", "nmax")
+
+    def __init__(self, spec: CommandSpec, stat: CommandStat):
+        self.spec = spec
+        self.stat = stat
+        # KEYED commands have their one key at a fixed position (commands.py computes it).
+        fixed = getattr(spec, "_fixed", None)
+        self.fast = spec.kind is Kind.KEYED and b"|" not in spec.name and fixed is not None and len(fixed) == 1
+        self.key = fixed[0] if self.fast else 0
+        self.nmin = spec.arity if spec.arity > 0 else -spec.arity
+        self.nmax = spec.arity if spec.arity > 0 else 1 << 62
+
+
+class Worker:
+    """Everything one proxy process owns; sessions and backends reach the rest through it."""
+
+    def __init__(self, config: ProxyConfig, loop: asyncio.AbstractEventLoop):
+        self.config = config
+        self.loop = loop
+        self.port = config.port
+        self.proxy_id = proxy_id(config.host, config.port)
+        self.started_at = time.time()
+        self.outbox = Outbox(loop)
+        self.router = Router(self.outbox, config.backend_password)
+        self.stats = Stats()
+        self.slowlog = SlowLog(config.slowlog_max_len)
+        self.slow_threshold = (config.slowlog_slower_than / 1e6 if config.slowlog_slower_than >= 0
+                               else math.inf)
+        self.commandstats: dict[str, CommandStat] = {}
+        self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route
+        self._spec_routes: dict[bytes, Route] = {}
+        self.clients: dict[int, Session] = {}
+        self._next_id = 0
+        self.listening = False
+        self.topology: Topology | None = None
+        self.server: asyncio.base_events.Server | None = None
+        self._stop = asyncio.Event()
+        self._zk: Any = None
+
+    # --- sessions ---------------------------------------------------------------------------------
+
+    def accept(self, session: Session) -> bool:
+        self.stats.connections_received += 1
+        if len(self.clients) >= self.config.max_clients or not self.listening:
+            self.stats.rejected_connections += 1
+            return False
+        self._next_id += 1
+        session.id = self._next_id
+        self.clients[session.id] = session
+        return True
+
+    def forget(self, session: Session) -> None:
+        self.clients.pop(session.id, None)
+
+    def stat_for(self, name: bytes) -> CommandStat:
+        key = name.decode(errors="replace")
+        st = self.commandstats.get(key)
+        if st is None:
+            st = self.commandstats[key] = CommandStat(key)
+        return st
+
+    def route_for(self, spec: CommandSpec) -> Route:
+        route = self._spec_routes.get(spec.name)
+        if route is None:
+            route = self._spec_routes[spec.name] = Route(spec, self.stat_for(spec.name))
+        return route
+
+    def learn_route(self, name: bytes, route: Route) -> None:
+        if len(self.routes) < _MAX_LEARNED:
+            self.routes[name] = route
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self, sock: Any = None) -> None:
+        cfg = self.config
+        try:
+            self._zk = await self.loop.run_in_executor(None, _connect, cfg)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        self.topology = Topology(self, self._zk)
+        self.topology.start()
+        try:
+            await asyncio.wait_for(self.topology.ready.wait(), max(5.0, cfg.zk_session_timeout))
+        except TimeoutError:
+            raise StartupError(f"no readable groups/slots tables for cluster {cfg.cluster!r} in ZooKeeper") from None
+        try:
+            if sock is not None:
+                self.server = await self.loop.create_server(lambda: Session(self), sock=sock, backlog=1024)
+            else:
+                self.server = await self.loop.create_server(
+                    lambda: Session(self), cfg.host, cfg.port, backlog=1024,
+                    reuse_port=cfg.workers > 1, reuse_address=True)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+        sockets = self.server.sockets or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        self.listening = True
+        self.topology.register()
+        self._tick()
+        log.info("proxy_listening", address=f"{cfg.host}:{self.port}", proxy_id=self.proxy_id,
+                 cluster=cfg.cluster)
+
+    def _tick(self) -> None:
+        """Per-request timeouts (oldest pending per backend) and idle clients; no timer per request."""
+        if not self.listening:
+            return
+        now = time.monotonic()
+        timeout = self.config.timeout
+        for b in list(self.router.backends.values()) + self.router.retired:
+            b.check_timeout(now, timeout)
+        idle = self.config.idle_timeout
+        if idle > 0:
+            for s in list(self.clients.values()):
+                if not s.fifo and now - s.last_active > idle:
+                    self.stats.idle_closed += 1
+                    s.close()
+        self.loop.call_later(min(0.1, timeout / 4), self._tick)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve_until_stopped(self) -> None:
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let replies in flight arrive (bounded), deregister, close everything."""
+        log.info("proxy_stopping", clients=len(self.clients))
+        if self.server is not None:
+            self.server.close()
+        self.listening = False
+        for s in list(self.clients.values()):
+            if s.transport is not None:
+                s.transport.pause_reading()
+        deadline = time.monotonic() + self.config.drain_timeout
+        while any(s.fifo for s in self.clients.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for s in list(self.clients.values()):
+            s.close()
+        if self.topology is not None:
+            await self.loop.run_in_executor(None, self.topology.deregister)
+            self.topology.bridge.close()
+        self.router.close()
+        if self._zk is not None:
+            zk = self._zk
+            await self.loop.run_in_executor(None, lambda: (zk.stop(), zk.close()))
+        log.info("proxy_stopped")
+
+
+def _connect(cfg: ProxyConfig) -> Any:
+    client = connect(cfg.zk, timeout=min(10.0, cfg.zk_session_timeout), session_timeout=cfg.zk_session_timeout)
+    store = ClusterStore(client, cfg.cluster)
+    try:
+        if not store.exists():
+            raise ClusterNotFound(f"cluster {cfg.cluster!r} does not exist in ZooKeeper at {cfg.zk} "
+                                  "(run 'kvstore-admin init')")
+    except StoreError:
+        client.stop()
+        client.close()
+        raise
+    return client
+
+
+def run(config: ProxyConfig, sock: Any = None) -> int:
+    """Run one proxy in this process until SIGTERM/SIGINT; returns the exit code."""
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this only keeps dev setups going
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    worker = Worker(config, loop)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    try:
+        loop.run_until_complete(worker.start(sock))
+    except StartupError as exc:
+        log.error("proxy_start_failed", error=str(exc))
+        print(f"kvstore-proxy: {exc}", flush=True, file=__import__("sys").stderr)
+        loop.run_until_complete(_abandon(worker))
+        loop.close()
+        return 2
+    try:
+        loop.run_until_complete(worker.serve_until_stopped())
+    finally:
+        loop.close()
+    return 0
+
+
+async def _abandon(worker: Worker) -> None:
+    worker.router.close()
+    if worker._zk is not None:
+        zk = worker._zk
+        await worker.loop.run_in_executor(None, lambda: (zk.stop(), zk.close()))

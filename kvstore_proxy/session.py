@@ -1,0 +1,473 @@
+"""A client connection: parse requests, route them, and write replies back in request order.
+
+::
+
+    client bytes
+      │ data_received ─► hiredis.Reader.gets() ─► args        (inline lines: resp.split_inline)
+      │                    └─ partial request: _check_partial (bulk/multibulk limits, like Redis)
+      ▼
+    route: routes[args[0]] ──KEYED fast path──► slot_backend[key_slot(key)]         (router.py)
+      │      └─ otherwise _slow: commands.lookup ─► arity ─► auth ─► kind
+      │             MULTI ─► multikey.split ─► SplitReply + one Part per group       (multikey.py)
+      │             SAME_SLOT ─► -CROSSSLOT or the slot's backend
+      │             PROXY ─► answers.HANDLERS: answered here or fanned out          (answers.py, fanout.py)
+      │             REFUSED ─► one error naming the command
+      ▼
+    Reply appended to this session's FIFO *before* it is sent              (request.py)
+      │
+      ▼
+    Backend.send: request bytes to its write buffer; Outbox flushes once per loop iteration
+      │                                                                     (backend.py, outbox.py)
+      ▼
+    Backend.data_received ─► resp.scan_reply ─► fifo.popleft().data = raw reply
+      │                      (Part: parse, SplitReply.merge once every part is in)
+      ▼
+    Session.flush: write every finished reply at the head of the FIFO, in order; stats, slowlog
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from binascii import crc_hqx
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import hiredis
+import structlog
+
+from kvstore_proxy import answers, commands, multikey, resp
+from kvstore_proxy.commands import Kind
+from kvstore_proxy.request import Reply
+
+if TYPE_CHECKING:
+    from kvstore_proxy.server import Worker
+
+log = structlog.get_logger("kvstore.proxy.session")
+
+_NOT_ENOUGH = object()  # hiredis returns False for "need more data" by default; False is ambiguous
+_INLINE_MAX = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
+_MAX_MULTIBULK = 1024 * 1024  # Redis's limit for an unauthenticated client; we apply it to all
+_MAX_PENDING = 100_000  # replies outstanding before we stop reading this client
+_NOAUTH = resp.error("NOAUTH Authentication required.")
+_CROSSSLOT = resp.error("CROSSSLOT Keys in request don't hash to the same slot")
+_BLEN = bytes.__len__  # raises TypeError for anything hiredis parsed that is not a bulk string
+
+
+class Session(asyncio.Protocol):
+    """One client connection (an ``asyncio.Protocol``: no task per request, ever)."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.router = worker.router
+        self.outbox = worker.outbox
+        self.id = 0
+        self.addr = "?"
+        self.laddr = "?"
+        self.name = b""
+        self.lib_name = b""
+        self.lib_ver = b""
+        self.created = time.time()
+        self.last_active = time.monotonic()
+        self.last_cmd = b"NULL"
+        self.transport: asyncio.Transport | None = None
+        self.fifo: deque[Reply] = deque()
+        self.dirty = False
+        self.authenticated = not worker.config.requirepass
+        self.routes = worker.routes if self.authenticated else {}
+        self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
+        self._carry: bytearray | None = None
+        self._vpos = 0  # how far the partial request at the start of _carry has been validated
+        self._vleft = -1  # bulk strings of the partial request not yet validated (-1: header not seen)
+        self._closing = False  # no more requests: a protocol error or QUIT is being answered
+        self._close_after: Reply | None = None
+        self._paused_writing = False
+        self._paused_pending = False
+
+    # --- connection -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio.Transport
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
+        if not self.worker.accept(self):
+            transport.write(resp.error("ERR max number of clients reached"))
+            transport.close()
+            self.transport = None
+            return
+        log.debug("client_connected", client=self.id, addr=self.addr)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None and self.id == 0:
+            return
+        self.transport = None
+        self._closing = True
+        self.worker.forget(self)
+        log.debug("client_disconnected", client=self.id, addr=self.addr, pending=len(self.fifo))
+        # Replies still on their way from backends land on Reply objects nobody reads; the
+        # backend FIFOs stay aligned because every request still gets its reply there.
+
+    def pause_writing(self) -> None:
+        # The client does not read its replies: stop reading its requests until it does.
+        self._paused_writing = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if self.transport is not None and not self._paused_pending and not self._closing:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        carry = self._carry
+        if carry is not None:
+            carry += data
+            buf: bytes | bytearray = carry
+        else:
+            buf = data
+        reader = self._reader
+        reader.feed(data)
+        n = len(buf)
+        pos = 0
+        t0 = time.monotonic()
+        self.last_active = t0
+        fifo = self.fifo
+        routes = self.routes
+        slot_backend = self.router.slot_backend
+        command = resp.command
+        try:
+            while pos < n:
+                if buf[pos] != 42:  # not '*': an inline command, as telnet users type them
+                    nl = buf.find(b"\n", pos)
+                    if nl < 0:
+                        if n - pos > _INLINE_MAX:
+                            self._protocol_error("too big inline request")
+                            return
+                        # Wait for the end of the line; hiredis must not keep these bytes.
+                        self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
+                        break
+                    pos = self._inline(buf, pos, nl, n, t0)
+                    if self._closing:
+                        break
+                    reader = self._reader
+                    routes = self.routes
+                    slot_backend = self.router.slot_backend
+                    continue
+                args = reader.gets()
+                if args is _NOT_ENOUGH:
+                    break
+                if not args:  # "*0" / "*-1": Redis skips these silently
+                    pos += 4 if args is not None else 5
+                    continue
+                sum(map(_BLEN, args))
+                # Clients send canonical RESP, so the re-encoded request has the length of the
+                # bytes it came from: that is how we know where the next one starts in ``buf``.
+                raw = command(args)
+                pos += len(raw)
+                self._vleft = -1
+                route = routes.get(args[0])
+                if route is not None and route.nmin <= len(args) <= route.nmax:
+                    # KEYED fast path: one key at a fixed position.
+                    key = args[route.key]
+                    s = key.find(b"{")
+                    if s >= 0:
+                        e = key.find(b"}", s + 1)
+                        if e > s + 1:
+                            key = key[s + 1 : e]
+                    b = slot_backend[crc_hqx(key, 0) & 0x3FFF]
+                    r = Reply(self, t0, route.stat, args)
+                    fifo.append(r)
+                    if b.up:
+                        b.fifo.append(r)
+                        b.out.append(raw)
+                        if not b.dirty:
+                            b.dirty = True
+                            self.outbox.backends.append(b)
+                            self.outbox.schedule()
+                    else:
+                        b.refuse(r)
+                else:
+                    self._slow(args, raw, t0)
+                    if self._closing:
+                        break
+                    routes = self.routes
+                    slot_backend = self.router.slot_backend
+        except (TypeError, hiredis.ProtocolError, resp.ProtocolError) as exc:
+            self._protocol_error(_protocol_message(exc))
+            return
+        if pos >= n:
+            self._carry = None
+            self._vpos = 0
+        else:
+            if carry is None:
+                self._carry = bytearray(memoryview(buf)[pos:])
+            else:
+                del carry[:pos]
+            if pos:
+                self._vpos = 0
+            if not self._closing:
+                problem = self._check_partial()
+                if problem:
+                    self._protocol_error(problem)
+                    return
+        if fifo:
+            if len(fifo) > _MAX_PENDING and not self._paused_pending and self.transport is not None:
+                self._paused_pending = True
+                self.transport.pause_reading()
+            if fifo[0].data is not None:
+                self.flush()
+
+    def _inline(self, buf: bytes | bytearray, pos: int, nl: int, n: int, t0: float) -> int:
+        """Handle the inline command line ``buf[pos:nl]``; return the position after it."""
+        line = bytes(buf[pos:nl])
+        pos = nl + 1
+        # hiredis was fed these bytes too: restart it at the next request.
+        self._reader = reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
+        if pos < n:
+            reader.feed(bytes(memoryview(buf)[pos:]))
+        args = resp.split_inline(line)
+        if args:
+            self._slow(args, resp.command(args), t0)
+        return pos
+
+    def _check_partial(self) -> str | None:
+        """Validate the headers of the incomplete request at the start of ``_carry``, as Redis would.
+
+        hiredis waits for a declared length to arrive in full; Redis refuses it at once if it is
+        too big. Resumes where the last call stopped, so a request arriving in many reads is
+        checked in linear time.
+        """
+        buf = self._carry
+        assert buf is not None
+        n = len(buf)
+        p = self._vpos
+        left = self._vleft
+        if p == 0 or left < 0:
+            if buf[0] != 42:
+                return None  # an inline line in progress
+            nl = buf.find(b"\r\n")
+            if nl < 0:
+                return "too big mbulk count string" if n > _INLINE_MAX else None
+            try:
+                left = int(buf[1:nl])
+            except ValueError:
+                return "invalid multibulk length"
+            if left > _MAX_MULTIBULK:
+                return "invalid multibulk length"
+            p = nl + 2
+        limit = self.worker.config.max_request_size
+        while left > 0 and p < n:
+            c = buf[p]
+            if c != 36:
+                return f"expected '$', got '{chr(c)}'"
+            nl = buf.find(b"\r\n", p)
+            if nl < 0:
+                if n - p > _INLINE_MAX:
+                    return "too big bulk count string"
+                break
+            try:
+                size = int(buf[p + 1 : nl])
+            except ValueError:
+                return "invalid bulk length"
+            if size < 0 or size > limit:
+                return "invalid bulk length"
+            end = nl + size + 4
+            if end > n:
+                break
+            p = end
+            left -= 1
+        self._vpos = p
+        self._vleft = left
+        return None
+
+    def _protocol_error(self, message: str) -> None:
+        """Answer ``-ERR Protocol error: ...`` after the replies already owed, then close."""
+        self.worker.stats.protocol_errors += 1
+        log.info("client_protocol_error", client=self.id, addr=self.addr, error=message)
+        self._closing = True
+        r = Reply(self, time.monotonic(), self.worker.stat_for(b"(protocol)"), [])
+        r.data = resp.error(f"ERR Protocol error: {message}")
+        self.fifo.append(r)
+        self._close_after = r
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if self.fifo[0].data is not None:
+            self.flush()
+
+    def _slow(self, args: list[bytes], raw: bytes, t0: float) -> None:
+        """Everything but the KEYED fast path: lookup, arity, auth, then by kind."""
+        worker = self.worker
+        spec = commands.lookup(args)
+        if spec is None:
+            if len(args) > 1 and args[0].lower() == b"client" and args[1].lower() == b"setinfo" \
+                    and (self.authenticated or not worker.config.requirepass):
+                self.answer(worker.stat_for(b"client|setinfo"), args, t0, answers.client_setinfo(self, args))
+                return
+            self.answer(worker.stat_for(b"(unknown)"), args, t0,
+                        resp.error(commands.unknown_command_error(args)))
+            return
+        route = worker.route_for(spec)
+        self.last_cmd = spec.name
+        if not commands.check_arity(spec, len(args)):
+            self.answer(route.stat, args, t0, resp.error(commands.arity_error(spec)))
+            return
+        if not self.authenticated and spec.name not in answers.BEFORE_AUTH:
+            self.answer(route.stat, args, t0, _NOAUTH)
+            return
+        kind = spec.kind
+        if kind is Kind.KEYED or kind is Kind.SAME_SLOT:
+            try:
+                keys = commands.key_indexes(spec, args)
+            except commands.CommandError as exc:
+                self.answer(route.stat, args, t0, resp.error(str(exc)))
+                return
+            if not keys:
+                refusal = answers.keyless(spec, args)
+                if refusal is not None:
+                    self.answer(route.stat, args, t0, refusal)
+                    return
+                target = self.router.any_backend()
+            else:
+                slot = _slot(args[keys[0]])
+                for i in keys[1:]:
+                    if _slot(args[i]) != slot:
+                        self.answer(route.stat, args, t0, _CROSSSLOT)
+                        return
+                refusal = answers.keyed_option(spec, args)
+                if refusal is not None:
+                    self.answer(route.stat, args, t0, refusal)
+                    return
+                target = self.router.slot_backend[slot]
+            r = Reply(self, t0, route.stat, args)
+            self.fifo.append(r)
+            target.send(r, raw)
+            if route.fast:
+                worker.learn_route(args[0], route)
+        elif kind is Kind.MULTI:
+            multikey.dispatch(self, spec, route.stat, args, raw, t0)
+        elif kind is Kind.PROXY:
+            handler = answers.HANDLERS.get(spec.name)
+            if handler is None:
+                if spec.name in commands.FORWARD_ANY:
+                    r = Reply(self, t0, route.stat, args)
+                    self.fifo.append(r)
+                    self.router.any_backend().send(r, raw)
+                    return
+                self.answer(route.stat, args, t0,
+                            resp.error(f"ERR {spec.display_name} is not supported by kvstore-proxy"))
+                return
+            out = handler(self, args, route.stat, t0)
+            if out is not None:
+                self.answer(route.stat, args, t0, out)
+        else:
+            self.answer(route.stat, args, t0, resp.error("ERR " + spec.reason))
+
+    def answer(self, stat: Any, args: list[bytes], t0: float, data: bytes) -> Reply:
+        """Queue a reply the proxy knows already (it still waits for earlier replies)."""
+        r = Reply(self, t0, stat, args)
+        r.data = data
+        self.fifo.append(r)
+        return r
+
+    def quit_after(self, r: Reply) -> None:
+        """Close the connection once ``r`` is written (QUIT)."""
+        self._closing = True
+        self._close_after = r
+
+    def authenticate(self) -> None:
+        self.authenticated = True
+        self.routes = self.worker.routes
+
+    # --- replies --------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every finished reply at the head of the FIFO, in request order."""
+        self.dirty = False
+        transport = self.transport
+        fifo = self.fifo
+        if transport is None:
+            fifo.clear()
+            return
+        out = []
+        now = time.monotonic()
+        slow = self.worker.slow_threshold
+        close_after = self._close_after
+        closing = False
+        while fifo:
+            r = fifo[0]
+            d = r.data
+            if d is None:
+                break
+            fifo.popleft()
+            out.append(d)
+            st = r.stat
+            st.calls += 1
+            dt = now - r.t0
+            st.usec += dt
+            if d[0] == 45:  # '-'
+                st.errors += 1
+            if dt > slow:
+                self.worker.slowlog.add(r, dt, self)
+            if r is close_after:
+                closing = True
+                break
+        if out:
+            transport.write(b"".join(out) if len(out) > 1 else out[0])
+        if closing:
+            fifo.clear()
+            transport.close()
+            return
+        if self._paused_pending and len(fifo) < _MAX_PENDING // 2:
+            self._paused_pending = False
+            if not self._paused_writing and not self._closing:
+                transport.resume_reading()
+
+    def describe(self, now: float | None = None) -> bytes:
+        """One CLIENT LIST line for this connection."""
+        mono = time.monotonic()
+        age = int(time.time() - self.created)
+        idle = int(mono - self.last_active)
+        return (
+            f"id={self.id} addr={self.addr} laddr={self.laddr} fd=-1 name={self.name.decode(errors='replace')} "
+            f"age={age} idle={idle} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 "
+            f"argv-mem=0 multi-mem=0 obl=0 oll={len(self.fifo)} omem=0 tot-mem=0 events=r "
+            f"cmd={self.last_cmd.decode(errors='replace')} user=default redir=-1 resp=2 "
+            f"lib-name={self.lib_name.decode(errors='replace')} lib-ver={self.lib_ver.decode(errors='replace')}"
+        ).encode()
+
+
+def _slot(key: bytes) -> int:
+    s = key.find(b"{")
+    if s >= 0:
+        e = key.find(b"}", s + 1)
+        if e > s + 1:
+            key = key[s + 1 : e]
+    return crc_hqx(key, 0) & 0x3FFF
+
+
+def _protocol_message(exc: Exception) -> str:
+    if isinstance(exc, TypeError):
+        return "expected '$' (bulk strings only in a request)"
+    text = str(exc) or type(exc).__name__
+    if "bulk" in text.lower() and "length" in text.lower():
+        return "invalid bulk length"
+    if "multi" in text.lower() and "length" in text.lower():
+        return "invalid multibulk length"
+    return text

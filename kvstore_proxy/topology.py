@@ -1,0 +1,205 @@
+"""Follows ZooKeeper: watches groups and slots, applies them, registers the proxy, fences when cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, NoNodeError
+
+from kvstore_cluster import paths
+from kvstore_cluster.model import Groups, ModelError, SlotTable
+from kvstore_cluster.store import ClusterStore
+from kvstore_cluster.zkbridge import LoopBridge
+
+if TYPE_CHECKING:
+    from kvstore_proxy.server import Worker
+
+log = structlog.get_logger("kvstore.proxy.topology")
+
+# kazoo reports SUSPENDED only after 2/3 of the session timeout without a word from the server;
+# the server may expire the session at the full timeout. Fencing FENCE_AFTER x timeout after
+# SUSPENDED therefore stops keyed commands at ~0.87 of the timeout of silence, before any other
+# process can treat this proxy as gone (its ephemeral node vanishes with the session).
+FENCE_AFTER = 0.2
+
+
+class Topology:
+    """The proxy's view of ZooKeeper; hands every fresh table to the router on the loop."""
+
+    def __init__(self, worker: Worker, client: KazooClient):
+        self.worker = worker
+        self.client = client
+        self.cluster = worker.config.cluster
+        self.store = ClusterStore(client, self.cluster)
+        self.loop = worker.loop
+        self.bridge = LoopBridge(client, self.loop)
+        self.state = "connected"
+        self.groups: tuple[Groups, int] | None = None
+        self.slots: tuple[SlotTable, int] | None = None
+        self.ready = asyncio.Event()
+        self.path = paths.proxy(self.cluster, worker.proxy_id)
+        self._fence_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+        self._registering = False
+        self._register_again = False
+        self._stopped = False
+
+    def start(self) -> None:
+        self.bridge.watch_state(self._on_state)
+        self.bridge.watch_data(paths.groups(self.cluster), self._on_groups)
+        self.bridge.watch_data(paths.slots(self.cluster), self._on_slots)
+
+    # --- tables ---------------------------------------------------------------------------------
+
+    def _on_groups(self, data: bytes | None, stat: Any) -> None:
+        if data is None:
+            log.error("table_missing", table="groups", path=paths.groups(self.cluster))
+            return
+        try:
+            value = Groups.decode(data)
+        except ModelError as exc:
+            log.error("table_rejected", table="groups", version=stat.version, error=str(exc))
+            return
+        self.groups = (value, stat.version)
+        self._apply()
+
+    def _on_slots(self, data: bytes | None, stat: Any) -> None:
+        if data is None:
+            log.error("table_missing", table="slots", path=paths.slots(self.cluster))
+            return
+        try:
+            value = SlotTable.decode(data)
+        except ModelError as exc:
+            log.error("table_rejected", table="slots", version=stat.version, error=str(exc))
+            return
+        self.slots = (value, stat.version)
+        self._apply()
+
+    def _apply(self) -> None:
+        if self.groups is None or self.slots is None or self._stopped:
+            return
+        router = self.worker.router
+        (groups, gv), (slots, sv) = self.groups, self.slots
+        if gv == router.groups_version and sv == router.slots_version and router.groups is not None:
+            return
+        router.apply(groups, gv, slots, sv)
+        log.info("table_applied", groups_version=gv, slots_version=sv, groups=len(groups),
+                 migrating=len(slots.migrating))
+        self.ready.set()
+        self.register()
+
+    # --- registration ---------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        w = self.worker
+        return {
+            "address": f"{w.config.host}:{w.port}",
+            "pid": os.getpid(),
+            "started_at": w.started_at,
+            "slots_version": w.router.slots_version,
+            "groups_version": w.router.groups_version,
+            "fenced": w.router.fenced,
+        }
+
+    def register(self) -> None:
+        """Write our node (again) with the versions applied; coalesces bursts of table changes."""
+        if not self.worker.listening or self._stopped:
+            return
+        if self._registering:
+            self._register_again = True
+            return
+        self._registering = True
+        self.loop.create_task(self._register())
+
+    async def _register(self) -> None:
+        try:
+            while True:
+                self._register_again = False
+                info = self.info()
+                try:
+                    await self.loop.run_in_executor(None, self.store.register, self.path, info)
+                    log.debug("registered", path=self.path, **info)
+                except (KazooException, OSError, Exception) as exc:  # noqa: BLE001 - retried on reconnect
+                    log.warning("register_failed", path=self.path, error=str(exc) or type(exc).__name__)
+                if not self._register_again or self._stopped:
+                    break
+        finally:
+            self._registering = False
+
+    def deregister(self) -> None:
+        """Remove our node (blocking; used on shutdown)."""
+        self._stopped = True
+        try:
+            self.client.delete(self.path)
+        except NoNodeError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - we are going away anyway; the session end removes it
+            log.warning("deregister_failed", path=self.path, error=str(exc) or type(exc).__name__)
+
+    # --- fencing --------------------------------------------------------------------------------
+
+    def _on_state(self, state: KazooState) -> None:
+        router = self.worker.router
+        if state == KazooState.SUSPENDED:
+            self.state = "suspended"
+            log.warning("zk_suspended")
+            if self._fence_timer is None:
+                delay = self.worker.config.zk_session_timeout * FENCE_AFTER
+                self._fence_timer = self.loop.call_later(
+                    delay, router.fence, "cut off from ZooKeeper (connection suspended)")
+        elif state == KazooState.LOST:
+            self.state = "lost"
+            self._lost = True
+            self._cancel_fence_timer()
+            router.fence("ZooKeeper session lost")
+        else:
+            was = self.state
+            self.state = "connected"
+            self._cancel_fence_timer()
+            if was != "connected":
+                log.info("zk_reconnected", was=was)
+            if router.fenced or self._lost:
+                self.loop.create_task(self._refresh())
+
+    def _cancel_fence_timer(self) -> None:
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+            self._fence_timer = None
+
+    async def _refresh(self) -> None:
+        """Re-read both tables after a cut; only then serve keyed commands again."""
+        try:
+            groups = await self.loop.run_in_executor(None, self.store.read_groups)
+            slots = await self.loop.run_in_executor(None, self.store.read_slots)
+        except Exception as exc:  # noqa: BLE001 - stay fenced; the next reconnect tries again
+            log.warning("refresh_failed", error=str(exc) or type(exc).__name__)
+            return
+        if self.state != "connected":
+            return
+        self.groups = (groups.value, groups.version)
+        self.slots = (slots.value, slots.version)
+        self._lost = False
+        self._apply()
+        self.worker.router.unfence()
+        self.register()
+
+
+def read_proxies(client: KazooClient, cluster: str) -> dict[str, Any]:
+    """Every registered proxy's info (used by tests and tools)."""
+    out = {}
+    for name in client.get_children(paths.proxies(cluster)):
+        data, _ = client.get(paths.proxy(cluster, name))
+        out[name] = json.loads(data)
+    return out
+
+
+def proxy_id(host: str, port: int) -> str:
+    """``hostname-port-pid``, made safe as a znode name."""
+    node = re.sub(r"[^A-Za-z0-9_.-]", "-", os.uname().nodename.split(".")[0]).strip("-.") or "proxy"
+    return f"{node[:40]}-{port}-{os.getpid()}"
