@@ -53,6 +53,8 @@ class Merge(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
+    """One command or subcommand: Redis's facts about it and the proxy's treatment."""
+
     name: bytes  # lowercase, b"get", b"object|encoding"
     arity: int  # Redis convention: N exact, -N at least N (counting the command name)
     kind: Kind
