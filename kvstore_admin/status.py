@@ -53,6 +53,8 @@ def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT) -> di
     unowned = len(slots.value.unowned())
     if unowned:
         problems.append(f"{unowned} slots have no owner (run 'kvstore-admin rebalance')")
+    view = _sentinel_view(store)
+    problems += [f"failover of group {gid} in progress" for gid in view.get("failovers", {})]
     return {
         "cluster": store.cluster,
         "mode": meta.value.mode,
@@ -69,9 +71,23 @@ def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT) -> di
         "groups": group_rows,
         "proxies": {"count": len(proxies), "items": [{"id": k, **_as_dict(v)} for k, v in proxies.items()]},
         "sentinels": {"count": len(sentinels), "items": [{"id": k, **_as_dict(v)} for k, v in sentinels.items()]},
+        "sentinel_view": view,
         "healthy": not problems,
         "problems": problems,
     }
+
+
+def _sentinel_view(store: ClusterStore) -> dict[str, Any]:
+    """The sentinels' leader, their verdicts and failovers in progress, from kvstore_sentinel.status."""
+    try:
+        from kvstore_sentinel.status import sentinel_view
+    except ImportError:
+        return {"error": "kvstore_sentinel is not installed"}
+    try:
+        return sentinel_view(store)
+    except Exception as exc:  # noqa: BLE001
+        # Extra information only: a failure reading it must not hide the cluster's own status.
+        return {"error": f"cannot read the sentinels' view ({exc})"}
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -115,7 +131,9 @@ def render(status: dict[str, Any]) -> str:
     else:
         lines.append("no groups (add one with 'kvstore-admin group add')")
     lines.append("")
-    lines.append(f"proxies: {status['proxies']['count']}  sentinels: {status['sentinels']['count']}")
+    leader = status.get("sentinel_view", {}).get("leader") or "none"
+    lines.append(f"proxies: {status['proxies']['count']}  sentinels: {status['sentinels']['count']} "
+                 f"(leader: {leader})")
     if status["healthy"]:
         lines.append("healthy")
     else:

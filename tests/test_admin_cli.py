@@ -367,6 +367,16 @@ def test_status_reports_unowned_slots_and_wrong_roles(zk_hosts: str, zk: KazooCl
     assert "WRONG ROLE" in ok(zk_hosts, "status").stdout
 
 
+def test_status_includes_the_sentinels_view_and_failovers_in_progress(zk_hosts: str, zk: KazooClient) -> None:
+    ok(zk_hosts, "init", "--mode", "datastore")
+    zk.create(paths.failover("c1", "g1"), b'{"phase": "promote"}')
+    data = json.loads(ok(zk_hosts, "status", "--json").stdout)
+    assert data["sentinel_view"]["leader"] is None
+    assert data["sentinel_view"]["failovers"] == {"g1": {"phase": "promote"}}
+    assert "failover of group g1 in progress" in data["problems"]
+    assert "(leader: none)" in ok(zk_hosts, "status").stdout
+
+
 def test_proxies_lists_the_registered_proxies(zk_hosts: str, zk: KazooClient) -> None:
     ok(zk_hosts, "init", "--mode", "cache")
     assert "no proxy registered" in ok(zk_hosts, "proxies").stdout

@@ -14,7 +14,7 @@ from kazoo.client import KazooClient
 
 from kvstore_admin import local
 from kvstore_admin.cli import cli
-from kvstore_admin.processes import LocalProcess, free_port, redis_ping
+from kvstore_admin.processes import LocalProcess, free_port, redis_ping, wait_until
 from kvstore_cluster.store import ClusterStore
 
 # A stand-in for kvstore_proxy: answers +PONG to anything, forks idle "workers", or fails on purpose.
@@ -125,6 +125,8 @@ def test_up_status_down_datastore_with_its_own_zookeeper(state_dir: Path, redis_
     if local.module_available(local.PROXY_MODULE):
         assert f"redis-cli -p {port}" in up.stdout
         assert redis_ping(port)
+        wait_until(lambda: json.loads(ok("--zk", zk, "proxies", "--json").stdout) != [], 15,
+                   "the proxy to register in ZooKeeper")
     else:
         assert "skipped proxy" in up.stdout
 
