@@ -106,18 +106,20 @@ def make_cluster(zk_hosts: str, redis_factory: RedisFactory):  # type: ignore[no
         group_list = []
         for i in range(1, groups + 1):
             gid = f"g{i}"
-            master = redis_factory.start()
-            reps = [redis_factory.start(replicaof=master.address) for _ in range(replicas)]
+            # No diskless-sync delay: replicas should be in sync before the test starts.
+            fast_sync = {"repl-diskless-sync-delay": "0"}
+            master = redis_factory.start(extra=fast_sync)
+            reps = [redis_factory.start(replicaof=master.address, extra=fast_sync) for _ in range(replicas)]
             nodes[gid] = [master, *reps]
             group_list.append(Group(gid, master.address, tuple(r.address for r in reps)))
         for gid, procs in nodes.items():
             if len(procs) > 1:
                 import redis
 
-                client = redis.Redis(port=procs[0].port)
-                want = len(procs) - 1
-                wait_until(lambda c=client, n=want: c.info("replication")["connected_slaves"] >= n,
-                           15, f"replicas of {gid} to connect")
+                for rep in procs[1:]:
+                    client = redis.Redis(port=rep.port)
+                    wait_until(lambda c=client: c.info("replication")["master_link_status"] == "up",
+                               15, f"replica {rep.address} of {gid} to sync")
         meta = Meta(mode=mode, created_at=time.time())
         group_model = Groups(tuple(group_list))
         slots = SlotTable(tuple(even_split(group_model.ids())))
