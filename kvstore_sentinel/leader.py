@@ -12,9 +12,10 @@ from kvstore_cluster.model import Group
 from kvstore_cluster.store import Set
 from kvstore_sentinel.cache_failover import RejoinError, rejoin, remove_group
 from kvstore_sentinel.context import Context
-from kvstore_sentinel.datastore_failover import resume_failover, start_failover
+from kvstore_sentinel.datastore_failover import read_record, resume_failover, start_failover
 from kvstore_sentinel.probe import Prober
 from kvstore_sentinel.reconcile import Reconciler
+from kvstore_sentinel.switchover import recover_stale
 
 log = structlog.get_logger("kvstore.sentinel.leader")
 
@@ -48,7 +49,13 @@ class Leader:
     async def tick(self, down: set[str]) -> None:
         records = await self.ctx.zk(self.ctx.store.client.get_children, paths.failovers(self.ctx.store.cluster))
         for group_id in sorted(records):
-            await resume_failover(self.ctx, group_id)
+            found = await read_record(self.ctx, group_id)
+            if found is None:
+                continue
+            if found[0].get("kind") == "switchover":
+                await recover_stale(self.ctx, group_id, *found)  # the admin's, unless abandoned
+            else:
+                await resume_failover(self.ctx, group_id)
         groups_v = await self.ctx.zk(self.ctx.store.read_groups)
         for group in groups_v.value:
             if group.id in records:
