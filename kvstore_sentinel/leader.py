@@ -68,7 +68,10 @@ class Leader:
     async def _datastore(self, group: Group, down: set[str]) -> None:
         if group.master in down:
             if group.state == "down":
-                return  # marked down before; a replica coming back is picked up below
+                # Marked down because no replica was healthy. A replica that shows up later may have
+                # restarted empty: promoting it would serve an empty dataset, so the group waits for
+                # its master (or the admin) instead.
+                return
             await start_failover(self.ctx, group.id, down)
             return
         if group.state == "down":
