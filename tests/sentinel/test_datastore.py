@@ -59,7 +59,8 @@ def test_killed_master_is_replaced_by_a_replica_and_acknowledged_writes_survive(
     assert sentinel.alive()
 
 
-def test_group_without_healthy_replica_is_marked_down_not_promoted(make_cluster, sentinels, store):
+def test_group_without_healthy_replica_is_marked_down_not_promoted_until_its_master_returns(
+        make_cluster, sentinels, store, redis_factory):
     cluster = make_cluster(groups=2, replicas=0, mode="datastore")
     master = cluster.nodes["g1"][0]
     sentinel = sentinels.start(cluster.zk_hosts, cluster.name, *FAST)
@@ -69,4 +70,7 @@ def test_group_without_healthy_replica_is_marked_down_not_promoted(make_cluster,
     group = _master(store, "g1")
     assert (group.master, group.state) == (master.address, "down")
     assert store.client.exists(f"{store.root}/failover/g1") is None
+    restart_redis(redis_factory, master)
+    sentinel.wait_event("group_recovered", group="g1")
+    assert _master(store, "g1").state == "ok"
     assert sentinel.alive()
