@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from binascii import crc_hqx
@@ -53,6 +54,9 @@ _MAX_PENDING = 100_000  # replies outstanding before we stop reading this client
 _NOAUTH = resp.error("NOAUTH Authentication required.")
 _CROSSSLOT = resp.error("CROSSSLOT Keys in request don't hash to the same slot")
 _BLEN = bytes.__len__  # raises TypeError for anything hiredis parsed that is not a bulk string
+# hiredis allocates an array's list when it reads its header, before any element arrives: a header
+# with a huge count must never reach it. A chunk that may hold one is validated in Python first.
+_BIG_COUNT = re.compile(rb"\*[0-9]{7}")
 
 
 class Session(asyncio.Protocol):
@@ -79,7 +83,8 @@ class Session(asyncio.Protocol):
         self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
         self._carry: bytearray | None = None
         self._vpos = 0  # how far the partial request at the start of _carry has been validated
-        self._vleft = -1  # bulk strings of the partial request not yet validated (-1: header not seen)
+        self._vleft = 0  # bulk strings of the partial request not yet validated
+        self._tail = b""  # the end of the last read, for _BIG_COUNT across reads
         self._closing = False  # no more requests: a protocol error or QUIT is being answered
         self._close_after: Reply | None = None
         self._paused_writing = False
@@ -142,10 +147,20 @@ class Session(asyncio.Protocol):
             buf: bytes | bytearray = carry
         else:
             buf = data
-        reader = self._reader
-        reader.feed(data)
         n = len(buf)
         pos = 0
+        tail = self._tail
+        self._tail = data[-8:]
+        refused = None
+        if _BIG_COUNT.search(tail + data[:8]) or _BIG_COUNT.search(data):
+            # Serve the requests before the bad one, as Redis does, but never feed it to hiredis.
+            q, _, refused = validate(buf, 0, n, 0, self.worker.config.max_request_size)
+            if refused:
+                keep = len(data) - (n - q)
+                data = data[:keep] if keep > 0 else b""
+                n = q
+        reader = self._reader
+        reader.feed(data)
         t0 = time.monotonic()
         self.last_active = t0
         fifo = self.fifo
@@ -181,7 +196,6 @@ class Session(asyncio.Protocol):
                 # bytes it came from: that is how we know where the next one starts in ``buf``.
                 raw = command(args)
                 pos += len(raw)
-                self._vleft = -1
                 route = routes.get(args[0])
                 if route is not None and route.nmin <= len(args) <= route.nmax:
                     # KEYED fast path: one key at a fixed position.
@@ -210,7 +224,12 @@ class Session(asyncio.Protocol):
                     routes = self.routes
                     slot_backend = self.router.slot_backend
         except (TypeError, hiredis.ProtocolError, resp.ProtocolError) as exc:
-            self._protocol_error(_protocol_message(exc))
+            # Say what Redis would say: find the offending byte ourselves.
+            _, _, problem = validate(buf, pos, n, 0, self.worker.config.max_request_size)
+            self._protocol_error(problem or _protocol_message(exc))
+            return
+        if refused:
+            self._protocol_error(refused)
             return
         if pos >= n:
             self._carry = None
@@ -248,7 +267,7 @@ class Session(asyncio.Protocol):
         return pos
 
     def _check_partial(self) -> str | None:
-        """Validate the headers of the incomplete request at the start of ``_carry``, as Redis would.
+        """Validate the incomplete request at the start of ``_carry`` as far as it goes, like Redis.
 
         hiredis waits for a declared length to arrive in full; Redis refuses it at once if it is
         too big. Resumes where the last call stopped, so a request arriving in many reads is
@@ -256,46 +275,10 @@ class Session(asyncio.Protocol):
         """
         buf = self._carry
         assert buf is not None
-        n = len(buf)
-        p = self._vpos
-        left = self._vleft
-        if p == 0 or left < 0:
-            if buf[0] != 42:
-                return None  # an inline line in progress
-            nl = buf.find(b"\r\n")
-            if nl < 0:
-                return "too big mbulk count string" if n > _INLINE_MAX else None
-            try:
-                left = int(buf[1:nl])
-            except ValueError:
-                return "invalid multibulk length"
-            if left > _MAX_MULTIBULK:
-                return "invalid multibulk length"
-            p = nl + 2
-        limit = self.worker.config.max_request_size
-        while left > 0 and p < n:
-            c = buf[p]
-            if c != 36:
-                return f"expected '$', got '{chr(c)}'"
-            nl = buf.find(b"\r\n", p)
-            if nl < 0:
-                if n - p > _INLINE_MAX:
-                    return "too big bulk count string"
-                break
-            try:
-                size = int(buf[p + 1 : nl])
-            except ValueError:
-                return "invalid bulk length"
-            if size < 0 or size > limit:
-                return "invalid bulk length"
-            end = nl + size + 4
-            if end > n:
-                break
-            p = end
-            left -= 1
-        self._vpos = p
-        self._vleft = left
-        return None
+        p, left = (self._vpos, self._vleft) if self._vpos else (0, 0)
+        p, left, problem = validate(buf, p, len(buf), left, self.worker.config.max_request_size)
+        self._vpos, self._vleft = p, left
+        return problem
 
     def _protocol_error(self, message: str) -> None:
         """Answer ``-ERR Protocol error: ...`` after the replies already owed, then close."""
@@ -466,8 +449,59 @@ def _protocol_message(exc: Exception) -> str:
     if isinstance(exc, TypeError):
         return "expected '$' (bulk strings only in a request)"
     text = str(exc) or type(exc).__name__
-    if "bulk" in text.lower() and "length" in text.lower():
-        return "invalid bulk length"
     if "multi" in text.lower() and "length" in text.lower():
         return "invalid multibulk length"
+    if "bulk" in text.lower() and "length" in text.lower():
+        return "invalid bulk length"
     return text
+
+
+def _count(raw: bytes | bytearray) -> int | None:
+    """Redis's strict integer parse of a length line (no sign, spaces or leading zeros)."""
+    if raw.isdigit() and (raw[0] != 48 or len(raw) == 1):
+        return int(raw)
+    if raw[:1] == b"-" and raw[1:].isdigit():
+        return -int(raw[1:])
+    return None
+
+
+def validate(buf: bytes | bytearray, p: int, n: int, left: int, max_bulk: int) -> tuple[int, int, str | None]:
+    """Walk requests in ``buf[p:n]`` as Redis's parser would, without building them.
+
+    ``left`` is the number of bulk strings still expected by a request begun before ``p`` (0 at a
+    request boundary). Returns ``(position, left, problem)``: where it stopped for lack of data,
+    and the Redis protocol error text if the bytes are not a valid request stream.
+    """
+    find = buf.find
+    while p < n:
+        if left <= 0:
+            if buf[p] != 42:  # inline
+                nl = find(b"\n", p)
+                if nl < 0:
+                    return p, 0, "too big inline request" if n - p > _INLINE_MAX else None
+                p = nl + 1
+                continue
+            nl = find(b"\r\n", p)
+            if nl < 0:
+                return p, 0, "too big mbulk count string" if n - p > _INLINE_MAX else None
+            count = _count(buf[p + 1 : nl])
+            if count is None or count > _MAX_MULTIBULK:
+                return p, 0, "invalid multibulk length"
+            p = nl + 2
+            left = max(count, 0)
+            continue
+        c = buf[p]
+        if c != 36:
+            return p, left, f"expected '$', got '{chr(c)}'"
+        nl = find(b"\r\n", p)
+        if nl < 0:
+            return p, left, "too big bulk count string" if n - p > _INLINE_MAX else None
+        size = _count(buf[p + 1 : nl])
+        if size is None or size < 0 or size > max_bulk:
+            return p, left, "invalid bulk length"
+        end = nl + size + 4
+        if end > n:
+            return p, left, None
+        p = end
+        left -= 1
+    return p, left, None
