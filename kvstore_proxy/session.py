@@ -167,6 +167,7 @@ class Session(asyncio.Protocol):
         routes = self.routes
         slot_backend = self.router.slot_backend
         command = resp.command
+        max_bulk = self.worker.config.max_request_size
         try:
             while pos < n:
                 if buf[pos] != 42:  # not '*': an inline command, as telnet users type them
@@ -191,7 +192,9 @@ class Session(asyncio.Protocol):
                 if not args:  # "*0" / "*-1": Redis skips these silently
                     pos += 4 if args is not None else 5
                     continue
-                sum(map(_BLEN, args))
+                if sum(map(_BLEN, args)) > max_bulk and max(map(_BLEN, args)) > max_bulk:
+                    self._protocol_error("invalid bulk length")
+                    return
                 # Clients send canonical RESP, so the re-encoded request has the length of the
                 # bytes it came from: that is how we know where the next one starts in ``buf``.
                 raw = command(args)

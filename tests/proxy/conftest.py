@@ -40,7 +40,11 @@ class ProxyProcess:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kvstore-proxy exited with {self.proc.returncode}:\n{self.output()}")
-            return bool(self.client(socket_timeout=1).ping())
+            client = self.client(socket_timeout=1)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
 
         try:
             wait_until(ready, timeout, f"kvstore-proxy on port {self.port}")
@@ -90,6 +94,11 @@ class ProxyCluster:
     def flush_all(self) -> None:
         for node in self.nodes.values():
             redis.Redis(port=node.port).flushall()
+
+    def start_proxy(self, *extra: str, workers: int = 1, password: str | None = None) -> ProxyProcess:
+        self.proxy = ProxyProcess(self.zk_hosts, self.name, self.base / f"proxy-{time.monotonic_ns()}.log",
+                                  *extra, workers=workers, password=password)
+        return self.proxy
 
     def start_redis(self) -> LocalProcess:
         proc = start_redis(self.base / f"extra-{len(self.extra_procs)}")
@@ -149,8 +158,7 @@ def proxy_cluster(zookeeper: LocalProcess, tmp_path: Path):  # type: ignore[no-u
         cluster, cleanup = _make_cluster(zookeeper, tmp_path, groups)
         made.append(cleanup)
         if start:
-            cluster.proxy = ProxyProcess(cluster.zk_hosts, cluster.name, tmp_path / "proxy.log", *extra,
-                                         workers=workers, password=password)
+            cluster.start_proxy(*extra, workers=workers, password=password)
         return cluster
 
     try:
