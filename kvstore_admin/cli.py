@@ -13,8 +13,10 @@ from typing import Any
 
 import click
 
+from kvstore_admin import check as checking
 from kvstore_admin import groups as ops
-from kvstore_admin import local, nodes, status
+from kvstore_admin import local, nodes, reshard, status
+from kvstore_admin import rebalance as rebalancing
 from kvstore_admin.errors import EXIT_CODES_HELP, USER_ERROR, AdminError, LocalStateError, as_admin_error
 from kvstore_cluster import logs, paths
 from kvstore_cluster.store import ClusterStore, connect
@@ -164,22 +166,106 @@ def group_list(settings: Settings, as_json: bool) -> None:
         ))
 
 
-@cli.command()
-@pass_settings
-def rebalance(settings: Settings) -> None:
-    """Give every unowned slot to the groups in state ok, as evenly as possible.
+move_options = [
+    click.option("--batch", type=click.IntRange(min=1), default=100, show_default=True,
+                 help="Keys per MIGRATE call."),
+    click.option("--parallel", type=click.IntRange(1, 64), default=4, show_default=True,
+                 help="MIGRATE workers per source group."),
+    click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                 help="Seconds to wait for every proxy to apply each slots change (barrier)."),
+    click.option("--slots-per-step", type=click.IntRange(min=1), default=reshard.DEFAULT_SLOTS_PER_STEP,
+                 show_default=True, help="Slots marked migrating at once."),
+    click.option("--no-data", is_flag=True,
+                 help="Reassign without moving keys; the old owners' keys of those slots are DELETED."),
+    click.option("--yes-lose-data", is_flag=True, help="Confirm --no-data in datastore mode."),
+    json_option,
+]
 
-    Only unowned slots are assigned: slots that already have an owner are never moved,
-    because that means moving their keys. Data-moving rebalancing (draining a group,
-    resharding) is not implemented yet; it comes with the reshard command.
+
+def with_move_options(f: Any) -> Any:
+    for option in reversed(move_options):
+        f = option(f)
+    return f
+
+
+def _options(batch: int, parallel: int, timeout: float, slots_per_step: int) -> reshard.Options:
+    return reshard.Options(batch=batch, parallel=parallel, timeout=timeout, slots_per_step=slots_per_step)
+
+
+def _emit(out: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(out.get("text") or rebalancing.render_result(out))
+
+
+@cli.command(epilog=reshard.EXIT_CODES_HELP)
+@click.option("--slots", "slots_text", metavar="RANGES", help="Slots to move, e.g. 0-999,2000.")
+@click.option("--to", "target", metavar="GROUP", help="The group that gets them.")
+@click.option("--resume", is_flag=True, help="Continue the reshard in progress.")
+@click.option("--abort", is_flag=True, help="Stop the reshard in progress (a marked step is finished first).")
+@with_move_options
+@pass_settings
+def reshard_cmd(settings: Settings, slots_text: str | None, target: str | None, resume: bool, abort: bool,
+                batch: int, parallel: int, timeout: float, slots_per_step: int, no_data: bool,
+                yes_lose_data: bool, as_json: bool) -> None:
+    """Move slots (and their keys) to GROUP while proxies keep serving; resumable.
+
+    Keys move with SCAN + MIGRATE (TTLs kept, never REPLACE: a key already on the target stops
+    the reshard). One reshard at a time; running the same command again resumes it.
     """
+    if resume and abort:
+        raise click.UsageError("--resume and --abort exclude each other")
+    if not (resume or abort) and not (slots_text and target):
+        raise click.UsageError("give --slots and --to (or --resume / --abort)")
+    options = _options(batch, parallel, timeout, slots_per_step)
+    reporter = None if as_json else rebalancing.ProgressBar()
     with open_store(settings) as store:
-        gained = ops.rebalance(store)
-    if not gained:
-        click.echo("every slot already has an owner; nothing to do (owned slots are not moved)")
-        return
-    parts = ", ".join(f"{gid} +{n}" for gid, n in sorted(gained.items()))
-    click.echo(f"assigned {sum(gained.values())} unowned slots: {parts}")
+        if resume or abort:
+            out = rebalancing.resume_or_abort(store, options, abort=abort, reporter=reporter)
+        else:
+            assert slots_text and target
+            out = rebalancing.run_reshard(store, slots_text, target, options, no_data=no_data,
+                                          yes_lose_data=yes_lose_data, reporter=reporter)
+    _emit(out, as_json)
+
+
+reshard_cmd.name = "reshard"
+
+
+@cli.command(epilog=reshard.EXIT_CODES_HELP)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--drain", metavar="GROUP", help="Move all of GROUP's slots to the others (then 'group remove').")
+@with_move_options
+@pass_settings
+def rebalance(settings: Settings, dry_run: bool, drain: str | None, batch: int, parallel: int, timeout: float,
+              slots_per_step: int, no_data: bool, yes_lose_data: bool, as_json: bool) -> None:
+    """Even out slot ownership among the groups in state ok, moving the fewest slots (with their keys).
+
+    Unowned slots are assigned first (no data to move). Then slots move from the groups holding
+    the most to those holding the least, as a reshard (resumable, one at a time).
+    """
+    options = _options(batch, parallel, timeout, slots_per_step)
+    reporter = None if (as_json or dry_run) else rebalancing.ProgressBar()
+    with open_store(settings) as store:
+        out = rebalancing.run_rebalance(store, options, drain=drain, dry_run=dry_run, no_data=no_data,
+                                        yes_lose_data=yes_lose_data, reporter=reporter)
+    _emit(out, as_json)
+
+
+@cli.command("check", epilog=checking.EXIT_CODES_HELP)
+@json_option
+@pass_settings
+def check_cmd(settings: Settings, as_json: bool) -> None:
+    """Scan every group's master for keys living in a group that does not own their slot."""
+    with open_store(settings) as store:
+        found = checking.check(store)
+    if as_json:
+        emit_json(found)
+    else:
+        click.echo(checking.render(found))
+    if not found["ok"]:
+        raise SystemExit(checking.MISPLACED)
 
 
 @cli.command("status")

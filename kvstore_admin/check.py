@@ -1,0 +1,96 @@
+"""``kvstore-admin check``: scan every group's master for keys that live in a group not owning their slot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from kvstore_admin import mover
+from kvstore_admin.errors import NodeError
+from kvstore_cluster.slots import SLOT_COUNT, key_slot
+from kvstore_cluster.store import ClusterStore
+
+MISPLACED = 10  # exit code of 'check' when any key is misplaced (or on both sides of a migration)
+EXAMPLES = 5
+
+EXIT_CODES_HELP = f"""\b
+Check exit codes (besides the ones of every command):
+  0   every key lives in the group that owns its slot
+  {MISPLACED}  misplaced keys found (or a key of a migrating slot on both source and target)
+"""
+
+
+def _show(key: bytes) -> str:
+    return key.decode(errors="backslashreplace")
+
+
+def check(store: ClusterStore) -> dict[str, Any]:
+    """Per-group counts of misplaced keys with examples; ``ok`` is False if any is found.
+
+    A key of a migrating slot may be on the source or on the target, not on both. The slot
+    table is read once: run this on a quiet cluster, or expect keys of slots whose ownership
+    changed during the scan to show up.
+    """
+    groups = store.read_groups().value
+    table = store.read_slots().value
+    owners = table.owners()
+    # slot -> (source, target) for migrating slots
+    migrating: list[tuple[str, str] | None] = [None] * SLOT_COUNT
+    for m in table.migrating:
+        for s in range(m.lo, m.hi + 1):
+            migrating[s] = (m.source, m.target)
+    in_flight: dict[str, dict[bytes, str]] = {}  # migrating keys seen, by the group holding them
+    report = []
+    total = 0
+    for g in groups:
+        found = {"group": g.id, "master": g.master, "keys": 0, "misplaced": 0, "examples": []}
+        conn = mover.connect(g.master, 10.0)
+        seen_here: dict[bytes, str] = {}
+        try:
+            for keys in mover.scan_keys(conn):
+                found["keys"] += len(keys)
+                for k in keys:
+                    s = key_slot(k)
+                    if owners[s] == g.id:
+                        if migrating[s] is not None:
+                            seen_here[k] = g.id
+                        continue
+                    mig = migrating[s]
+                    if mig is not None and mig[1] == g.id:
+                        seen_here[k] = g.id
+                        continue
+                    found["misplaced"] += 1
+                    if len(found["examples"]) < EXAMPLES:
+                        found["examples"].append({"key": _show(k), "slot": s, "owner": owners[s]})
+        except redis.RedisError as exc:
+            raise NodeError(f"cannot scan {g.master} of group {g.id} ({exc or type(exc).__name__})") from None
+        finally:
+            conn.close()
+        in_flight[g.id] = seen_here
+        total += found["misplaced"]
+        report.append(found)
+    both = []
+    for m in table.migrating:
+        src, dst = in_flight.get(m.source, {}), in_flight.get(m.target, {})
+        for k in src:
+            if k in dst and m.lo <= key_slot(k) <= m.hi:
+                both.append({"key": _show(k), "slot": key_slot(k), "source": m.source, "target": m.target})
+    return {"ok": total == 0 and not both, "misplaced": total, "groups": report,
+            "on_both_sides": len(both), "on_both_examples": both[:EXAMPLES]}
+
+
+def render(found: dict[str, Any]) -> str:
+    lines = []
+    for g in found["groups"]:
+        lines.append(f"{g['group']} ({g['master']}): {g['keys']} keys, {g['misplaced']} misplaced")
+        for ex in g["examples"]:
+            lines.append(f"  {ex['key']!r} slot {ex['slot']} belongs to {ex['owner'] or 'nobody'}")
+    if found["on_both_sides"]:
+        lines.append(f"{found['on_both_sides']} keys of migrating slots exist on both source and target:")
+        for ex in found["on_both_examples"]:
+            lines.append(f"  {ex['key']!r} slot {ex['slot']} ({ex['source']} and {ex['target']})")
+    lines.append("ok: every key is in the group that owns its slot" if found["ok"]
+                 else f"MISPLACED: {found['misplaced']} keys in a group that does not own their slot"
+                 + (f", {found['on_both_sides']} on both sides of a migration" if found["on_both_sides"] else ""))
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""Pure reshard planning: which slots move from which group to which (no I/O, no ZooKeeper)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvstore_cluster.slots import SLOT_COUNT, slots_to_ranges
+
+
+class PlanError(ValueError):
+    """The requested move is impossible (unknown or unowned slots, nobody to move to, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Slots ``lo..hi`` (inclusive) go from group ``source`` to group ``target``."""
+
+    lo: int
+    hi: int
+    source: str
+    target: str
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo + 1
+
+    def to_json(self) -> list[Any]:
+        return [self.lo, self.hi, self.source, self.target]
+
+    @classmethod
+    def from_json(cls, item: Any) -> Move:
+        if not (isinstance(item, list) and len(item) == 4):
+            raise ValueError(f"a move must be [lo, hi, source, target], got {item!r}")
+        lo, hi, source, target = item
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi < SLOT_COUNT):
+            raise ValueError(f"bad move range {lo!r}-{hi!r}")
+        if not (isinstance(source, str) and isinstance(target, str)) or source == target:
+            raise ValueError(f"bad move groups {source!r} -> {target!r}")
+        return cls(lo, hi, source, target)
+
+
+def _moves_from_pairs(pairs: dict[tuple[str, str], list[int]]) -> list[Move]:
+    out = []
+    for (source, target), slots in pairs.items():
+        out.extend(Move(lo, hi, source, target) for lo, hi in slots_to_ranges(slots))
+    return sorted(out, key=lambda m: (m.lo, m.source, m.target))
+
+
+def reshard_moves(owners: Sequence[str | None], ranges: Sequence[tuple[int, int]], target: str) -> list[Move]:
+    """Moves that give every slot of ``ranges`` to ``target``; slots it already owns are skipped.
+
+    Unowned slots are refused: there is no source to take their keys from ('rebalance' assigns them).
+    """
+    pairs: dict[tuple[str, str], list[int]] = {}
+    unowned = []
+    for lo, hi in ranges:
+        for s in range(lo, hi + 1):
+            owner = owners[s]
+            if owner is None:
+                unowned.append(s)
+            elif owner != target:
+                pairs.setdefault((owner, target), []).append(s)
+    if unowned:
+        from kvstore_cluster.slots import format_slot_ranges
+
+        raise PlanError(f"slots {format_slot_ranges(slots_to_ranges(unowned))} have no owner; "
+                        "give them one first with 'kvstore-admin rebalance'")
+    return _moves_from_pairs(pairs)
+
+
+def fair_targets(counts: dict[str, int], total: int) -> dict[str, int]:
+    """Slot count each group should end with: ``total`` split evenly (sizes differ by at most one).
+
+    The groups that already hold the most get the larger shares, so the fewest slots move.
+    """
+    if not counts:
+        return {}
+    base, extra = divmod(total, len(counts))
+    order = sorted(counts, key=lambda g: (-counts[g], g))
+    return {g: base + (1 if i < extra else 0) for i, g in enumerate(order)}
+
+
+def rebalance_moves(owners: Sequence[str | None], groups: Sequence[str], drain: str | None = None) -> list[Move]:
+    """The fewest moves that even out slot ownership among ``groups`` (the groups in state ok).
+
+    Slots owned by groups not in ``groups`` (failing over, down) and unowned slots stay put.
+    With ``drain``, that group (which must be in ``groups``) gives all its slots to the others,
+    which end up even among themselves.
+    """
+    if drain is not None and drain not in groups:
+        raise PlanError(f"cannot drain {drain!r}: not a group in state ok")
+    receivers = [g for g in groups if g != drain]
+    if not receivers:
+        raise PlanError("no other group in state ok to move the slots to")
+    counts = {g: 0 for g in groups}
+    held: dict[str, list[int]] = {g: [] for g in groups}
+    for s, owner in enumerate(owners):
+        if owner in counts:
+            counts[owner] += 1
+            held[owner].append(s)
+    total = sum(counts.values())
+    targets = fair_targets({g: counts[g] for g in receivers}, total)
+    if drain is not None:
+        targets[drain] = 0
+    # Donors give their highest slots first so what stays with them stays contiguous; receivers
+    # are filled in order, so each gets long runs.
+    give: list[tuple[int, str]] = []
+    for g in groups:
+        excess = counts[g] - targets[g]
+        if excess > 0:
+            give.extend((s, g) for s in held[g][len(held[g]) - excess:])
+    give.sort()
+    pairs: dict[tuple[str, str], list[int]] = {}
+    pos = 0
+    for g in receivers:
+        want = targets[g] - counts[g]
+        for s, source in give[pos: pos + max(0, want)]:
+            pairs.setdefault((source, g), []).append(s)
+        pos += max(0, want)
+    return _moves_from_pairs(pairs)
+
+
+def split_steps(moves: Sequence[Move], slots_per_step: int) -> list[list[Move]]:
+    """Cut ``moves`` into steps of at most ``slots_per_step`` slots each (ranges split as needed).
+
+    Each step is marked, moved and committed as a unit, so a smaller step keeps fewer slots in
+    the slower migrating state at once; every step costs two proxy barriers and a SCAN per source.
+    """
+    if slots_per_step < 1:
+        raise PlanError("slots per step must be at least 1")
+    steps: list[list[Move]] = []
+    current: list[Move] = []
+    room = slots_per_step
+    for m in moves:
+        lo = m.lo
+        while lo <= m.hi:
+            take = min(room, m.hi - lo + 1)
+            current.append(Move(lo, lo + take - 1, m.source, m.target))
+            lo += take
+            room -= take
+            if room == 0:
+                steps.append(current)
+                current, room = [], slots_per_step
+    if current:
+        steps.append(current)
+    return steps
+
+
+def apply_moves(owners: Sequence[str | None], moves: Sequence[Move]) -> list[str | None]:
+    """The owners after ``moves`` (for dry runs and tests)."""
+    out = list(owners)
+    for m in moves:
+        for s in range(m.lo, m.hi + 1):
+            if out[s] != m.source:
+                raise PlanError(f"slot {s} is owned by {out[s]!r}, not {m.source!r}")
+            out[s] = m.target
+    return out
+
+
+def summarize(moves: Sequence[Move]) -> dict[str, Any]:
+    """Per (source, target) slot counts, for printing a plan."""
+    pairs: dict[tuple[str, str], int] = {}
+    for m in moves:
+        pairs[(m.source, m.target)] = pairs.get((m.source, m.target), 0) + m.size
+    return {
+        "slots": sum(m.size for m in moves),
+        "pairs": [{"source": s, "target": t, "slots": n} for (s, t), n in sorted(pairs.items())],
+        "moves": [m.to_json() for m in moves],
+    }
