@@ -2,13 +2,19 @@
 
 A plan is a list of steps, each a few slot ranges moving (source -> target). Per step::
 
-    pending ──mark──► marked ──barrier, move keys, commit──► committed ──barrier──► (next step's mark | done)
+    pending ─mark─► marked ─barrier─► moving ─move keys, commit─► committed ─barrier─► (next mark | done)
 
 - **mark**: one transaction sets the step's slots migrating in ``slots`` *and* records
   ``phase=marked`` here, both version-checked.
 - **barrier**: wait until every registered proxy reports (``slots_version`` in its
   ``proxies/<id>`` node) that it applied the version written; a proxy that does not within
   ``--timeout`` stops the reshard, named in the message, state kept.
+- **moving** is recorded once every proxy has the mark. This is the proxies' signal (they
+  watch this znode) that they may start moving keys of the marked slots to the target: a
+  proxy that moved a key while another proxy, not yet aware of the mark, still wrote to the
+  source would leave the key in two places. So a proxy holds (or answers TRYAGAIN to) commands
+  on slots it sees migrating until this znode says ``moving`` with ``version`` <= the slots
+  version it has applied, or ``committed`` (every proxy had the mark before that).
 - **move**: SCAN each source master and MIGRATE the keys of the step's slots (``mover``);
   idempotent, so a resumed admin simply runs it again.
 - **commit**: one transaction sets owner=target, clears the step's marks and records
@@ -49,7 +55,7 @@ log = structlog.get_logger("kvstore.admin.reshard")
 
 RESHARD_STOPPED = mover.RESHARD_STOPPED
 STATE_FORMAT = 1
-PHASES = ("pending", "marked", "committed")
+PHASES = ("pending", "marked", "moving", "committed")
 DEFAULT_SLOTS_PER_STEP = 1024
 
 # Test hook: the admin exits (code 86, no cleanup, as if killed) right after the named step,
@@ -278,7 +284,12 @@ class Executor:
             return self._mark(cur, state.step)
         if state.phase == "marked":
             self._barrier(state, state.version)
+            cur = self._set_phase(cur, "moving")
             _crash_point("acked")
+            return cur
+        if state.phase == "moving":
+            # The barrier again: cheap, and a proxy that registered while no admin ran must have the mark too.
+            self._barrier(state, state.version)
             moved = self._move(state)
             _crash_point("moved")
             return self._commit(cur, moved)
@@ -339,6 +350,11 @@ class Executor:
                  slots_version=state.version)
         self.reporter.update(state.slots_done, state.keys_moved)
         _crash_point(phase)
+        return Versioned(state, cur.version + 1)
+
+    def _set_phase(self, cur: Versioned[State], phase: str) -> Versioned[State]:
+        state = replace(cur.value, phase=phase)
+        self.store.commit([Set(self.path, state.encode(), cur.version)])
         return Versioned(state, cur.version + 1)
 
     def _barrier(self, state: State, version: int) -> None:
