@@ -201,9 +201,7 @@ def _slowlog_get(s: Session, args: list[bytes], stat: CommandStat, t0: float) ->
             return _NOT_INT
         if count < -1:
             return resp.error("ERR count should be greater than or equal to -1")
-    entries = list(s.worker.slowlog.entries)
-    if count != -1:
-        entries = entries[:count]
+    entries = s.worker.slowlog.get(count)
     return resp.array([
         resp.array([resp.integer(i), resp.integer(ts), resp.integer(us),
                     resp.array([resp.bulk(a) for a in argv]), resp.bulk(addr), resp.bulk(name)])

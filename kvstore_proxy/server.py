@@ -58,8 +58,8 @@ class Worker:
         self.router = Router(self.outbox, config.backend_password)
         self.stats = Stats()
         self.slowlog = SlowLog(config.slowlog_max_len)
-        self.slow_threshold = (config.slowlog_slower_than / 1e6 if config.slowlog_slower_than >= 0
-                               else math.inf)
+        self.slow_threshold = (config.slowlog_slower_than / 1e6
+                               if config.slowlog_slower_than >= 0 and config.slowlog_max_len > 0 else math.inf)
         self.commandstats: dict[str, CommandStat] = {}
         self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route
         self._spec_routes: dict[bytes, Route] = {}

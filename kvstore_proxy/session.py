@@ -192,13 +192,15 @@ class Session(asyncio.Protocol):
                 if not args:  # "*0" / "*-1": Redis skips these silently
                     pos += 4 if args is not None else 5
                     continue
-                if sum(map(_BLEN, args)) > max_bulk and max(map(_BLEN, args)) > max_bulk:
-                    self._protocol_error("invalid bulk length")
-                    return
                 # Clients send canonical RESP, so the re-encoded request has the length of the
                 # bytes it came from: that is how we know where the next one starts in ``buf``.
+                # Encoding also rejects (TypeError) anything but bulk strings inside the request.
                 raw = command(args)
-                pos += len(raw)
+                size = len(raw)
+                pos += size
+                if size > max_bulk and max(map(_BLEN, args)) > max_bulk:
+                    self._protocol_error("invalid bulk length")
+                    return
                 route = routes.get(args[0])
                 if route is not None and route.nmin <= len(args) <= route.nmax:
                     # KEYED fast path: one key at a fixed position.

@@ -29,22 +29,28 @@ class Stats:
 
 
 class SlowLog:
-    """Requests slower than the threshold, newest first (SLOWLOG GET/LEN/RESET)."""
+    """Requests slower than the threshold, newest first (SLOWLOG GET/LEN/RESET).
+
+    ``add`` only keeps references (it can run for many replies in a loaded pipeline); the
+    arguments are trimmed as Redis does when SLOWLOG GET asks for them.
+    """
 
     def __init__(self, max_len: int):
-        self.entries: deque[tuple[int, int, int, list[bytes], bytes, bytes]] = deque(maxlen=max(0, max_len))
+        self.entries: deque[tuple[int, float, float, list[bytes], str, bytes]] = deque(maxlen=max(0, max_len))
         self.next_id = 0
 
     def add(self, r: Reply, seconds: float, session: Any) -> None:
-        if self.entries.maxlen == 0:
-            return
-        args = r.args
-        shown = [a if len(a) <= 128 else a[:128] + b"... (%d more bytes)" % (len(a) - 128) for a in args[:32]]
-        if len(args) > 32:
-            shown[-1] = b"... (%d more arguments)" % (len(args) - 31)
-        self.entries.appendleft((self.next_id, int(time.time()), int(seconds * 1e6), shown,
-                                 session.addr.encode(), session.name))
+        self.entries.appendleft((self.next_id, time.time(), seconds, r.args, session.addr, session.name))
         self.next_id += 1
+
+    def get(self, count: int) -> list[tuple[int, int, int, list[bytes], bytes, bytes]]:
+        out = []
+        for i, ts, seconds, args, addr, name in list(self.entries)[: None if count < 0 else count]:
+            shown = [a if len(a) <= 128 else a[:128] + b"... (%d more bytes)" % (len(a) - 128) for a in args[:32]]
+            if len(args) > 32:
+                shown[-1] = b"... (%d more arguments)" % (len(args) - 31)
+            out.append((i, int(ts), int(seconds * 1e6), shown, addr.encode(), name))
+        return out
 
     def reset(self) -> None:
         self.entries.clear()
