@@ -205,7 +205,9 @@ def render_result(out: dict[str, Any]) -> str:
         got = out["unowned_assigned"]
         lines.append(f"assigned {sum(got.values())} unowned slots: " + ", ".join(f"{g} +{n}" for g, n in got.items()))
     if out["status"] == "nothing to do":
-        lines.append("slot ownership is already even; nothing to do")
+        request = out.get("request") or {}
+        lines.append(f"{request['to']} already owns every slot asked for; nothing to do"
+                     if request.get("command") == "reshard" else "slot ownership is already even; nothing to do")
         return "\n".join(lines)
     rate = f" ({out['keys_per_second']:,} keys/s while moving)" if out.get("keys_per_second") else ""
     verb = "aborted: finished the marked step" if out["status"] == "aborted" else "moved"

@@ -225,3 +225,18 @@ def test_datastore_reshard_moves_master_to_master_and_replicas_follow(cluster) -
     rep2 = redis.Redis(port=c.tc.nodes["g2"][1].port)
     wait_until(lambda: rep2.dbsize() == 1000 and rep1.dbsize() == 0, 10, "replicas to follow")
     c.check_ok()
+
+
+def test_bad_reshard_requests_are_refused_with_exit_1(cluster) -> None:  # type: ignore[no-untyped-def]
+    c = cluster(groups=2)
+    unknown = c.admin("reshard", "--slots", "0-9", "--to", "g9")
+    assert unknown.exit_code == 1 and "unknown group 'g9'" in unknown.stderr
+    bad = c.admin("reshard", "--slots", "0-99999", "--to", "g2")
+    assert bad.exit_code == 1 and "--slots: bad slot range" in bad.stderr
+    usage = c.admin("reshard", "--slots", "0-9")
+    assert usage.exit_code == 2 and "give --slots and --to" in usage.stderr
+    nothing = c.admin("reshard", "--slots", "9000-9010", "--to", "g2")
+    assert nothing.exit_code == 0 and "nothing to do" in nothing.stdout
+    assert "no reshard in progress; nothing to resume" in c.admin("reshard", "--resume").stdout
+    drain = c.admin("rebalance", "--drain", "g7")
+    assert drain.exit_code == 1 and "unknown group 'g7'" in drain.stderr
