@@ -189,12 +189,14 @@ def start_kvstore(stack: contextlib.ExitStack, tmp: Path, zk: LocalProcess,
     d.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk.address, "--cluster", CLUSTER,
-            "--listen", f"127.0.0.1:{port}", "--workers", "1", *(extra_args or [])]
+            "--listen", f"127.0.0.1:{port}", "--workers", "1",
+            # like nutcracker here: no client limit, logs warnings only
+            "--max-clients", "100000", "--log-level", "warning", *(extra_args or [])]
     proc = spawn("kvstore-proxy", argv, port, d / "kvstore-proxy.log", cwd=ROOT)
     tree = ProcTree(proc.pid)
     _stop_later(stack, proc, tree)
     _wait_ping(proc, port, 30, d / "kvstore-proxy.log")
-    return Target("kvstore", port, proc, tree, "--workers 1")
+    return Target("kvstore", port, proc, tree, " ".join(argv[argv.index("--workers"):]))
 
 
 PING = b"*1\r\n$4\r\nPING\r\n"  # multibulk: twemproxy does not parse inline commands
