@@ -286,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in proxies:
                 exp = expected_backends(ports) if name == "kvstore" else None
                 sanity[name] = workload.sanity_check(name, targets[name].port, ports, exp)
-                if sanity[name]:
-                    print(f"WARNING: sanity check failed: {sanity[name]}", flush=True)
+                print(f"  sanity check {name}: " + (f"FAILED: {sanity[name]}" if sanity[name] else
+                      "MSET/MGET/DEL of 64 keys right, each key on the right backend"), flush=True)
             rss_start = {n: targets[n].tree.rss() for n in proxies}  # type: ignore[union-attr]
 
             bench = Bench(args, targets, backend_trees, [b.port for b in backends])
@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         table = report.build_rows(bench.measurements, row_order, args.target_list)
         rss = {n: {"start": rss_start[n], "peak": bench.rss_peak.get(n)} for n in proxies}
         lines = report.summary_lines(table, rss, idle_results)
+        lines += [f"sanity check FAILED: {err}" for err in sanity.values() if err]
         header = (f"{args.clients} clients, {args.rounds} rounds interleaved, ~{args.seconds:g} s per "
                   f"measurement, medians; direct = redis A alone; kvstore-proxy --workers 1; "
                   f"nutcracker {targets['nutcracker'].note if 'nutcracker' in targets else '-'}")

@@ -94,9 +94,16 @@ def benchmark_version() -> str:
 # --- backend preparation -------------------------------------------------------------------------
 
 
+def client(port: int) -> redis.Redis:
+    """A plain RESP2 client: no HELLO 3 (redis-py 8's default) and no CLIENT SETINFO on connect,
+    neither of which twemproxy understands."""
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, protocol=2,
+                       lib_name=None, lib_version=None)
+
+
 def fill_backend(port: int, keyspace: int) -> None:
     """FLUSHALL, then every ``key:%012d`` of the keyspace and ``mylist`` on this backend."""
-    r = redis.Redis(host="127.0.0.1", port=port)
+    r = client(port)
     try:
         r.flushall()
         chunk = 10_000
@@ -112,7 +119,7 @@ def fill_backend(port: int, keyspace: int) -> None:
 
 def reset_list(port: int) -> None:
     """``mylist`` back to LIST_LEN elements, so LPUSH runs do not grow it without bound."""
-    r = redis.Redis(host="127.0.0.1", port=port)
+    r = client(port)
     try:
         p = r.pipeline(transaction=False)
         p.delete("mylist")
@@ -131,8 +138,8 @@ def sanity_check(name: str, port: int, backend_ports: Sequence[int],
     """
     keys = [f"bench:check:{i}".encode() for i in range(64)]
     values = {k: b"v" + k for k in keys}
-    proxy = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
-    backends = {p: redis.Redis(host="127.0.0.1", port=p, socket_timeout=10) for p in backend_ports}
+    proxy = client(port)
+    backends = {p: client(p) for p in backend_ports}
     try:
         if proxy.mset(values) is not True:
             return f"{name}: MSET did not answer OK"
