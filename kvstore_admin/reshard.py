@@ -360,6 +360,7 @@ class Executor:
     def _barrier(self, state: State, version: int) -> None:
         """Wait until every registered proxy has applied slots ``version`` (zero proxies: at once)."""
         deadline = time.monotonic() + self.options.timeout
+        pause = 0.002
         while True:
             stale = {}
             for pid, info in self.store.proxies().items():
@@ -375,7 +376,10 @@ class Executor:
                     f"The reshard is stopped at {state.describe()} and is resumable: fix or stop those proxies "
                     "(a stopped proxy's node goes away with its ZooKeeper session), then run "
                     "'kvstore-admin reshard --resume'")
-            time.sleep(0.05)
+            # Proxies apply a table within milliseconds, and newly marked slots are held
+            # (TRYAGAIN) until this barrier passes: poll fast at first, then back off.
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _move(self, state: State) -> int:
         masters = self._check_groups(state.current)
