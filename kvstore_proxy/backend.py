@@ -8,6 +8,7 @@ import time
 from collections import deque
 from typing import Any
 
+import hiredis
 import structlog
 
 from kvstore_proxy import resp
@@ -19,6 +20,7 @@ log = structlog.get_logger("kvstore.proxy.backend")
 CONNECTING, UP, DOWN, CLOSED = "connecting", "up", "down", "closed"
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
+_NOT_ENOUGH = object()
 
 
 class _AuthProbe:
@@ -108,6 +110,8 @@ class Backend(asyncio.Protocol):
         self._stack: list[int] = []
         self._scan = 0
         self._retry: asyncio.TimerHandle | None = None
+        self._aux: hiredis.Reader | None = None  # see _array_end
+        self._aux_pos = -1
         self._connect_task: asyncio.Task[Any] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -291,10 +295,12 @@ class Backend(asyncio.Protocol):
                         if end < 2:
                             break
                     else:
-                        end, complete = resp.scan_reply(buf, p, n, stack)
-                        if not complete:
-                            self._scan = end
-                            break
+                        end = self._array_end(buf, p, n) if c == 42 else -1
+                        if end < 0:
+                            end, complete = resp.scan_reply(buf, p, n, stack)
+                            if not complete:
+                                self._scan = end
+                                break
                 raw = buf[p:end]
                 p = end
                 r = fifo.popleft()
@@ -314,6 +320,7 @@ class Backend(asyncio.Protocol):
             log.error("backend_protocol_error", group=self.group, addr=self.address, error=str(exc))
             self.abort(f"protocol error from Redis: {exc}")
             return
+        self._aux_pos = -1  # buf is rebased on the next read
         if p >= n:
             self._carry = None
         elif carry is None:
@@ -326,6 +333,37 @@ class Backend(asyncio.Protocol):
             outbox.schedule()
         if self.retired and not fifo:
             self.close()
+
+    def _array_end(self, buf: bytes | bytearray, p: int, n: int) -> int:
+        """End of the array reply at ``p`` found in C, or -1 to let the Python scanner do it.
+
+        hiredis parses the array; if its elements are bulk strings, ``pack_command`` re-encodes
+        them canonically and a byte comparison proves the reply is exactly those bytes (any
+        other element type, or a non-canonical encoding, makes the comparison fail). Scanning
+        LRANGE's 100 elements in Python would cost more than the rest of the request.
+        """
+        aux = self._aux
+        if self._aux_pos != p or aux is None:
+            aux = self._aux = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
+            aux.feed(buf, p, n - p)
+        try:
+            value = aux.gets()
+        except hiredis.ProtocolError:
+            value = None
+        if value.__class__ is not list or not value:
+            self._aux_pos = -1
+            return -1
+        try:
+            packed = hiredis.pack_command(tuple(value))
+        except TypeError:
+            self._aux_pos = -1
+            return -1
+        end = p + len(packed)
+        if end > n or buf[p:end] != packed:
+            self._aux_pos = -1
+            return -1
+        self._aux_pos = end
+        return end
 
     def describe(self) -> dict[str, Any]:
         return {"group": self.group, "addr": self.address, "state": self.state,
