@@ -99,7 +99,7 @@ def test_client_disconnecting_mid_pipeline_does_not_disturb_others(shared_cluste
         s.sendall(b"".join(b"*3\r\n$3\r\nSET\r\n$5\r\nk%04d\r\n$1\r\nv\r\n" % (i % 10000) for i in range(5000)))
         s.close()  # without reading any reply
         pipe = other.pipeline(transaction=False)
-        for i in range(500):
+        for _ in range(500):
             pipe.incr("mid-pipeline-counter")
         assert pipe.execute()[-1] % 500 == 0
     assert other.get("mid-pipeline-counter") == b"2500"
