@@ -126,6 +126,12 @@ def migrate(conn: redis.Redis, source: str, target: str, keys: list[bytes], time
                         "stopped; run 'kvstore-admin reshard --resume' once the nodes answer") from None
 
 
+def _unique(keys: list[bytes]) -> list[bytes]:
+    # SCAN may return a key twice (while the source's table rehashes); a key given twice to
+    # one MIGRATE is restored twice on the target, and the second RESTORE fails with BUSYKEY.
+    return list(dict.fromkeys(keys))
+
+
 def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, parallel: int,
               timeout_ms: int, progress: Progress, on_batch: Callable[[], None] | None) -> int:
     """One SCAN over ``source`` moving what it finds; returns how many keys of moving slots it saw."""
@@ -172,11 +178,11 @@ def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, 
                     buf = pending.setdefault(t, [])
                     buf.extend(ks)
                     while len(buf) >= batch:
-                        work.put((t, buf[:batch]))
+                        work.put((t, _unique(buf[:batch])))
                         del buf[:batch]
             for t, buf in pending.items():
                 if buf and not failed.is_set():
-                    work.put((t, buf))
+                    work.put((t, _unique(buf)))
         except redis.RedisError as exc:
             raise NodeError(f"SCAN on {source} failed ({exc or type(exc).__name__}); the reshard stopped, "
                             "run 'kvstore-admin reshard --resume' once it answers") from None

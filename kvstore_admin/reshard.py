@@ -12,9 +12,11 @@ A plan is a list of steps, each a few slot ranges moving (source -> target). Per
 - **moving** is recorded once every proxy has the mark. This is the proxies' signal (they
   watch this znode) that they may start moving keys of the marked slots to the target: a
   proxy that moved a key while another proxy, not yet aware of the mark, still wrote to the
-  source would leave the key in two places. So a proxy holds (or answers TRYAGAIN to) commands
-  on slots it sees migrating until this znode says ``moving`` with ``version`` <= the slots
-  version it has applied, or ``committed`` (every proxy had the mark before that).
+  source would leave the key in two places. So a proxy holds (answers TRYAGAIN to) commands on
+  slots it sees migrating until this znode says ``moving`` or ``committed`` for exactly the
+  migrations of the table it applied (the table and this znode change in one transaction but
+  reach a proxy as two watch events). An admin that dies in ``marked`` leaves those slots
+  answering TRYAGAIN until ``--resume`` or ``--abort`` gets past the barrier.
 - **move**: SCAN each source master and MIGRATE the keys of the step's slots (``mover``);
   idempotent, so a resumed admin simply runs it again.
 - **commit**: one transaction sets owner=target, clears the step's marks and records
