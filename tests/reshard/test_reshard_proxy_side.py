@@ -48,7 +48,7 @@ def test_marked_slots_are_released_only_for_the_migrations_the_reshard_znode_nam
 def test_commands_on_a_migrating_slot_move_their_keys_first(cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     c = cluster(groups=2)
     a, b = c.master("g1"), c.master("g2")
-    k1, k2, k3, k4 = keys_in_slots(0, 99, 4)
+    k1, k2, k3, k4, k5 = keys_in_slots(0, 99, 5)
     for k in (k1, k2, k3, k4):
         a.set(k, b"old", ex=500)
     proxy = Proxy(c.zk_hosts, c.tc.name, tmp_path / "proxy.log")
@@ -71,11 +71,23 @@ def test_commands_on_a_migrating_slot_move_their_keys_first(cluster, tmp_path) -
         assert not a.exists(k2) and not a.exists(k3)
         client.set(k4, b"new")
         assert not a.exists(k4) and b.get(k4) == b"new"
+        # Pipelined commands on keys of the slots keep their order, moved or not.
+        counter = keys_in_slots(0, 99, 1, "ctr")[0]
+        a.set(counter, 1000)
+        pipe = client.pipeline(transaction=False)
+        for _ in range(200):
+            pipe.incr(counter)
+            pipe.append(k2, b"+")
+        replies = pipe.execute()
+        assert replies[0::2] == list(range(1001, 1201))
+        assert replies[1::2] == list(range(4, 204))
+        assert not a.exists(counter) and b.get(counter) == b"1200"
         # A key on both sides (planted) is never overwritten: the client gets the error.
-        a.set(k1, b"planted")
+        a.set(k5, b"source")
+        b.set(k5, b"planted")
         with pytest.raises(redis.ResponseError, match="BUSYKEY"):
-            client.get(k1)
-        assert a.get(k1) == b"planted" and b.get(k1) == b"old"
+            client.get(k5)
+        assert a.get(k5) == b"source" and b.get(k5) == b"planted"
     finally:
         proxy.stop()
 
