@@ -59,6 +59,9 @@ RESHARD_STOPPED = mover.RESHARD_STOPPED
 STATE_FORMAT = 1
 PHASES = ("pending", "marked", "moving", "committed")
 DEFAULT_SLOTS_PER_STEP = 1024
+# A proxy that implements DESIGN.md step 3 (MIGRATE on the source, then the target; holding
+# newly marked slots until the phase is 'moving') says so with "migration": 1 in its node.
+PROXY_MIGRATION_PROTOCOL = 1
 
 # Test hook: the admin exits (code 86, no cleanup, as if killed) right after the named step,
 # so tests can resume a half-done reshard. Values: marked, acked, migrated (after the first
@@ -323,6 +326,7 @@ class Executor:
     def _mark(self, cur: Versioned[State], step: int) -> Versioned[State]:
         moves = cur.value.steps[step]
         self._check_groups(moves)
+        self._check_proxies_migrate(self.store.proxies(), cur.value)
         slots = self.store.read_slots()
         table = slots.value
         for m in moves:
@@ -359,13 +363,33 @@ class Executor:
         self.store.commit([Set(self.path, state.encode(), cur.version)])
         return Versioned(state, cur.version + 1)
 
+    def _check_proxies_migrate(self, proxies: dict[str, Any], state: State) -> None:
+        """Refuse marks while a registered proxy would not move keys of migrating slots.
+
+        Such a proxy (an older version) keeps writing migrating slots on the source while keys
+        move to the target: reads would miss and writes would split a key in two.
+        """
+        if state.no_data:
+            return
+        old = sorted(pid for pid, info in proxies.items()
+                     if not (isinstance(info, dict) and isinstance(info.get("migration"), int)
+                             and info["migration"] >= PROXY_MIGRATION_PROTOCOL))
+        if old:
+            raise ReshardStopped(
+                f"proxies {', '.join(old)} do not move keys of migrating slots (no 'migration' >= "
+                f"{PROXY_MIGRATION_PROTOCOL} in their registration); upgrade or stop them, then run "
+                f"'kvstore-admin reshard --resume' (the reshard is at {state.describe()})")
+
     def _barrier(self, state: State, version: int) -> None:
         """Wait until every registered proxy has applied slots ``version`` (zero proxies: at once)."""
         deadline = time.monotonic() + self.options.timeout
         pause = 0.002
         while True:
             stale = {}
-            for pid, info in self.store.proxies().items():
+            proxies = self.store.proxies()
+            if state.phase in ("marked", "moving"):
+                self._check_proxies_migrate(proxies, state)
+            for pid, info in proxies.items():
                 applied = info.get("slots_version") if isinstance(info, dict) else None
                 if not isinstance(applied, int) or applied < version:
                     stale[pid] = applied

@@ -108,9 +108,10 @@ def test_a_proxy_that_does_not_ack_stops_the_reshard_by_name(cluster) -> None:  
     load_keys(c.master("g1"), keys_in_slots(0, 99, 100))
     version = c.store.client.exists(paths.slots(c.tc.name)).version
     fake = paths.proxy(c.tc.name, "stale-proxy-1")
-    c.store.client.create(fake, json.dumps({"address": "127.0.0.1:1", "slots_version": version}).encode())
+    c.store.client.create(fake, json.dumps({"address": "127.0.0.1:1", "slots_version": version,
+                                            "migration": 1}).encode())
     c.store.client.create(paths.proxy(c.tc.name, "good-proxy"),
-                          json.dumps({"slots_version": 10**6}).encode())
+                          json.dumps({"slots_version": 10**6, "migration": 1}).encode())
     result = c.admin("reshard", "--slots", "0-99", "--to", "g2", "--timeout", "0.5")
     assert result.exit_code == RESHARD_STOPPED
     assert "stale-proxy-1" in result.stderr and "good-proxy" not in result.stderr
@@ -120,6 +121,20 @@ def test_a_proxy_that_does_not_ack_stops_the_reshard_by_name(cluster) -> None:  
     assert c.admin("reshard", "--resume").exit_code == 0
     assert c.master("g2").dbsize() == 100
     c.check_ok()
+
+
+def test_a_proxy_that_cannot_move_keys_refuses_the_marks(cluster) -> None:  # type: ignore[no-untyped-def]
+    c = cluster(groups=2)
+    load_keys(c.master("g1"), keys_in_slots(0, 99, 10))
+    old = paths.proxy(c.tc.name, "old-proxy")
+    c.store.client.create(old, json.dumps({"slots_version": 10**6}).encode())
+    result = c.admin("reshard", "--slots", "0-99", "--to", "g2")
+    assert result.exit_code == RESHARD_STOPPED and "old-proxy" in result.stderr
+    assert "do not move keys of migrating slots" in result.stderr
+    assert c.store.read_slots().value.migrating == ()  # nothing was marked
+    c.store.client.delete(old)
+    assert c.admin("reshard", "--resume").exit_code == 0
+    assert c.master("g2").dbsize() == 10
 
 
 def test_rebalance_gives_a_new_group_its_fair_share(cluster, redis_factory) -> None:  # type: ignore[no-untyped-def]
