@@ -65,3 +65,22 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# make bench: direct Redis vs nutcracker vs kvstore-proxy, about 7 minutes (bench/README.md).
+# BENCH_ARGS=--quick for a one-minute smoke run. Installs nutcracker, redis-benchmark and the
+# bench extra (matplotlib, psutil) only when missing.
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: $(STAMP)
+	@missing=""; \
+	command -v nutcracker >/dev/null || missing="$$missing nutcracker"; \
+	command -v redis-benchmark >/dev/null || missing="$$missing redis-tools"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+		$$sudo apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
+	fi
+	@$(PY) -c 'import matplotlib, psutil' 2>/dev/null || $(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) bench/run.py $(BENCH_ARGS)

@@ -31,22 +31,26 @@ def draw(rows: Sequence[Row], path: Path, title: str, subtitle: str) -> None:
     for ax, pipeline in zip(axes[:, 0], pipelines, strict=True):
         prow = [r for r in rows if r.pipeline == pipeline]
         xs = range(len(prow))
-        top = max((r.ops.get(t) or 0) for r in prow for t in targets) or 1
+        top = max(max(r.rounds_ops.get(t) or [0]) for r in prow for t in targets) or 1
         for i, t in enumerate(targets):
             vals = [r.ops.get(t) or 0 for r in prow]
+            # whiskers: the slowest and the fastest round, so the noise is visible
+            lo = [v - min(r.rounds_ops.get(t) or [v]) for v, r in zip(vals, prow, strict=True)]
+            hi = [max(r.rounds_ops.get(t) or [v]) - v for v, r in zip(vals, prow, strict=True)]
             ax.bar([x + (i - (len(targets) - 1) / 2) * width for x in xs], vals, width,
-                   color=COLORS[t], label=LABELS[t])
+                   color=COLORS[t], label=LABELS[t], yerr=[lo, hi],
+                   error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333", "alpha": 0.6})
         for x, r in zip(xs, prow, strict=True):
             if r.ops_ratio is None:
                 continue
-            peak = max((r.ops.get(t) or 0) for t in targets)
+            peak = max(max(r.rounds_ops.get(t) or [0]) for t in targets)
             color = "#1b7837" if r.ops_ratio >= 1.0 else "#b2182b"
             ax.annotate(f"kv/nc {fmt_ratio(r.ops_ratio)}", (x, peak + top * 0.02), ha="center",
                         va="bottom", fontsize=9, color=color, fontweight="bold")
         ax.set_xticks(list(xs), [r.test for r in prow])
         ax.set_ylim(0, top * 1.15)
         ax.yaxis.set_major_formatter(FuncFormatter(_kops))
-        ax.set_ylabel("ops/s (median of rounds)")
+        ax.set_ylabel("ops/s (median; whiskers: min–max of rounds)")
         ax.set_title(f"pipeline {pipeline}", loc="left", fontsize=11)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)

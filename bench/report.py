@@ -131,6 +131,8 @@ class Row:
     p99_ms: dict[str, float | None] = field(default_factory=dict)
     cpu_s_per_m: dict[str, float | None] = field(default_factory=dict)  # proxies only
     rounds_ops: dict[str, list[float]] = field(default_factory=dict)  # every round, for the spread
+    # kvstore / nutcracker of the two runs of the same round (back to back, so drift cancels)
+    paired_ratios: list[float] = field(default_factory=list)
     errors: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -150,6 +152,7 @@ class Row:
             "test": self.test, "pipeline": self.pipeline, "ops_per_s": self.ops, "p99_ms": self.p99_ms,
             "proxy_cpu_s_per_1m_requests": self.cpu_s_per_m, "ops_per_s_each_round": self.rounds_ops,
             "ratio_kvstore_nutcracker_ops": self.ops_ratio, "ratio_kvstore_nutcracker_p99": self.p99_ratio,
+            "ratio_kvstore_nutcracker_ops_each_round": self.paired_ratios,
             "errors": self.errors,
         }
 
@@ -175,6 +178,14 @@ def build_rows(measurements: Sequence[Measurement], row_order: Sequence[tuple[st
             errs = [m.error for m in ms if m.error]
             if errs:
                 row.errors[target] = errs
+        by_round: dict[int, dict[str, float]] = {}
+        for m in measurements:
+            if (m.test, m.pipeline) == (test, pipeline) and m.ok and m.target in PROXIES:
+                by_round.setdefault(m.round, {})[m.target] = m.rps  # type: ignore[assignment]
+        for rnd in sorted(by_round):
+            r = ratio(by_round[rnd].get("kvstore"), by_round[rnd].get("nutcracker"))
+            if r is not None:
+                row.paired_ratios.append(r)
         rows.append(row)
     return rows
 

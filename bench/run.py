@@ -72,9 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--proxy-arg", action="append", default=[],
                     help="extra argument for kvstore-proxy (repeatable), e.g. --proxy-arg=--log-level=warning")
     ap.add_argument("--name", help="results file name without extension (default: latest; --quick: quick)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default: {RESULTS})")
+    ap.add_argument("--out", type=Path, help=f"results directory (default: {RESULTS})")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="run nothing: rebuild the table, Markdown and chart of a saved run's JSON")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, configs) at the end")
     args = ap.parse_args(argv)
+    args.out_given, args.name_given = args.out, args.name
+    args.out = args.out or RESULTS
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.seconds = args.seconds or (0.4 if args.quick else 2.5)
     args.name = args.name or ("quick" if args.quick else "latest")
@@ -233,6 +237,8 @@ def expected_backends(ports: list[int]) -> dict[bytes, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args.render, args.out_given, args.name_given)
     if "kvstore" in args.target_list and not cluster.kvstore_runnable():
         print("kvstore-proxy is not runnable yet (no kvstore_proxy/__main__.py); "
               "run with --targets direct,nutcracker", file=sys.stderr)
@@ -303,23 +309,27 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.monotonic() - t0
         machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
-        row_order = [(t.name, p) for t, p in bench.rows()]
-        table = report.build_rows(bench.measurements, row_order, args.target_list)
-        rss = {n: {"start": rss_start[n], "peak": bench.rss_peak.get(n)} for n in proxies}
-        lines = report.summary_lines(table, rss, idle_results)
-        lines += [f"sanity check FAILED: {err}" for err in sanity.values() if err]
-        header = (f"{args.clients} clients, {args.rounds} rounds interleaved, ~{args.seconds:g} s per "
-                  f"measurement, medians; direct = redis A alone; kvstore-proxy --workers 1; "
-                  f"nutcracker {targets['nutcracker'].note if 'nutcracker' in targets else '-'}")
-        print()
-        print(f"Measured {describe_machine(machine)}")
-        print(header)
-        print()
-        print(report.text_table(table))
-        print()
-        for ln in lines:
-            print(ln)
-        write_results(args, machine, header, targets, table, rss, idle_results, bench, sanity, lines, elapsed)
+        rounds = f"{args.rounds} round" + ("s" if args.rounds != 1 else "")
+        header = (f"{args.clients} clients, {rounds} interleaved, ~{args.seconds:g} s per "
+                  f"measurement, medians; direct = redis A alone; kvstore-proxy "
+                  f"{targets['kvstore'].note if 'kvstore' in targets else '-'}; nutcracker "
+                  f"{targets['nutcracker'].note if 'nutcracker' in targets else '-'}")
+        doc = {
+            "machine": machine,
+            "header": header,
+            "config": {
+                "targets": args.target_list, "clients": args.clients, "rounds": args.rounds,
+                "seconds_per_measurement": args.seconds, "keyspace": args.keyspace,
+                "pipelines": args.pipeline_list, "tests": [t.name for t in args.test_list],
+                "idle_conns": idle_conns, "quick": args.quick, "elapsed_s": round(elapsed, 1),
+            },
+            "targets": {n: {"port": t.port, "note": t.note} for n, t in targets.items()},
+            "sanity_check_errors": sanity,
+            "rss_bytes": {n: {"start": rss_start[n], "peak": bench.rss_peak.get(n)} for n in proxies},
+            "idle_connections": [r.to_json() for r in idle_results],
+            "measurements": [m.to_json() for m in bench.measurements],
+        }
+        finish(doc, args.out, args.name)
         ok = True
         return 0
     except ProcessError as exc:
@@ -336,35 +346,44 @@ def main(argv: list[str] | None = None) -> int:
             print(f"logs and configs kept in {tmp}", file=sys.stderr)
 
 
-def write_results(args: argparse.Namespace, machine: dict[str, Any], header: str, targets: dict[str, Target],
-                  table: list[report.Row], rss: dict[str, dict[str, int | None]],
-                  idle_results: list[report.IdleResult], bench: Bench, sanity: dict[str, str | None],
-                  lines: list[str], elapsed: float) -> None:
-    out: Path = args.out
+IDLE_FIELDS = ("target", "requested", "accepted", "answered", "rss_before", "rss_connected", "rss_after_ping",
+               "error")
+
+
+def finish(doc: dict[str, Any], out: Path, name: str) -> None:
+    """Fold ``doc``'s measurements into the table, print it, write NAME.json, .md and .png.
+
+    Also used by ``--render`` to redo the table and chart of a saved run with the current code.
+    """
+    cfg = doc["config"]
+    measurements = [Measurement(**m) for m in doc["measurements"]]
+    row_order = [(t, p) for p in cfg["pipelines"] for t in cfg["tests"]]
+    table = report.build_rows(measurements, row_order, cfg["targets"])
+    idle_results = [report.IdleResult(**{k: r.get(k) for k in IDLE_FIELDS}) for r in doc["idle_connections"]]
+    lines = report.summary_lines(table, doc["rss_bytes"], idle_results)
+    lines += [f"sanity check FAILED: {err}" for err in doc["sanity_check_errors"].values() if err]
+    doc["rows"] = [r.to_json() for r in table]
+    doc["idle_connections"] = [r.to_json() for r in idle_results]
+    doc["summary"] = lines
+    machine = describe_machine(doc["machine"])
+    print(f"\nMeasured {machine}\n{doc['header']}\n\n{report.text_table(table)}\n")
+    for ln in lines:
+        print(ln)
+
     out.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "machine": machine,
-        "config": {
-            "targets": args.target_list, "clients": args.clients, "rounds": args.rounds,
-            "seconds_per_measurement": args.seconds, "keyspace": args.keyspace,
-            "pipelines": args.pipeline_list, "tests": [t.name for t in args.test_list],
-            "idle_conns": args.idle_conns, "quick": args.quick, "elapsed_s": round(elapsed, 1),
-        },
-        "targets": {n: {"port": t.port, "note": t.note} for n, t in targets.items()},
-        "sanity_check_errors": sanity,
-        "rows": [r.to_json() for r in table],
-        "rss_bytes": rss,
-        "idle_connections": [r.to_json() for r in idle_results],
-        "summary": lines,
-        "measurements": [m.to_json() for m in bench.measurements],
-    }
-    (out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    md = [f"Measured {describe_machine(machine)}.", "", header + ".", "", report.markdown_table(table), ""]
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = [f"Measured {machine}.", "", doc["header"] + ".", "", report.markdown_table(table), ""]
     md += [f"- {ln}" for ln in lines]
-    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
-    title = "kvstore-proxy vs nutcracker vs direct Redis — median ops/s, redis-benchmark -c " + str(args.clients)
-    chart.draw(table, out / f"{args.name}.png", title, describe_machine(machine))
-    print(f"\nwrote {out / args.name}.json, .md, .png")
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
+    title = f"kvstore-proxy vs nutcracker vs direct Redis — median ops/s, redis-benchmark -c {cfg['clients']}"
+    chart.draw(table, out / f"{name}.png", title, machine)
+    print(f"\nwrote {out / name}.json, .md, .png")
+
+
+def render(path: Path, out: Path | None, name: str | None) -> int:
+    doc = json.loads(path.read_text())
+    finish(doc, out or path.parent, name or path.stem)
+    return 0
 
 
 if __name__ == "__main__":

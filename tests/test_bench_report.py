@@ -163,3 +163,11 @@ def test_nutcracker_config_mirrors_the_kvstore_setup():
                  "preconnect: true", "auto_eject_hosts: false", "server_connections: 1",
                  "- 127.0.0.1:7001:1 g1", "- 127.0.0.1:7002:1 g2"):
         assert line in conf
+
+
+def test_paired_ratios_compare_the_two_proxies_within_each_round():
+    ms = [m(target="nutcracker", rnd=0, rps=100), m(target="kvstore", rnd=0, rps=50),
+          m(target="nutcracker", rnd=1, rps=300), m(target="kvstore", rnd=1, rps=330),
+          m(target="kvstore", rnd=2, rps=999)]  # no nutcracker run in round 2: no pair
+    (row,) = build_rows(ms, [("SET", 1)], targets=["nutcracker", "kvstore"])
+    assert row.paired_ratios == [pytest.approx(0.5), pytest.approx(1.1)]
