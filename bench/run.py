@@ -366,13 +366,14 @@ def finish(doc: dict[str, Any], out: Path, name: str) -> None:
     doc["idle_connections"] = [r.to_json() for r in idle_results]
     doc["summary"] = lines
     machine = describe_machine(doc["machine"])
-    print(f"\nMeasured {machine}\n{doc['header']}\n\n{report.text_table(table)}\n")
+    header = doc.get("header", "")
+    print(f"\nMeasured {machine}\n{header}\n\n{report.text_table(table)}\n")
     for ln in lines:
         print(ln)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    md = [f"Measured {machine}.", "", doc["header"] + ".", "", report.markdown_table(table), ""]
+    md = [f"Measured {machine}.", "", header + ".", "", report.markdown_table(table), ""]
     md += [f"- {ln}" for ln in lines]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     title = f"kvstore-proxy vs nutcracker vs direct Redis — median ops/s, redis-benchmark -c {cfg['clients']}"
