@@ -38,12 +38,17 @@ def _quit(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> None:
 
 
 def _check_password(s: Session, user: bytes | None, password: bytes) -> bytes | None:
-    """None if accepted, else the error reply."""
+    """None if accepted, else the error reply.
+
+    Without --requirepass the default user has no password, as in Redis: ``AUTH <password>``
+    is a configuration mistake, but ``AUTH default <anything>`` (what redis-py sends as
+    ``HELLO 3 AUTH default <password>``) is accepted.
+    """
     wanted = s.worker.config.requirepass
-    if not wanted:
-        return _NOPASS if user is None else _WRONGPASS
     if user is not None and user != b"default":
         return _WRONGPASS
+    if not wanted:
+        return _NOPASS if user is None else None
     if not hmac.compare_digest(password, wanted.encode()):
         return _WRONGPASS
     s.authenticate()
@@ -57,52 +62,72 @@ def _auth(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
     return _check_password(s, user, password) or resp.OK
 
 
+_NOAUTH_HELLO = resp.error(
+    "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH "
+    "<user> <pass> option can be used to authenticate the client and select the RESP protocol "
+    "version at the same time")  # Redis 7.0's wording
+_BAD_NAME = resp.error("ERR Client names cannot contain spaces, newlines or special characters.")
+
+
 def _hello(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    """``HELLO [protover [AUTH user pass] [SETNAME name]]``, step by step as Redis 7.0 does it.
+
+    Options take effect as they are read (a SETNAME before a failed AUTH sticks, an AUTH before
+    a bad SETNAME authenticates); the protocol switches only once everything succeeded, and
+    the reply is already in the new protocol: a map in RESP3, a flat array in RESP2.
+    """
+    version = 0
     if len(args) > 1:
-        try:
-            version = int(args[1])
-        except ValueError:
+        version = _strict_int(args[1])
+        if version is None:
             return resp.error("ERR Protocol version is not an integer or out of range")
-        if version != 2:
-            return resp.error("NOPROTO sorry, this protocol version is not supported.")
-        i = 2
-        name = None
-        while i < len(args):
-            opt = args[i].lower()
-            if opt == b"auth" and i + 2 < len(args):
-                err = _check_password(s, args[i + 1], args[i + 2])
-                if err is not None:
-                    return err
-                i += 3
-            elif opt == b"setname" and i + 1 < len(args):
-                name = args[i + 1]
-                i += 2
-            else:
-                return resp.error(f"ERR Syntax error in HELLO option '{args[i].decode(errors='replace')}'")
-        if not s.authenticated:
-            return resp.error(
-                "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
-                "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
-                "select the RESP protocol version at the same time")
-        if name is not None:
-            if not _valid_name(name):
-                return resp.error("ERR Client names cannot contain spaces, newlines or special characters.")
-            s.name = name
-    elif not s.authenticated:
-        return resp.error("NOAUTH Authentication required.")
-    return resp.array([
-        resp.bulk(b"server"), resp.bulk(b"redis"),
-        resp.bulk(b"version"), resp.bulk(commands.REDIS_VERSION.encode()),
-        resp.bulk(b"proto"), resp.integer(2),
-        resp.bulk(b"id"), resp.integer(s.id),
-        resp.bulk(b"mode"), resp.bulk(b"standalone"),
-        resp.bulk(b"role"), resp.bulk(b"master"),
-        resp.bulk(b"modules"), resp.EMPTY_ARRAY,
+        if version not in (2, 3):
+            return resp.error("NOPROTO unsupported protocol version")
+    i = 2
+    while i < len(args):
+        opt = args[i].lower()
+        more = len(args) - 1 - i
+        if opt == b"auth" and more >= 2:
+            err = _check_password(s, args[i + 1], args[i + 2])
+            if err is not None:
+                return err
+            i += 3
+        elif opt == b"setname" and more >= 1:
+            if not _valid_name(args[i + 1]):
+                return _BAD_NAME
+            s.name = args[i + 1]
+            i += 2
+        else:
+            return resp.error(f"ERR Syntax error in HELLO option '{args[i].decode(errors='replace')}'")
+    if not s.authenticated:
+        return _NOAUTH_HELLO
+    if version and version != s.protocol:
+        s.set_protocol(version)
+    return s.enc.map([
+        (resp.bulk(b"server"), resp.bulk(b"redis")),
+        (resp.bulk(b"version"), resp.bulk(commands.REDIS_VERSION.encode())),
+        (resp.bulk(b"proto"), resp.integer(s.protocol)),
+        (resp.bulk(b"id"), resp.integer(s.id)),
+        # "standalone": the proxy is one server to its clients; "cluster" would send cluster-aware
+        # clients looking for CLUSTER SLOTS, which the proxy refuses.
+        (resp.bulk(b"mode"), resp.bulk(b"standalone")),
+        (resp.bulk(b"role"), resp.bulk(b"master")),
+        (resp.bulk(b"modules"), resp.EMPTY_ARRAY),
     ])
+
+
+def _strict_int(arg: bytes) -> int | None:
+    """Redis's string2ll: digits with an optional '-', no spaces, '+' or leading zeros."""
+    digits = arg[1:] if arg[:1] == b"-" else arg
+    if not digits.isdigit() or (digits[0] == 48 and arg != b"0") or len(digits) > 19:
+        return None
+    value = int(arg)
+    return value if -(1 << 63) <= value < 1 << 63 else None
 
 
 def _reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
     s.name = b""
+    s.set_protocol(2)
     if s.worker.config.requirepass:
         s.authenticated = False
         s.routes = {}
@@ -125,7 +150,7 @@ def _time(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
 
 
 def _info(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
-    return resp.bulk(stats.render_info(s.worker, [a.decode(errors="replace") for a in args[1:]]))
+    return s.enc.verbatim(stats.render_info(s.worker, [a.decode(errors="replace") for a in args[1:]]))
 
 
 def _valid_name(name: bytes) -> bool:
@@ -140,7 +165,7 @@ def _client_setname(s: Session, args: list[bytes], stat: CommandStat, t0: float)
 
 
 def _client_getname(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
-    return resp.bulk(s.name) if s.name else resp.NULL_BULK
+    return resp.bulk(s.name) if s.name else s.enc.null
 
 
 def _client_id(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
@@ -165,11 +190,11 @@ def _client_list(s: Session, args: list[bytes], stat: CommandStat, t0: float) ->
             sessions = [c for c in sessions if c.id in ids]
         else:
             return _SYNTAX
-    return resp.bulk(b"".join(c.describe() + b"\n" for c in sessions))
+    return s.enc.verbatim(b"".join(c.describe() + b"\n" for c in sessions))
 
 
 def _client_info(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
-    return resp.bulk(s.describe() + b"\n")
+    return s.enc.verbatim(s.describe() + b"\n")
 
 
 def client_setinfo(s: Session, args: list[bytes]) -> bytes:

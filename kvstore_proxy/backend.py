@@ -1,4 +1,10 @@
-"""Connections to the Redis masters: write buffers, reply FIFOs, failure, timeouts and reconnection."""
+"""Connections to the Redis masters: write buffers, reply FIFOs, failure, timeouts and reconnection.
+
+Each group has two: the :class:`Backend` that RESP2 clients share, and its :class:`Resp3Backend`
+twin (``backend.resp3``) that sends ``HELLO 3`` first and serves the clients that negotiated
+RESP3; replies are forwarded raw, so a client must get them from a connection speaking its
+protocol. The twin connects on its first request and lives and dies with its Backend.
+"""
 
 from __future__ import annotations
 
@@ -17,26 +23,28 @@ from kvstore_proxy.request import Reply
 
 log = structlog.get_logger("kvstore.proxy.backend")
 
-CONNECTING, UP, DOWN, CLOSED = "connecting", "up", "down", "closed"
+IDLE, CONNECTING, UP, DOWN, CLOSED = "idle", "connecting", "up", "down", "closed"
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 _NOT_ENOUGH = object()
 
 
 class _AuthProbe:
-    """FIFO entry for the AUTH sent on connect; a refused password takes the backend down."""
+    """FIFO entry for the AUTH (or HELLO 3) sent on connect; a refusal takes the backend down."""
 
-    __slots__ = ("backend", "t0")
+    __slots__ = ("backend", "t0", "what")
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, what: str = "AUTH"):
         self.backend = backend
         self.t0 = time.monotonic()
+        self.what = what
 
     session = None
 
     def done(self, raw: bytes | bytearray) -> None:
-        if raw[:1] == b"-":
-            self.backend.abort(f"AUTH refused: {bytes(raw[1:]).strip().decode(errors='replace')}")
+        if raw[:1] in (b"-", b"!"):
+            text = bytes(raw[1:]).strip().decode(errors="replace")
+            self.backend.abort(f"{self.what} refused: {text}")
         return None
 
     def fail(self, err: bytes) -> None:
@@ -49,13 +57,14 @@ class Refuser:
     Shares ``up``/``refuse`` with :class:`Backend`, so the hot path needs no extra check.
     """
 
-    __slots__ = ("error", "outbox")
+    __slots__ = ("error", "outbox", "resp3")
     up = False
     group = None
 
     def __init__(self, error: bytes, outbox: Outbox):
         self.error = error
         self.outbox = outbox
+        self.resp3 = self  # the same refusal for RESP3 sessions (see Backend.resp3)
 
     def refuse(self, r: Any) -> None:
         done = r.fail(self.error)
@@ -80,10 +89,18 @@ class Backend(asyncio.Protocol):
     Requests are appended to ``out`` and ``fifo`` together; ``out`` is written once per loop
     iteration by the :class:`Outbox`. Replies are found with :func:`resp.scan_reply` and handed
     over as raw bytes in FIFO order.
+
+    Every entry of the router's slot table has ``resp3``, the entry RESP3 sessions use instead:
+    here the :class:`Resp3Backend` twin; a :class:`Refuser` is its own.
     """
 
     def __init__(self, group: str, address: str, outbox: Outbox, password: str | None = None,
                  connect_timeout: float = 2.0):
+        self._setup(group, address, outbox, password, connect_timeout)
+        self.resp3: Backend = Resp3Backend(self)
+
+    def _setup(self, group: str, address: str, outbox: Outbox, password: str | None,
+               connect_timeout: float) -> None:
         self.group = group
         self.address = address
         host, _, port = address.rpartition(":")
@@ -148,16 +165,22 @@ class Backend(asyncio.Protocol):
         self.up = True
         self.backoff = BACKOFF_MIN
         self.connects += 1
-        if self.password:
-            # AUTH goes first; requests queued meanwhile follow it on the same connection.
-            self.fifo.appendleft(_AuthProbe(self))
-            self.out.insert(0, resp.command([b"AUTH", self.password.encode()]))
+        greeting = self._greeting()
+        if greeting is not None:
+            # AUTH (or HELLO) goes first; requests queued meanwhile follow it on the same connection.
+            self.fifo.appendleft(greeting[0])
+            self.out.insert(0, greeting[1])
         if self.out:
             self.flush()
         if was == DOWN:
             log.warning("backend_up", group=self.group, addr=self.address)
         else:
             log.info("backend_connected", group=self.group, addr=self.address)
+
+    def _greeting(self) -> tuple[_AuthProbe, bytes] | None:
+        if self.password:
+            return _AuthProbe(self), resp.command([b"AUTH", self.password.encode()])
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -176,7 +199,7 @@ class Backend(asyncio.Protocol):
         self.error = resp.error(f"ERR backend {self.group} {self.address} is down ({reason})")
         self._fail_all(f"ERR backend {self.group} {self.address} {reason}")
         if self.retired:
-            self.state = CLOSED
+            self._retired_down()
             return
         log.warning("backend_down", group=self.group, addr=self.address, reason=reason,
                     pending=pending, retry_in=round(self.backoff, 3))
@@ -207,10 +230,22 @@ class Backend(asyncio.Protocol):
             self.transport.abort()
 
     def retire(self) -> None:
-        """No new requests (the group moved elsewhere); close once the replies in flight are in."""
+        """No new requests (the group moved elsewhere); close once the replies in flight are in.
+
+        The RESP3 twin is retired too; the pair closes once both are drained, so the router
+        keeps this Backend (and, through it, the twin's timeouts) until then.
+        """
         self.retired = True
-        if not self.fifo:
+        self.resp3.retired = True
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if not self.fifo and not self.resp3.fifo:
             self.close()
+
+    def _retired_down(self) -> None:
+        # The old master is gone: nothing in flight on the twin will be answered either.
+        self.close()
 
     def close(self) -> None:
         self.state = CLOSED
@@ -221,6 +256,8 @@ class Backend(asyncio.Protocol):
             self.transport.close()
         else:
             self._fail_all(f"ERR backend {self.group} {self.address} closed")
+        if self.resp3 is not self and self.resp3.state != CLOSED:
+            self.resp3.close()
 
     def check_timeout(self, now: float, timeout: float) -> None:
         fifo = self.fifo
@@ -231,6 +268,9 @@ class Backend(asyncio.Protocol):
                         pending=len(fifo), timeout=timeout)
             self.reason = f"timeout: no reply within {timeout:g}s"
             self.transport.abort()
+        twin = self.resp3
+        if twin is not self and twin.fifo:
+            twin.check_timeout(now, timeout)
 
     # --- hot path -------------------------------------------------------------------------
 
@@ -332,7 +372,7 @@ class Backend(asyncio.Protocol):
         if notified:
             outbox.schedule()
         if self.retired and not fifo:
-            self.close()
+            self._close_if_drained()
 
     def _array_end(self, buf: bytes | bytearray, p: int, n: int) -> int:
         """End of the array reply at ``p`` found in C, or -1 to let the Python scanner do it.
@@ -366,5 +406,167 @@ class Backend(asyncio.Protocol):
         return end
 
     def describe(self) -> dict[str, Any]:
+        twin = self.resp3
         return {"group": self.group, "addr": self.address, "state": self.state,
-                "pending": len(self.fifo), "connects": self.connects, "failures": self.failures}
+                "pending": len(self.fifo), "connects": self.connects, "failures": self.failures,
+                "resp3_state": twin.state, "resp3_pending": len(twin.fifo)}
+
+
+class Resp3Backend(Backend):
+    """A group master's connection for the clients that negotiated RESP3 (``HELLO 3`` first).
+
+    Created with its :class:`Backend` but connected on its first request (``flush``), so a
+    proxy whose clients all speak RESP2 opens no extra connections. Its replies may be any
+    RESP3 type; a push (``>``) answers no request and is dropped (pub/sub and tracking are
+    refused, so Redis should never send one).
+    """
+
+    def __init__(self, primary: Backend):
+        self._setup(primary.group, primary.address, primary.outbox, primary.password, primary.connect_timeout)
+        self.primary = primary
+        self.resp3 = self
+        self.state = IDLE
+        self.error = resp.error(f"ERR backend {self.group} {self.address} (RESP3) is not connected")
+
+    def _greeting(self) -> tuple[_AuthProbe, bytes]:
+        args = [b"HELLO", b"3"]
+        if self.password:
+            args += [b"AUTH", b"default", self.password.encode()]
+        return _AuthProbe(self, "HELLO 3"), resp.command(args)
+
+    def flush(self) -> None:
+        if self.transport is None and self.state == IDLE and self.out:
+            self.state = CONNECTING
+            self.start()
+        Backend.flush(self)
+
+    def _close_if_drained(self) -> None:
+        if self.retired:
+            self.primary._close_if_drained()
+
+    def _retired_down(self) -> None:
+        self.state = CLOSED
+        self.primary._close_if_drained()
+
+    def describe(self) -> dict[str, Any]:
+        return {"group": self.group, "addr": self.address, "state": self.state, "pending": len(self.fifo)}
+
+    def data_received(self, data: bytes) -> None:
+        carry = self._carry
+        if carry is not None:
+            carry += data
+            buf: bytes | bytearray = carry
+        else:
+            buf = data
+        n = len(buf)
+        p = 0
+        fifo = self.fifo
+        stack = self._stack
+        find = buf.find
+        outbox = self.outbox
+        dirty = outbox.sessions
+        notified = False
+        try:
+            while p < n:
+                if stack:
+                    end, complete = resp.scan_reply(buf, self._scan, n, stack)
+                    if not complete:
+                        self._scan = end
+                        break
+                else:
+                    c = buf[p]
+                    end = -1
+                    if c == 36:  # $ (but not a streamed $?)
+                        nl = find(b"\r\n", p)
+                        if nl < 0:
+                            break
+                        head = buf[p + 1 : nl]
+                        if head != b"?":
+                            size = int(head)
+                            end = nl + size + 4 if size >= 0 else nl + 2
+                            if end > n:
+                                break
+                    elif c == 43 or c == 58 or c == 45 or c == 95 or c == 44 or c == 35:  # + : - _ , #
+                        end = find(b"\r\n", p) + 2
+                        if end < 2:
+                            break
+                    elif c == 42 or c == 37 or c == 126:  # * % ~
+                        end = self._aggregate_end(buf, p, n, c)
+                    if end < 0:
+                        end, complete = resp.scan_reply(buf, p, n, stack)
+                        if not complete:
+                            self._scan = end
+                            break
+                if buf[p] == 62:  # '>': a push message, not the reply to a request
+                    log.warning("backend_push_dropped", group=self.group, addr=self.address,
+                                head=bytes(buf[p : min(end, p + 60)]))
+                    p = end
+                    continue
+                raw = buf[p:end]
+                p = end
+                r = fifo.popleft()
+                if r.__class__ is Reply:
+                    r.data = raw
+                else:
+                    r = r.done(raw)
+                    if r is None:
+                        continue
+                s = r.session
+                if s is not None and not s.dirty:
+                    s.dirty = True
+                    dirty.append(s)
+                    notified = True
+        except (ValueError, IndexError, resp.ProtocolError) as exc:
+            log.error("backend_protocol_error", group=self.group, addr=self.address, error=str(exc))
+            self.abort(f"protocol error from Redis: {exc}")
+            return
+        self._aux_pos = -1
+        if p >= n:
+            self._carry = None
+        elif carry is None:
+            self._carry = bytearray(memoryview(buf)[p:])
+            self._scan -= p
+        else:
+            del carry[:p]
+            self._scan -= p
+        if notified:
+            outbox.schedule()
+        if self.retired and not fifo:
+            self._close_if_drained()
+
+    def _aggregate_end(self, buf: bytes | bytearray, p: int, n: int, c: int) -> int:
+        """:meth:`Backend._array_end` for arrays, sets (``~``) and maps (``%``) of bulk strings.
+
+        HGETALL and SMEMBERS answer with these in RESP3; the same proof applies: the canonical
+        encoding of what hiredis parsed, with the reply's own header, equals the bytes.
+        """
+        aux = self._aux
+        if self._aux_pos != p or aux is None:
+            aux = self._aux = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
+            aux.feed(buf, p, n - p)
+        try:
+            value = aux.gets()
+        except (hiredis.ProtocolError, TypeError):  # TypeError: a map key hiredis cannot hash
+            value = None
+        cls = value.__class__
+        try:
+            if cls is list and value and c != 37:
+                packed = hiredis.pack_command(tuple(value))
+                end = p + len(packed)
+                ok = end <= n and buf[p + 1 : end] == memoryview(packed)[1:]
+            elif cls is dict and value and c == 37:
+                flat = tuple(x for kv in value.items() for x in kv)
+                packed = hiredis.pack_command(flat)
+                body = memoryview(packed)[packed.index(b"\r\n") + 2 :]  # without the *2N header
+                head = b"%%%d\r\n" % len(value)
+                end = p + len(head) + len(body)
+                ok = end <= n and buf[p : p + len(head)] == head and buf[p + len(head) : end] == body
+            else:
+                ok = False
+        except TypeError:
+            ok = False
+        if not ok:
+            self._aux_pos = -1
+            return -1
+        self._aux_pos = end
+        return end

@@ -77,7 +77,7 @@ def _keys(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes 
 def _randomkey(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
     def merge(results: list[Any]) -> bytes:
         found = [k for k in results if k is not None]
-        return resp.bulk(random.choice(found)) if found else resp.NULL_BULK
+        return resp.bulk(random.choice(found)) if found else s.enc.null
 
     return _broadcast(s, args, stat, t0, merge)
 

@@ -38,7 +38,8 @@ def dispatch(session: Session, spec: CommandSpec, stat: CommandStat, args: list[
         next(iter(by)).send(r, raw)
         return
     parts = list(by.items())
-    parent = SplitReply(session, t0, stat, args, len(parts), _merger(spec.merge, parts, len(args) - 1))
+    merge = _merger(spec.merge, parts, len(args) - 1, session.enc)
+    parent = SplitReply(session, t0, stat, args, len(parts), merge)
     session.fifo.append(parent)
     name = args[0]
     for index, (backend, positions) in enumerate(parts):
@@ -51,8 +52,11 @@ def dispatch(session: Session, spec: CommandSpec, stat: CommandStat, args: list[
         backend.send(Part(parent, index), resp.command(sub))
 
 
-def _merger(merge: Merge | None, parts: list[tuple[Any, list[int]]], nargs: int):  # type: ignore[no-untyped-def]
+def _merger(merge: Merge | None, parts: list[tuple[Any, list[int]]], nargs: int,  # type: ignore[no-untyped-def]
+            enc: resp.Resp2):
     if merge is Merge.ORDERED:
+        bulk_array = enc.bulk_array  # missing keys: $-1 in RESP2, _ in RESP3 (as hiredis read either)
+
         def ordered(results: list[Any]) -> bytes:
             values: list[Any] = [None] * (nargs + 1)
             for (_, positions), got in zip(parts, results, strict=True):
@@ -60,7 +64,7 @@ def _merger(merge: Merge | None, parts: list[tuple[Any, list[int]]], nargs: int)
                     raise ValueError(f"expected {len(positions)} values from a group, got {got!r:.80}")
                 for i, v in zip(positions, got, strict=True):
                     values[i] = v
-            return resp.bulk_array(values[1:])
+            return bulk_array(values[1:])
         return ordered
     if merge is Merge.SUM:
         def summed(results: list[Any]) -> bytes:

@@ -1,4 +1,4 @@
-"""RESP2 building blocks: reply encoders, request encoding, the resumable reply scanner, inline splitting."""
+"""RESP building blocks: RESP2/RESP3 reply encoders, request encoding, the resumable reply scanner, inline splitting."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ PONG = b"+PONG\r\n"
 NULL_BULK = b"$-1\r\n"
 NULL_ARRAY = b"*-1\r\n"
 EMPTY_ARRAY = b"*0\r\n"
+NULL = b"_\r\n"  # RESP3's one null, for every type
 
 # Precomputed headers: most arguments and replies are short, and a list index is cheaper than
 # formatting a number on every request.
@@ -68,6 +69,67 @@ def bulk_array(values: list[bytes | None]) -> bytes:
     return b"".join(out)
 
 
+def bulk_array3(values: list[bytes | None]) -> bytes:
+    """:func:`bulk_array` for a RESP3 client: ``None`` -> ``_``."""
+    n = len(values)
+    out = [ARRAY_HDR[n] if n < _TABLE else b"*%d\r\n" % n]
+    append = out.append
+    for v in values:
+        if v is None:
+            append(NULL)
+        else:
+            m = len(v)
+            append(BULK_HDR[m] if m < _TABLE else b"$%d\r\n" % m)
+            append(v)
+            append(CRLF)
+    return b"".join(out)
+
+
+class Resp2:
+    """The replies the proxy builds itself whose encoding depends on the client's protocol: RESP2.
+
+    A session holds one of ``RESP2``/``RESP3`` (chosen by HELLO), so answers and merges call
+    ``session.enc.null`` or ``session.enc.map(...)`` and never test the protocol themselves.
+    """
+
+    __slots__ = ()
+    version = 2
+    null = NULL_BULK  # a missing string (GET, CLIENT GETNAME, RANDOMKEY)
+    bulk_array = staticmethod(bulk_array)
+
+    @staticmethod
+    def map(pairs: list[tuple[bytes, bytes]]) -> bytes:
+        """Already encoded keys and values: a flat array in RESP2."""
+        return array([x for kv in pairs for x in kv])
+
+    @staticmethod
+    def verbatim(text: bytes) -> bytes:
+        """Text meant for humans (INFO, CLIENT LIST): a bulk string in RESP2."""
+        return bulk(text)
+
+
+class Resp3(Resp2):
+    """The same replies for a client that sent ``HELLO 3``, encoded as Redis 7.0 encodes them."""
+
+    __slots__ = ()
+    version = 3
+    null = NULL
+    bulk_array = staticmethod(bulk_array3)
+
+    @staticmethod
+    def map(pairs: list[tuple[bytes, bytes]]) -> bytes:
+        return b"%%%d\r\n" % len(pairs) + b"".join(x for kv in pairs for x in kv)
+
+    @staticmethod
+    def verbatim(text: bytes) -> bytes:
+        return b"=%d\r\ntxt:" % (len(text) + 4) + text + CRLF
+
+
+RESP2 = Resp2()
+RESP3 = Resp3()
+PROTOCOLS: dict[int, Resp2] = {2: RESP2, 3: RESP3}
+
+
 def encode_value(obj: object) -> bytes:
     """Encode a value as hiredis parsed it (bytes, int, None, list, ReplyError)."""
     if isinstance(obj, bytes):
@@ -107,7 +169,16 @@ def parse_one(raw: bytes) -> object:
     """Parse one complete reply (the scanner already found its bounds) into Python values.
 
     A fresh reader per call: a shared one would be left in a bad state by a malformed reply.
+    RESP3 forms hiredis does not read are handled first: a blob error (``!``) becomes a
+    ReplyError, and attributes (``|``) in front of the reply are skipped (they describe it).
     """
+    c = raw[:1]
+    if c == b"|":
+        raw = raw[_attribute_end(raw) :]
+        c = raw[:1]
+    if c == b"!":
+        nl = raw.find(CRLF)
+        return hiredis.ReplyError(raw[nl + 2 : -2].decode(errors="replace"))
     reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
     reader.feed(raw)
     value = reader.gets()
@@ -116,13 +187,37 @@ def parse_one(raw: bytes) -> object:
     return value
 
 
+def _attribute_end(raw: bytes) -> int:
+    """Where the reply behind the attribute(s) at the start of ``raw`` begins."""
+    p = 0
+    while raw[p : p + 1] == b"|":
+        nl = raw.find(CRLF, p)
+        pairs = int(raw[p + 1 : nl])
+        p = nl + 2
+        for _ in range(2 * pairs):
+            p, complete = scan_reply(raw, p, len(raw), [])
+            if not complete:
+                raise ProtocolError("incomplete attribute")
+    return p
+
+
+# Stack entries for RESP3's streamed forms, which have no element count. Both are far above any
+# real count, so decrementing them for each element never reaches 0 and needs no extra test.
+_CHUNKS = 1 << 61  # a streamed string ``$?``: ``;N`` chunks until ``;0``
+_STREAMED = 1 << 62  # a streamed aggregate ``*?`` ``%?`` ``~?`` ``>?``: elements until ``.``
+
+
 def scan_reply(buf: bytes | bytearray, p: int, n: int, stack: list[int]) -> tuple[int, bool]:
-    """Skip over complete RESP elements from ``p``; return ``(position, reply_complete)``.
+    """Skip over complete RESP2/RESP3 elements from ``p``; return ``(position, reply_complete)``.
 
     Resumable: when the data ends inside a reply, ``position`` is the start of the first
     incomplete element and ``stack`` holds the element counts still expected by the enclosing
-    arrays; call again with both once more data has arrived. Only the incomplete element is
+    aggregates; call again with both once more data has arrived. Only the incomplete element is
     looked at again, so a large array arriving in many reads costs linear time.
+
+    Every RESP3 type is known, including the forms Redis 7.0 does not send (streamed strings
+    and aggregates): a map of N pairs is 2N elements, an attribute ``|N`` is its 2N elements and
+    the reply it describes, all together one element.
     """
     find = buf.find
     while True:
@@ -132,8 +227,15 @@ def scan_reply(buf: bytes | bytearray, p: int, n: int, stack: list[int]) -> tupl
         nl = find(b"\r\n", p)
         if nl < 0:
             return p, False
-        if c == 36:  # $
-            size = int(buf[p + 1 : nl])
+        if c == 36 or c == 61 or c == 33:  # $ = !  (bulk, verbatim, blob error)
+            try:
+                size = int(buf[p + 1 : nl])
+            except ValueError:
+                if c != 36 or buf[p + 1 : nl] != b"?":
+                    raise
+                stack.append(_CHUNKS)
+                p = nl + 2
+                continue
             if size >= 0:
                 end = nl + size + 4
                 if end > n:
@@ -141,17 +243,45 @@ def scan_reply(buf: bytes | bytearray, p: int, n: int, stack: list[int]) -> tupl
                 p = end
             else:
                 p = nl + 2
-        elif c == 42:  # *
-            count = int(buf[p + 1 : nl])
+        elif c == 42 or c == 37 or c == 126 or c == 62 or c == 124:  # * % ~ > |
+            try:
+                count = int(buf[p + 1 : nl])
+            except ValueError:
+                if buf[p + 1 : nl] != b"?" or c == 124:
+                    raise
+                stack.append(_STREAMED)
+                p = nl + 2
+                continue
             p = nl + 2
+            if c == 37:  # map: key and value per entry
+                count *= 2
+            elif c == 124:  # attribute: its map, then the reply it is about
+                count = 2 * count + 1
             if count > 0:
                 stack.append(count)
                 continue
-        elif c == 43 or c == 45 or c == 58:  # + - :
+        elif c == 43 or c == 45 or c == 58 or c == 95 or c == 44 or c == 35 or c == 40:  # + - : _ , # (
             p = nl + 2
+        elif c == 59:  # ; a chunk of a streamed string
+            if not stack or stack[-1] != _CHUNKS:
+                raise ProtocolError("string chunk outside a streamed string")
+            size = int(buf[p + 1 : nl])
+            if size > 0:
+                end = nl + size + 4
+                if end > n:
+                    return p, False
+                p = end
+                continue
+            p = nl + 2
+            stack.pop()  # ;0 ends the string: one element complete
+        elif c == 46:  # . the end of a streamed aggregate
+            if not stack or stack[-1] <= _CHUNKS:
+                raise ProtocolError("end marker outside a streamed aggregate")
+            p = nl + 2
+            stack.pop()
         else:
             raise ProtocolError(f"unexpected reply type byte {bytes([c])!r}")
-        # one element is complete: close every array it completes
+        # one element is complete: close every aggregate it completes
         while stack:
             stack[-1] -= 1
             if stack[-1]:

@@ -16,6 +16,7 @@ from kvstore_proxy.config import ProxyConfig
 from kvstore_proxy.outbox import Outbox
 from kvstore_proxy.request import CommandStat
 from kvstore_proxy.router import Router
+from kvstore_proxy.router3 import Resp3Router
 from kvstore_proxy.session import Session
 from kvstore_proxy.stats import SlowLog, Stats
 from kvstore_proxy.topology import Topology, proxy_id
@@ -56,6 +57,7 @@ class Worker:
         self.started_at = time.time()
         self.outbox = Outbox(loop)
         self.router = Router(self.outbox, config.backend_password)
+        self.router3 = Resp3Router(self.router, self.outbox)  # what sessions after HELLO 3 route with
         self.stats = Stats()
         self.slowlog = SlowLog(config.slowlog_max_len)
         self.slow_threshold = (config.slowlog_slower_than / 1e6

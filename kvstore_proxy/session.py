@@ -7,6 +7,7 @@
       │                    └─ partial request: _check_partial (bulk/multibulk limits, like Redis)
       ▼
     route: routes[args[0]] ──KEYED fast path──► slot_backend[key_slot(key)]         (router.py)
+      │      (after HELLO 3 the session routes with router3.py: each group's RESP3 connection)
       │      └─ otherwise _slow: commands.lookup ─► arity ─► auth ─► kind
       │             MULTI ─► multikey.split ─► SplitReply + one Part per group       (multikey.py)
       │             SAME_SLOT ─► -CROSSSLOT or the slot's backend
@@ -70,6 +71,8 @@ class Session(asyncio.Protocol):
         self.addr = "?"
         self.laddr = "?"
         self.name = b""
+        self.protocol = 2
+        self.enc: resp.Resp2 = resp.RESP2  # how proxy-built replies are encoded (set_protocol)
         self.lib_name = b""
         self.lib_ver = b""
         self.created = time.time()
@@ -383,6 +386,18 @@ class Session(asyncio.Protocol):
         self.authenticated = True
         self.routes = self.worker.routes
 
+    def set_protocol(self, version: int) -> None:
+        """Switch to RESP2 or RESP3 (HELLO, RESET): decided here once, never tested per request.
+
+        Backend replies are forwarded raw, so a RESP3 session must get them from connections
+        speaking RESP3: it routes with the worker's :class:`~kvstore_proxy.router3.Resp3Router`.
+        Replies already in flight were asked for in the old protocol and arrive in it, as
+        they would from Redis.
+        """
+        self.protocol = version
+        self.enc = resp.PROTOCOLS[version]
+        self.router = self.worker.router3 if version == 3 else self.worker.router
+
     # --- replies --------------------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -436,7 +451,7 @@ class Session(asyncio.Protocol):
             f"id={self.id} addr={self.addr} laddr={self.laddr} fd=-1 name={self.name.decode(errors='replace')} "
             f"age={age} idle={idle} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 "
             f"argv-mem=0 multi-mem=0 obl=0 oll={len(self.fifo)} omem=0 tot-mem=0 events=r "
-            f"cmd={self.last_cmd.decode(errors='replace')} user=default redir=-1 resp=2 "
+            f"cmd={self.last_cmd.decode(errors='replace')} user=default redir=-1 resp={self.protocol} "
             f"lib-name={self.lib_name.decode(errors='replace')} lib-ver={self.lib_ver.decode(errors='replace')}"
         ).encode()
 

@@ -55,7 +55,9 @@ class ProxyProcess:
 
     def client(self, **kwargs) -> redis.Redis:  # type: ignore[no-untyped-def]
         kwargs.setdefault("socket_timeout", 20)
-        kwargs.setdefault("protocol", 2)  # redis-py 8 defaults to RESP3; the proxy speaks RESP2
+        # RESP2 unless asked (redis-benchmark's and most drivers' protocol); redis-py 8's default,
+        # RESP3, is what test_resp3.py and the protocol=3 model test use.
+        kwargs.setdefault("protocol", 2)
         if self.password:
             kwargs.setdefault("password", self.password)
         return redis.Redis(port=self.port, **kwargs)
@@ -166,6 +168,16 @@ def proxy_cluster(zookeeper: LocalProcess, tmp_path: Path):  # type: ignore[no-u
     finally:
         for cleanup in made:
             cleanup()
+
+
+@pytest.fixture(scope="module")
+def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
+    """One plain redis-server: what the whole cluster behind the proxy must look like."""
+    proc = start_redis(tmp_path_factory.mktemp("model"))
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture
