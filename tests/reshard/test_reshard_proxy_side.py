@@ -82,6 +82,13 @@ def test_commands_on_a_migrating_slot_move_their_keys_first(cluster, tmp_path) -
         assert replies[0::2] == list(range(1001, 1201))
         assert replies[1::2] == list(range(4, 204))
         assert not a.exists(counter) and b.get(counter) == b"1200"
+        # RESP3 clients go through the same handler, to the target's RESP3 connection.
+        r3 = redis.Redis(port=proxy.port, socket_timeout=20, protocol=3)
+        hk = keys_in_slots(0, 99, 1, "hash")[0]
+        a.hset(hk, mapping={"f": "v"})
+        assert r3.hgetall(hk) == {b"f": b"v"}
+        assert not a.exists(hk) and b.hgetall(hk) == {b"f": b"v"}
+        r3.close()
         # A key on both sides (planted) is never overwritten: the client gets the error.
         a.set(k5, b"source")
         b.set(k5, b"planted")

@@ -36,8 +36,8 @@ class Proxy:
                 cwd=log.parent)
         wait_until(lambda: self.client().ping(), 20, f"kvstore-proxy on {self.port}")
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=20, protocol=2)
+    def client(self, protocol: int = 2) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=20, protocol=protocol)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -97,7 +97,8 @@ def test_8000_slots_move_back_and_forth_twice_under_load_through_two_proxies(clu
     c = cluster(groups=2)
     proxies = [Proxy(c.zk_hosts, c.tc.name, tmp_path / f"proxy{i}.log") for i in range(2)]
     stop = threading.Event()
-    workers = [Workload(f"w{i}", p.client(), stop) for i, p in enumerate(proxies)]
+    # One client speaks RESP2, the other RESP3 (redis-py 8's default).
+    workers = [Workload(f"w{i}", p.client(protocol=2 + i), stop) for i, p in enumerate(proxies)]
     try:
         for w in workers:
             w.start()
