@@ -1,0 +1,89 @@
+"""Run one fault under the recorded workload, as many rounds as its time budget allows, then check and judge.
+
+```
+workload start ──► warm-up (ops acknowledged) ──► fault round: inject ─ bound ─ undo
+   ──► cluster settled + ops acknowledged again ──► (budget left? another round)
+   ──► workload stop ──► settled ──► read every group ──► check ──► contract ──► table row
+```
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from chaos.checker import check, read_final_state
+from chaos.cluster import ChaosCluster
+from chaos.contracts import FaultRecord, excused_lost, violations
+from chaos.report import ROWS, Row, render_table
+from chaos.workload import Workload
+from kvstore_admin.processes import wait_until
+
+FAULTS = 11  # how many fault tests share KVSTORE_CHAOS_SECONDS
+
+
+def total_seconds() -> float:
+    """The whole suite's fault time: 0 (the default) runs each fault once, the CI-sized run."""
+    try:
+        return max(0.0, float(os.environ.get("KVSTORE_CHAOS_SECONDS", "0")))
+    except ValueError:
+        return 0.0
+
+
+def budget() -> float:
+    return total_seconds() / FAULTS
+
+
+def fault_timeout(per_round: float = 120.0) -> float:
+    """A pytest-timeout for one fault test: its budget plus room for a last round and the check."""
+    return budget() + per_round + 60.0
+
+
+def wait_serving(workload: Workload, since: float, ok: int = 40, timeout: float = 60.0) -> None:
+    """Until ``ok`` ops that started after ``since`` were acknowledged: the cluster serves again."""
+    wait_until(lambda: workload.ops_since(since)[0] >= ok, timeout,
+               f"{ok} acknowledged ops after t={since:.1f}", interval=0.05)
+
+
+def run_fault(cluster: ChaosCluster, name: str, fault: Callable[[ChaosCluster], list[FaultRecord]],
+              out_dir: Path, clients: int = 6, rate: float = 60.0) -> Row:
+    """The whole cycle for one fault; returns its row (also added to the session table) and asserts its contract."""
+    started = time.monotonic()
+    seed = zlib.crc32(name.encode()) & 0xFFFF
+    workload = Workload(cluster.proxy_ports, clients=clients, rate=rate, seed=seed).start()
+    records: list[FaultRecord] = []
+    rounds = 0
+    try:
+        wait_serving(workload, started, ok=100)
+        deadline = time.monotonic() + budget()
+        while True:
+            records += fault(cluster)
+            rounds += 1
+            cluster.wait_settled(60)
+            wait_serving(workload, time.monotonic())
+            if time.monotonic() >= deadline:
+                break
+    finally:
+        history = workload.stop()
+        history.dump(out_dir / "history.jsonl")
+    cluster.wait_settled(60)
+    assert cluster.store is not None
+    state = read_final_state(cluster.store)
+    report = check(history, state)
+    problems = violations(report, records)
+    row = Row(name, cluster.mode, rounds, report, time.monotonic() - started, "FAIL" if problems else "pass")
+    excused = excused_lost(report, records)
+    if excused:
+        row.notes.append(f"{excused} lost writes, all inside a lossy fault's window (allowed)")
+    ROWS.append(row)
+    print()
+    print(render_table([row]))
+    print(f"errors seen by clients: {history.errors()}")
+    print(f"keys served at the end: {report.keys}; history: {out_dir / 'history.jsonl'}")
+    if report.anomalies:
+        print(report.summary())
+    assert not problems, f"{name}: contract broken:\n" + "\n".join(problems[:30]) + f"\n{report.summary()}"
+    return row
