@@ -44,6 +44,10 @@ PROXY_READY_TIMEOUT = 30.0
 SENTINEL_READY_TIMEOUT = 15.0
 # The default 5 s delay before a diskless full sync would make every replica wait for nothing.
 REDIS_EXTRA = {"repl-diskless-sync-delay": "0"}
+# Datastore mode with replicas: a master takes a write only while a replica acknowledged the
+# stream within the last second, so an isolated or paused master stops accepting writes that a
+# failover would then throw away (docs/contracts.md). Never without replicas: it would refuse all.
+DATASTORE_REDIS_EXTRA = {**REDIS_EXTRA, "min-replicas-to-write": "1", "min-replicas-max-lag": "1"}
 
 Echo = Callable[[str], None]
 
@@ -217,13 +221,14 @@ def _start_all(state: LocalState, opts: UpOptions, replicas: int, echo: Echo) ->
             raise ClusterExists(f"cluster {state.cluster!r} already exists in ZooKeeper {state.zk}; "
                                 "pick another --cluster")
         members: list[tuple[str, list[str]]] = []
+        extra = DATASTORE_REDIS_EXTRA if opts.mode == "datastore" and replicas > 0 else REDIS_EXTRA
         for i in range(1, opts.groups + 1):
             gid = f"g{i}"
             names = [f"redis-{gid}-master", *(f"redis-{gid}-replica{j}" for j in range(1, replicas + 1))]
             addresses = []
             for name in names:
                 try:
-                    proc = start_redis(_fresh_dir(d / name), name=name, extra=REDIS_EXTRA)
+                    proc = start_redis(_fresh_dir(d / name), name=name, extra=extra)
                 except ProcessError as exc:
                     raise ProcessFailed(str(exc)) from None
                 state.add(proc)
