@@ -23,7 +23,7 @@ class Kind(enum.IntEnum):
       (``OBJECT``) has arity -2 and fails it; only bare ``COMMAND`` passes.
     - XREAD and XREADGROUP are SAME_SLOT although COMMAND flags them ``blocking``: only their BLOCK
       option blocks, and refusing that option is the core's job at run time. The same goes for
-      SELECT with a non-zero db, HELLO 3, COPY ... DB n, EVAL/EVALSHA/FCALL with zero keys (SAME_SLOT,
+      SELECT with a non-zero db, COPY ... DB n, EVAL/EVALSHA/FCALL with zero keys (SAME_SLOT,
       ``key_indexes`` returns ``[]``), and SORT's BY/GET patterns, which read keys the sorted key's
       group may not hold (Redis Cluster refuses them too).
     - FUNCTION is refused, all of it: a library loaded through the proxy would have to be on every

@@ -309,7 +309,14 @@ class Raw:
         self.buf = b""
 
     def call(self, *args: bytes | str) -> bytes:
-        self.sock.sendall(hiredis.pack_command(args))
+        self.send(args)
+        return self.read()
+
+    def send(self, *commands: tuple[bytes | str, ...]) -> None:
+        self.sock.sendall(b"".join(hiredis.pack_command(c) for c in commands))
+
+    def read(self) -> bytes:
+        """The next reply's bytes."""
         while True:
             if self.buf:
                 end, complete = resp.scan_reply(self.buf, 0, len(self.buf), [])
@@ -372,8 +379,9 @@ def test_hello_bytes_and_protocol_switches(raw: Raw) -> None:
     ("HELLO", "4"), ("HELLO", "1"), ("HELLO", "-1"), ("HELLO", "x"), ("HELLO", "003"), ("HELLO", " 3"),
     ("HELLO", "3", "FOO"), ("HELLO", "3", "AUTH", "x"), ("HELLO", "3", "SETNAME"),
     ("HELLO", "3", "SETNAME", "a b"), ("HELLO", "3", "AUTH", "bob", "pw"), ("HELLO", "2", "setname", "a", "x"),
+    ("AUTH", "default", "any"), ("AUTH", "pw"), ("AUTH", "bob", "pw"),  # no password: default user, any
 ])
-def test_hello_errors_are_redis_errors(raw: Raw, raw_model: Raw, args: tuple[str, ...]) -> None:
+def test_hello_and_auth_refusals_are_redis_errors(raw: Raw, raw_model: Raw, args: tuple[str, ...]) -> None:
     assert raw.call(*args) == raw_model.call(*args)
     assert raw.call("GET", "missing") == raw_model.call("GET", "missing") == b"$-1\r\n"
 
@@ -394,6 +402,21 @@ def test_nulls_and_merges_are_resp3_bytes(shared_cluster, raw: Raw, raw_model: R
         conn.call("HELLO", "3")
     for args in script:
         assert raw.call(*args) == raw_model.call(*args), args
+
+
+def test_protocol_switch_in_a_pipeline_keeps_order_and_each_reply_its_protocol(shared_cluster, raw: Raw) -> None:
+    """Replies to requests sent before HELLO 3 are RESP2, after it RESP3, in request order."""
+    keys = keys_on_every_group(shared_cluster, 2)
+    batch = [("MGET", *keys[:3], "none"), *[("GET", k) for k in keys]]
+    raw.send(("SET", keys[0], "x"), *batch, ("HELLO", "3"), *batch, ("HELLO", "2"), *batch)
+    two = [b"*4\r\n$1\r\nx\r\n$-1\r\n$-1\r\n$-1\r\n", b"$1\r\nx\r\n", *[b"$-1\r\n"] * 5]
+    three = [b"*4\r\n$1\r\nx\r\n_\r\n_\r\n_\r\n", b"$1\r\nx\r\n", *[b"_\r\n"] * 5]
+    assert raw.read() == b"+OK\r\n"
+    assert [raw.read() for _ in batch] == two
+    assert raw.read()[:4] == b"%7\r\n"
+    assert [raw.read() for _ in batch] == three
+    assert raw.read()[:5] == b"*14\r\n"
+    assert [raw.read() for _ in batch] == two
 
 
 def test_info_and_client_text_are_verbatim_strings_in_resp3(raw: Raw) -> None:
@@ -462,6 +485,32 @@ def test_backend_killed_with_resp3_requests_pending_answers_errors_at_once(proxy
     with pytest.raises(redis.ResponseError, match="g2"):
         c.mget(k1, k2)
     assert c.info("backends")["backend1"]["resp3_state"] == "down"
+
+
+def test_stalled_backend_times_out_resp3_requests_and_later_replies_line_up(proxy_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster = proxy_cluster(2, "--timeout", "0.5")
+    c = redis.Redis(port=cluster.proxy.port, socket_timeout=10)
+    k1, k2 = key_on(0), key_on(1)
+    c.set(k1, "one")
+    c.hset(k2, "f", "two")
+    node = cluster.nodes["g2"]
+    node.signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        pipe = c.pipeline(transaction=False)
+        pipe.get(k1)
+        pipe.hgetall(k2)
+        pipe.get(k1)
+        out = pipe.execute(raise_on_error=False)
+        assert time.monotonic() - t0 < 3
+        assert out[0] == b"one" and out[2] == b"one"
+        assert isinstance(out[1], redis.ResponseError) and "timeout" in str(out[1])
+    finally:
+        node.signal(signal.SIGCONT)
+    wait_until(lambda: c.hgetall(k2) == {b"f": b"two"}, 10, "g2 to answer again")
+    for i in range(50):
+        c.hset(k2, "f", i)
+        assert c.hgetall(k2) == {b"f": b"%d" % i}
 
 
 def test_passwords_on_both_sides_over_resp3(proxy_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,8 @@ class Load:
     """Threads doing SET then GET on their own keys; a GET must return a value it may legitimately see.
 
     A SET that failed is in doubt (it may or may not have been applied), so either value is fine
-    afterwards; any other value is a wrong reply.
+    afterwards; any other value is a wrong reply. Threads alternate RESP2 and RESP3 clients, so
+    both of each group's connections follow the change.
     """
 
     def __init__(self, proxy, keys: list[bytes], threads: int = 3):  # type: ignore[no-untyped-def]
@@ -30,10 +31,11 @@ class Load:
         self.wrong: list[str] = []
         self.ok = 0
         self.errors = 0
-        self.threads = [threading.Thread(target=self.run, args=(keys[i::threads],)) for i in range(threads)]
+        self.threads = [threading.Thread(target=self.run, args=(keys[i::threads], 2 + i % 2))
+                        for i in range(threads)]
 
-    def run(self, keys: list[bytes]) -> None:
-        c = self.proxy.client(socket_timeout=10)
+    def run(self, keys: list[bytes], protocol: int) -> None:
+        c = self.proxy.client(socket_timeout=10, protocol=protocol)
         allowed: dict[bytes, set[bytes | None]] = {k: {None} for k in keys}
         for k in keys:
             c.delete(k)
@@ -126,8 +128,12 @@ def test_new_master_under_load_changes_routing_without_a_wrong_reply(proxy_clust
             wait_until(lambda: load.ok > ok_before + 200, 15, "load to go on")
         assert load.wrong == []
         backends = [v for k, v in cluster.proxy.client().info().items() if k.startswith("backend")]
-        assert any(b["group"] == "g1" and b["addr"] == new.address and b["state"] == "up" for b in backends)
+        assert any(b["group"] == "g1" and b["addr"] == new.address and b["state"] == b["resp3_state"] == "up"
+                   for b in backends)
         assert "backend_retired" in cluster.proxy.output()
+        # both of the proxy's connections to the old master are closed once drained
+        wait_until(lambda: [c for c in old_c.client_list(_type="normal") if c["cmd"] != "client|list"] == [],
+                   10, "the old master's proxy connections to close")
     finally:
         zk.stop()
 
