@@ -20,6 +20,8 @@ from kvstore_admin import rebalance as rebalancing
 from kvstore_admin.errors import EXIT_CODES_HELP, USER_ERROR, AdminError, LocalStateError, as_admin_error
 from kvstore_cluster import logs, paths
 from kvstore_cluster.store import ClusterStore, connect
+from kvstore_sentinel.cache_failover import rejoin_group
+from kvstore_sentinel.switchover import switchover
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,22 @@ def group_remove(settings: Settings, group_id: str) -> None:
     with open_store(settings) as store:
         ops.remove_group(store, group_id)
     click.echo(f"removed group {group_id}")
+
+
+@group_cmd.command("rejoin")
+@click.argument("group_id", metavar="GROUP")
+@click.option("--node-timeout", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
+              help="Seconds to wait for each Redis node's answer.")
+@pass_settings
+def group_rejoin(settings: Settings, group_id: str, node_timeout: float) -> None:
+    """Bring a recovered cache-mode GROUP marked down back: FLUSHALL its nodes, give it a fair share of slots.
+
+    Its old keys are flushed on purpose: they may be stale, since its slots were served by other
+    groups meanwhile. For sentinels started with --auto-rejoin this happens by itself.
+    """
+    with open_store(settings) as store:
+        owned = rejoin_group(store, group_id, timeout=node_timeout)
+    click.echo(f"group {group_id} rejoined (flushed) and owns {owned} slots")
 
 
 @group_cmd.command("list")
@@ -295,6 +313,27 @@ def proxies(settings: Settings, as_json: bool) -> None:
         emit_json([{"id": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in found.items()])
     else:
         click.echo(status.render_proxies(found))
+
+
+@cli.command("failover")
+@click.argument("group_id", metavar="GROUP")
+@click.option("--to", "target", metavar="HOST:PORT", help="The replica to promote (default: the most up to date).")
+@click.option("--pause", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Longest time writes stay paused while the replica catches up.")
+@click.option("--node-timeout", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
+              help="Seconds to wait for each Redis node's answer.")
+@pass_settings
+def failover_cmd(settings: Settings, group_id: str, target: str | None, pause: float, node_timeout: float) -> None:
+    """Switch GROUP's master over to a replica without losing an acknowledged write.
+
+    Pauses writes on the master (CLIENT PAUSE WRITE), waits until the replica has the master's
+    replication offset, promotes it, commits the new master to ZooKeeper and re-attaches the old
+    master as a replica. Clients of the proxy see a short pause. Refused on an unhealthy group
+    (the sentinel handles failed masters).
+    """
+    with open_store(settings) as store:
+        new_master = switchover(store, group_id, to=target, pause=pause, timeout=node_timeout)
+    click.echo(f"group {group_id}: master is now {new_master}")
 
 
 # --- local cluster -------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from kvstore_cluster.store import (
     VersionConflict,
     ZooKeeperUnavailable,
 )
+from kvstore_sentinel.cache_failover import RejoinError
+from kvstore_sentinel.switchover import SwitchoverError
 
 OK = 0
 USER_ERROR = 1  # bad input or a refused operation (unknown group, node already in a group, ...)
@@ -81,6 +83,8 @@ def as_admin_error(exc: Exception) -> AdminError | None:
     for kind, code in _STORE_CODES:
         if isinstance(exc, kind):
             return AdminError(str(exc), code)
+    if isinstance(exc, SwitchoverError | RejoinError):
+        return AdminError(str(exc), USER_ERROR)
     if isinstance(exc, ModelError):
         return AdminError(str(exc), USER_ERROR)
     if isinstance(exc, KazooException | KazooTimeoutError):
