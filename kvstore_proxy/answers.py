@@ -78,7 +78,7 @@ def _hello(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes
     """
     version = 0
     if len(args) > 1:
-        version = _strict_int(args[1])
+        version = commands.string2ll(args[1])
         if version is None:
             return resp.error("ERR Protocol version is not an integer or out of range")
         if version not in (2, 3):
@@ -114,15 +114,6 @@ def _hello(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes
         (resp.bulk(b"role"), resp.bulk(b"master")),
         (resp.bulk(b"modules"), resp.EMPTY_ARRAY),
     ])
-
-
-def _strict_int(arg: bytes) -> int | None:
-    """Redis's string2ll: digits with an optional '-', no spaces, '+' or leading zeros."""
-    digits = arg[1:] if arg[:1] == b"-" else arg
-    if not digits.isdigit() or (digits[0] == 48 and arg != b"0") or len(digits) > 19:
-        return None
-    value = int(arg)
-    return value if -(1 << 63) <= value < 1 << 63 else None
 
 
 def _reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:

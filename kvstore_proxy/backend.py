@@ -320,27 +320,42 @@ class Backend(asyncio.Protocol):
                     if not complete:
                         self._scan = end
                         break
+                    if buf[p] == 62:
+                        p = self._drop_push(buf, p, end)
+                        continue
                 else:
                     c = buf[p]
                     if c == 36:  # $
                         nl = find(b"\r\n", p)
                         if nl < 0:
                             break
-                        size = int(buf[p + 1 : nl])
+                        try:
+                            size = int(buf[p + 1 : nl])
+                        except ValueError:
+                            # RESP3's streamed string "$?" (Redis 7.0 sends none), or garbage: the
+                            # full scanner decides; the size makes the line below give its end.
+                            end, complete = resp.scan_reply(buf, p, n, stack)
+                            if not complete:
+                                self._scan = end
+                                break
+                            size = end - nl - 4
                         end = nl + size + 4 if size >= 0 else nl + 2
                         if end > n:
                             break
-                    elif c == 43 or c == 58 or c == 45:  # + : -
+                    elif c == 43 or c == 58 or c == 45 or c == 95 or c == 44 or c == 35:  # + : -  _ , #
                         end = find(b"\r\n", p) + 2
                         if end < 2:
                             break
                     else:
-                        end = self._array_end(buf, p, n) if c == 42 else -1
+                        end = self._aggregate_end(buf, p, n, c) if c == 42 or c == 37 or c == 126 else -1
                         if end < 0:
                             end, complete = resp.scan_reply(buf, p, n, stack)
                             if not complete:
                                 self._scan = end
                                 break
+                        if c == 62:
+                            p = self._drop_push(buf, p, end)
+                            continue
                 raw = buf[p:end]
                 p = end
                 r = fifo.popleft()
@@ -374,13 +389,15 @@ class Backend(asyncio.Protocol):
         if self.retired and not fifo:
             self._close_if_drained()
 
-    def _array_end(self, buf: bytes | bytearray, p: int, n: int) -> int:
-        """End of the array reply at ``p`` found in C, or -1 to let the Python scanner do it.
+    def _aggregate_end(self, buf: bytes | bytearray, p: int, n: int, c: int) -> int:
+        """End of the array (or RESP3 set/map) reply at ``p`` found in C, or -1 to let the Python scanner do it.
 
-        hiredis parses the array; if its elements are bulk strings, ``pack_command`` re-encodes
+        hiredis parses the reply; if its elements are bulk strings, ``pack_command`` re-encodes
         them canonically and a byte comparison proves the reply is exactly those bytes (any
         other element type, or a non-canonical encoding, makes the comparison fail). Scanning
-        LRANGE's 100 elements in Python would cost more than the rest of the request.
+        LRANGE's 100 elements in Python would cost more than the rest of the request. RESP3
+        answers HGETALL with a map (``%N``, hiredis gives a dict) and SMEMBERS with a set
+        (``~N``): the same proof with the reply's own header.
         """
         aux = self._aux
         if self._aux_pos != p or aux is None:
@@ -388,21 +405,34 @@ class Backend(asyncio.Protocol):
             aux.feed(buf, p, n - p)
         try:
             value = aux.gets()
-        except hiredis.ProtocolError:
+        except (hiredis.ProtocolError, TypeError):  # TypeError: a map key hiredis cannot hash
             value = None
-        if value.__class__ is not list or not value:
-            self._aux_pos = -1
-            return -1
         try:
-            packed = hiredis.pack_command(tuple(value))
+            if value.__class__ is list and value and c != 37:
+                packed = hiredis.pack_command(tuple(value))
+                end = p + len(packed)
+                ok = end <= n and (buf[p:end] == packed if c == 42 else buf[p + 1 : end] == packed[1:])
+            elif value.__class__ is dict and value and c == 37:
+                flat = tuple(x for kv in value.items() for x in kv)
+                packed = hiredis.pack_command(flat)
+                body = memoryview(packed)[packed.index(b"\r\n") + 2 :]  # without the *2N header
+                head = b"%%%d\r\n" % len(value)
+                end = p + len(head) + len(body)
+                ok = end <= n and buf[p : p + len(head)] == head and buf[p + len(head) : end] == body
+            else:
+                ok = False
         except TypeError:
-            self._aux_pos = -1
-            return -1
-        end = p + len(packed)
-        if end > n or buf[p:end] != packed:
+            ok = False
+        if not ok:
             self._aux_pos = -1
             return -1
         self._aux_pos = end
+        return end
+
+    def _drop_push(self, buf: bytes | bytearray, p: int, end: int) -> int:
+        """A RESP3 push (``>``) answers no request: pub/sub and tracking are refused, so Redis
+        should send none; should one come, it must not take the place of a reply."""
+        log.warning("backend_push_dropped", group=self.group, addr=self.address, head=bytes(buf[p : min(end, p + 60)]))
         return end
 
     def describe(self) -> dict[str, Any]:
@@ -447,126 +477,3 @@ class Resp3Backend(Backend):
     def _retired_down(self) -> None:
         self.state = CLOSED
         self.primary._close_if_drained()
-
-    def describe(self) -> dict[str, Any]:
-        return {"group": self.group, "addr": self.address, "state": self.state, "pending": len(self.fifo)}
-
-    def data_received(self, data: bytes) -> None:
-        carry = self._carry
-        if carry is not None:
-            carry += data
-            buf: bytes | bytearray = carry
-        else:
-            buf = data
-        n = len(buf)
-        p = 0
-        fifo = self.fifo
-        stack = self._stack
-        find = buf.find
-        outbox = self.outbox
-        dirty = outbox.sessions
-        notified = False
-        try:
-            while p < n:
-                if stack:
-                    end, complete = resp.scan_reply(buf, self._scan, n, stack)
-                    if not complete:
-                        self._scan = end
-                        break
-                else:
-                    c = buf[p]
-                    end = -1
-                    if c == 36:  # $ (but not a streamed $?)
-                        nl = find(b"\r\n", p)
-                        if nl < 0:
-                            break
-                        head = buf[p + 1 : nl]
-                        if head != b"?":
-                            size = int(head)
-                            end = nl + size + 4 if size >= 0 else nl + 2
-                            if end > n:
-                                break
-                    elif c == 43 or c == 58 or c == 45 or c == 95 or c == 44 or c == 35:  # + : - _ , #
-                        end = find(b"\r\n", p) + 2
-                        if end < 2:
-                            break
-                    elif c == 42 or c == 37 or c == 126:  # * % ~
-                        end = self._aggregate_end(buf, p, n, c)
-                    if end < 0:
-                        end, complete = resp.scan_reply(buf, p, n, stack)
-                        if not complete:
-                            self._scan = end
-                            break
-                if buf[p] == 62:  # '>': a push message, not the reply to a request
-                    log.warning("backend_push_dropped", group=self.group, addr=self.address,
-                                head=bytes(buf[p : min(end, p + 60)]))
-                    p = end
-                    continue
-                raw = buf[p:end]
-                p = end
-                r = fifo.popleft()
-                if r.__class__ is Reply:
-                    r.data = raw
-                else:
-                    r = r.done(raw)
-                    if r is None:
-                        continue
-                s = r.session
-                if s is not None and not s.dirty:
-                    s.dirty = True
-                    dirty.append(s)
-                    notified = True
-        except (ValueError, IndexError, resp.ProtocolError) as exc:
-            log.error("backend_protocol_error", group=self.group, addr=self.address, error=str(exc))
-            self.abort(f"protocol error from Redis: {exc}")
-            return
-        self._aux_pos = -1
-        if p >= n:
-            self._carry = None
-        elif carry is None:
-            self._carry = bytearray(memoryview(buf)[p:])
-            self._scan -= p
-        else:
-            del carry[:p]
-            self._scan -= p
-        if notified:
-            outbox.schedule()
-        if self.retired and not fifo:
-            self._close_if_drained()
-
-    def _aggregate_end(self, buf: bytes | bytearray, p: int, n: int, c: int) -> int:
-        """:meth:`Backend._array_end` for arrays, sets (``~``) and maps (``%``) of bulk strings.
-
-        HGETALL and SMEMBERS answer with these in RESP3; the same proof applies: the canonical
-        encoding of what hiredis parsed, with the reply's own header, equals the bytes.
-        """
-        aux = self._aux
-        if self._aux_pos != p or aux is None:
-            aux = self._aux = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
-            aux.feed(buf, p, n - p)
-        try:
-            value = aux.gets()
-        except (hiredis.ProtocolError, TypeError):  # TypeError: a map key hiredis cannot hash
-            value = None
-        cls = value.__class__
-        try:
-            if cls is list and value and c != 37:
-                packed = hiredis.pack_command(tuple(value))
-                end = p + len(packed)
-                ok = end <= n and buf[p + 1 : end] == memoryview(packed)[1:]
-            elif cls is dict and value and c == 37:
-                flat = tuple(x for kv in value.items() for x in kv)
-                packed = hiredis.pack_command(flat)
-                body = memoryview(packed)[packed.index(b"\r\n") + 2 :]  # without the *2N header
-                head = b"%%%d\r\n" % len(value)
-                end = p + len(head) + len(body)
-                ok = end <= n and buf[p : p + len(head)] == head and buf[p + len(head) : end] == body
-            else:
-                ok = False
-        except TypeError:
-            ok = False
-        if not ok:
-            self._aux_pos = -1
-            return -1
-        self._aux_pos = end
-        return end

@@ -169,7 +169,7 @@ def _i32(n: int) -> int:
     return (n + (1 << 31)) % _INT32 - (1 << 31)
 
 
-def _string2ll(s: bytes) -> int | None:
+def string2ll(s: bytes) -> int | None:
     """Redis's strict integer parse: no spaces, no '+', no leading zeros."""
     n = len(s)
     if n == 0 or n > 20:
@@ -212,7 +212,7 @@ _SpecKeys = Callable[[list[bytes]], "range | None"]
 def _parse_numkeys(arg: bytes) -> int | None:
     if arg.isdigit() and arg[0] != 48 and len(arg) < 10:
         return int(arg)  # the usual small count; cannot wrap a C int
-    numkeys = _string2ll(arg)
+    numkeys = string2ll(arg)
     if numkeys is None or numkeys < 0:
         return None
     return _i32(numkeys)
@@ -419,7 +419,7 @@ _SYNTAX = "ERR syntax error"
 
 
 def _numkeys_error(name: str, args: list[bytes], count: int) -> str:
-    num = _string2ll(args[count]) if count < len(args) else None
+    num = string2ll(args[count]) if count < len(args) else None
     available = len(args) - count - 1
     if name in ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"):
         if num is None:
@@ -511,7 +511,7 @@ def _make_keys(name: str, entry: dict[str, Any]) -> tuple[tuple[int, ...] | None
             return found
         # Zero keys: fine for EVAL/FCALL with numkeys 0, else the command itself would fail.
         if no_mandatory and numkeys_at is not None and numkeys_at < len(args):
-            if _string2ll(args[numkeys_at]) == 0:
+            if string2ll(args[numkeys_at]) == 0:
                 return found
         raise CommandError(_keys_error(name, args))
 

@@ -53,30 +53,14 @@ def array(items: list[bytes]) -> bytes:
     return (ARRAY_HDR[n] if n < _TABLE else b"*%d\r\n" % n) + b"".join(items)
 
 
-def bulk_array(values: list[bytes | None]) -> bytes:
-    """An array of bulk strings (``None`` -> null bulk), as MGET answers."""
+def bulk_array(values: list[bytes | None], null: bytes = NULL_BULK) -> bytes:
+    """An array of bulk strings (``None`` -> ``null``: ``$-1`` in RESP2), as MGET answers."""
     n = len(values)
     out = [ARRAY_HDR[n] if n < _TABLE else b"*%d\r\n" % n]
     append = out.append
     for v in values:
         if v is None:
-            append(NULL_BULK)
-        else:
-            m = len(v)
-            append(BULK_HDR[m] if m < _TABLE else b"$%d\r\n" % m)
-            append(v)
-            append(CRLF)
-    return b"".join(out)
-
-
-def bulk_array3(values: list[bytes | None]) -> bytes:
-    """:func:`bulk_array` for a RESP3 client: ``None`` -> ``_``."""
-    n = len(values)
-    out = [ARRAY_HDR[n] if n < _TABLE else b"*%d\r\n" % n]
-    append = out.append
-    for v in values:
-        if v is None:
-            append(NULL)
+            append(null)
         else:
             m = len(v)
             append(BULK_HDR[m] if m < _TABLE else b"$%d\r\n" % m)
@@ -93,7 +77,6 @@ class Resp2:
     """
 
     __slots__ = ()
-    version = 2
     null = NULL_BULK  # a missing string (GET, CLIENT GETNAME, RANDOMKEY)
     bulk_array = staticmethod(bulk_array)
 
@@ -112,9 +95,11 @@ class Resp3(Resp2):
     """The same replies for a client that sent ``HELLO 3``, encoded as Redis 7.0 encodes them."""
 
     __slots__ = ()
-    version = 3
     null = NULL
-    bulk_array = staticmethod(bulk_array3)
+
+    @staticmethod
+    def bulk_array(values: list[bytes | None]) -> bytes:
+        return bulk_array(values, NULL)
 
     @staticmethod
     def map(pairs: list[tuple[bytes, bytes]]) -> bytes:

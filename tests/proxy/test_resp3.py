@@ -32,6 +32,9 @@ REPLIES = [
     b"_\r\n", b",1.5\r\n", b",-inf\r\n", b"#t\r\n", b"(3492890328409238509324850943850943825024385\r\n",
     b"=15\r\ntxt:Some string\r\n", b"!21\r\nSYNTAX invalid syntax\r\n",
     b"%2\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n*2\r\n:1\r\n_\r\n", b"%0\r\n", b"~2\r\n+a\r\n+b\r\n", b"~0\r\n",
+    # maps and sets of bulk strings (HGETALL, SMEMBERS) are bounded in C; a repeated key must not fool it
+    b"%2\r\n$1\r\na\r\n$1\r\nb\r\n$2\r\ncc\r\n$0\r\n\r\n", b"%2\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\na\r\n$1\r\nc\r\n",
+    b"~3\r\n$1\r\na\r\n$1\r\nb\r\n$4\r\nc\r\nd\r\n", b"*2\r\n$1\r\na\r\n$1\r\nb\r\n",
     b"*3\r\n%1\r\n+a\r\n~1\r\n,inf\r\n|1\r\n+x\r\n+y\r\n#f\r\n_\r\n",
     b"|1\r\n+key-popularity\r\n%2\r\n$1\r\na\r\n,0.1923\r\n$1\r\nb\r\n,0.0012\r\n*2\r\n:2039123\r\n:9543892\r\n",
     b"|0\r\n:1\r\n", b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
@@ -94,6 +97,19 @@ def test_resp3_connection_hands_each_request_its_reply_bytes_whatever_the_reads(
             twin.data_received(stream[i : i + size])
         assert [bytes(r.data) for r in got] == wanted  # type: ignore[arg-type]
         assert not twin.fifo and twin._carry is None
+
+
+@pytest.mark.parametrize(("reply", "in_c"), [
+    (b"%2\r\n$1\r\na\r\n$1\r\nb\r\n$2\r\ncc\r\n$0\r\n\r\n", True),
+    (b"~2\r\n$1\r\na\r\n$1\r\nb\r\n", True),
+    (b"*2\r\n$1\r\na\r\n$1\r\nb\r\n", True),
+    (b"%2\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\na\r\n$1\r\nc\r\n", False),  # a dict keeps one "a"
+    (b"%1\r\n$1\r\na\r\n,1.5\r\n", False),
+    (b"~1\r\n+a\r\n", False),
+])
+def test_maps_and_sets_of_bulk_strings_are_bounded_in_c(twin: Resp3Backend, reply: bytes, in_c: bool) -> None:
+    data = reply + b"+NEXT\r\n"
+    assert twin._aggregate_end(data, 0, len(data), data[0]) == (len(reply) if in_c else -1)
 
 
 def test_push_messages_answer_no_request_and_are_dropped(twin: Resp3Backend) -> None:
