@@ -84,3 +84,11 @@ bench: $(STAMP)
 	fi
 	@$(PY) -c 'import matplotlib, psutil' 2>/dev/null || $(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# make chaos: the reliability suite (tests/chaos, docs/contracts.md) sharing CHAOS_SECONDS among its
+# faults, 20 minutes by default; plain `make test` runs the same suite CI-sized (a few minutes).
+CHAOS_SECONDS ?= 1200
+
+.PHONY: chaos
+chaos: $(STAMP)
+	KVSTORE_CHAOS_SECONDS=$(CHAOS_SECONDS) $(VENV)/bin/pytest tests/chaos -s $(PYTEST_ARGS)
