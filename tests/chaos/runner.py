@@ -80,6 +80,8 @@ def run_fault(cluster: ChaosCluster, name: str, fault: Callable[[ChaosCluster], 
     report = check(history, state)
     problems = violations(report, records)
     row = Row(name, cluster.mode, rounds, report, time.monotonic() - started, "FAIL" if problems else "pass")
+    injected = sorted({r.name for r in records})
+    row.notes.append("injected: " + "; ".join(injected))
     excused = excused_lost(report, records)
     if excused:
         row.notes.append(f"{excused} lost writes, all inside a lossy fault's window (allowed)")
