@@ -41,9 +41,6 @@ class _Resp3Slots:
         except AttributeError:
             return self.view.missing(self.router.slot_backend[slot])
 
-    def __len__(self) -> int:
-        return len(self.router.slot_backend)
-
 
 class Resp3Router:
     """The parts of :class:`Router` that sessions use, answering with RESP3 connections."""
