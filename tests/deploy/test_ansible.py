@@ -22,7 +22,8 @@ pytestmark = [
                        reason="ansible-playbook is not installed: pip install -e '.[deploy]' (make test does)"),
     pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("redis-cli") is None
                        or not Path("/usr/share/java/zookeeper.jar").exists(),
-                       reason="needs redis-server, redis-cli and Debian's zookeeper (apt-get install redis-server zookeeper)"),
+                       reason="needs redis-server, redis-cli and Debian's zookeeper "
+                              "(apt-get install redis-server zookeeper)"),
 ]
 
 
