@@ -3,8 +3,9 @@
 Categories (the columns of the fault table):
 
 - **lost**: an acknowledged write that the cluster does not hold (a SET key missing, an appended
-  value missing, a counter below its acknowledged increments, a register holding an older
-  acknowledged value than the newest one).
+  value missing, a counter below its acknowledged increments or an INCR that returned no more
+  than one acknowledged before it began, a register holding an older acknowledged value than the
+  newest one).
 - **unexpected**: what no acknowledged or unknown op can explain: a value never written (phantom),
   a definitely-failed write that was applied, an appended value present twice or out of order, a
   counter above acked + unknown increments, a read that saw a phantom or missed an acknowledged
@@ -271,6 +272,23 @@ def _check_reads(ops: list[Op], sets: dict[str, Op], appends: dict[str, list[Op]
                  regs: dict[str, list[Op]], lost_keys: set[str], lost_values: set[tuple[str, str]],
                  report: Report) -> None:
     """Reads: nothing never written; no acknowledged write missed unless the end state lost it too."""
+    # INCR replies are reads too: an increment that began after another was acknowledged must see more.
+    for key, group in incrs.items():
+        if key in lost_keys:
+            continue
+        acked = [w for w in group if w.outcome == OK and isinstance(w.result, int)]
+        by_end = sorted(acked, key=lambda w: w.end)
+        best, i = None, 0
+        for w in sorted(acked, key=lambda w: w.start):
+            while i < len(by_end) and by_end[i].end < w.start:
+                if best is None or by_end[i].result > best.result:
+                    best = by_end[i]
+                i += 1
+            if best is not None and w.result <= best.result:
+                # Even when the final value is in range (unknown increments made up for it), an
+                # acknowledged increment went missing: lost, with the time of the one that went.
+                report.add(LOST, "counter_went_back", key,
+                           f"INCR returned {w.result} after an earlier INCR had returned {best.result}", op=best)
     append_values = {key: {op.value: op for op in group} for key, group in appends.items()}
     reg_values = {key: {op.value: op for op in group} for key, group in regs.items()}
     for r in ops:
@@ -405,12 +423,11 @@ def replication_caught_up(master: str, replica: str) -> bool:
     return int(m["master_repl_offset"]) == int(r["slave_repl_offset"])
 
 
-def read_final_state(store: Any, sync_timeout: float = 30.0, replica_master: Any = None) -> FinalState:
+def read_final_state(store: Any, sync_timeout: float = 30.0) -> FinalState:
     """Read ``groups``/``slots`` from ZooKeeper, then every master and every listed replica.
 
     Each replica is read once its offset equals its master's (polled up to ``sync_timeout``);
-    one that never gets there is reported as behind. ``replica_master(addr)`` maps a ZooKeeper
-    address to the one a replica's INFO shows (the slow-link test registers relay addresses).
+    one that never gets there is reported as behind.
     """
     groups = store.read_groups().value
     slots = store.read_slots().value
@@ -427,7 +444,7 @@ def read_final_state(store: Any, sync_timeout: float = 30.0, replica_master: Any
                 synced = False
                 while True:
                     try:
-                        synced = replication_caught_up(replica_master(g.master) if replica_master else g.master, rep)
+                        synced = replication_caught_up(g.master, rep)
                     except Exception:  # noqa: BLE001 - a node still restarting answers later
                         synced = False
                     if synced or time.monotonic() >= deadline:
@@ -436,6 +453,5 @@ def read_final_state(store: Any, sync_timeout: float = 30.0, replica_master: Any
                 node = read_node(rep)
                 node.in_sync = synced
                 data.replicas.append(node)
-            # The master may have moved on (a replica's PING) while replicas were polled: data is what counts.
         out[g.id] = data
     return FinalState(out, slots.owners(), migrating)

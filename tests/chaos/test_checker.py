@@ -170,6 +170,19 @@ def test_a_counter_within_acked_and_acked_plus_unknown_passes() -> None:
     assert check(history, state(final)).kinds(UNEXPECTED) == {"counter_repeated"}
 
 
+def test_an_increment_that_saw_no_more_than_an_earlier_acknowledged_one_lost_it() -> None:
+    history, final = clean_history()
+    history.extend([op(INCR, "C:2", start=1.0, result=1), op(INCR, "C:2", start=2.0, result=2),
+                    op(INCR, "C:2", start=2.005, end=2.5, result=3, client=1)])  # concurrent: any order
+    final["C:2"] = "3"
+    assert check(history, state(final)).anomalies == []
+    history.extend([op(INCR, "C:2", start=3.0, result=2)])  # began after "2" was acknowledged
+    final["C:2"] = "4"
+    report = check(history, state(final))
+    assert report.kinds(LOST) == {"counter_went_back"} and report.of(UNEXPECTED) == []
+    assert report.of(LOST)[0].op.result == 3  # type: ignore[union-attr]  # the increment that went
+
+
 def test_a_duplicated_or_reordered_append_is_unexpected() -> None:
     history, final = clean_history()
     final["L:1"] = ["0.2", "1.1", "0.3", "0.2"]
