@@ -77,6 +77,29 @@ class Deployment:
     def address(self, host: str) -> str:
         return f"127.0.0.1:{self.redis[host]['port']}"
 
+    def _inventory(self) -> dict[str, Any]:
+        return json.loads(self.inventory.read_text())
+
+    def add_redis_host(self, name: str, group: str, role: str) -> None:
+        """A new "host" with one instance on a fresh port, written into the inventory."""
+        inst = {"port": free_ports(1)[0], "group": group, "role": role}
+        inv = self._inventory()
+        inv["all"]["children"]["redis"]["hosts"][name] = {
+            "ansible_host": "127.0.0.1", "kvstore_base_dir": str(self.host_dir(name)), "redis_instances": [inst]}
+        self.inventory.write_text(json.dumps(inv, indent=2))
+        self.redis[name] = inst
+
+    def remove_redis_host(self, name: str) -> None:
+        inv = self._inventory()
+        del inv["all"]["children"]["redis"]["hosts"][name]
+        self.inventory.write_text(json.dumps(inv, indent=2))
+
+    def supervise(self, host: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """kvstore-supervise as installed on ``host``."""
+        run_dir = self.host_dir(host) / "supervise"
+        return subprocess.run([sys.executable, str(run_dir / "kvstore-supervise"), "--dir", str(run_dir), *args],
+                              capture_output=True, text=True, timeout=60)
+
 
 def make_deployment(base: Path, cluster: str = "deploytest") -> Deployment:
     """Inventory: 1 ZooKeeper, groups g1 and g2 as master + replica "hosts", 1 proxy, 1 sentinel."""
