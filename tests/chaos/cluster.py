@@ -74,6 +74,7 @@ class ChaosCluster:
         self.all_redis: list[LocalProcess] = []
         self.links: dict[str, FaultLink] = {}  # registered (relay) address -> link
         self.proxies: list[LocalProcess] = []
+        self.proxy_kills = 0  # faults take turns among the proxies
         self.sentinels: dict[str, LocalProcess] = {}
         self.all_services: list[LocalProcess] = []
         self._zk: Any = None

@@ -71,9 +71,10 @@ def master_pause(c: ChaosCluster, seconds: float, gid: str = "g1", expect_failov
     return [lossy_crash(f"master SIGSTOP {seconds:g}s", gid, slots, t0, now(), c.mode)]
 
 
-def proxy_kill_restart(c: ChaosCluster, index: int = 0, down_for: float = 1.0) -> list[FaultRecord]:
-    """SIGKILL a proxy; restart it on the same port ``down_for`` seconds later."""
-    proc = c.proxies[index]
+def proxy_kill_restart(c: ChaosCluster, down_for: float = 1.0) -> list[FaultRecord]:
+    """SIGKILL a proxy (each time the next one); restart it on the same port ``down_for`` seconds later."""
+    proc = c.proxies[c.proxy_kills % len(c.proxies)]
+    c.proxy_kills += 1
     t0 = now()
     proc.signal(signal.SIGKILL)
     try:
@@ -192,7 +193,7 @@ def switchover_with_faults(c: ChaosCluster, gid: str = "g1") -> list[FaultRecord
     can_reshard = reshard_unsupported(c) is None
     if can_reshard:
         threads.append(run("reshard", lambda: reshard(c, "9000-11999", "g1", "g2")))
-    records = proxy_kill_restart(c, index=1, down_for=1.0)
+    records = proxy_kill_restart(c, down_for=1.0)
     for t in threads:
         t.join(240)
         assert not t.is_alive(), f"{t.name} did not finish"

@@ -23,8 +23,6 @@ from chaos.workload import Workload
 from kvstore_admin.processes import wait_until
 
 FAULTS = 11  # how many fault tests share KVSTORE_CHAOS_SECONDS
-
-
 CI_SECONDS = 110.0  # the default: about 10 s of faults per test, a few minutes in all
 
 

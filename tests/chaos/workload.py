@@ -186,6 +186,8 @@ class WorkloadClient(threading.Thread):
             return op  # the proxy answered in order: the connection is still good
         op.outcome = OK
         op.result = reply
+        if self.rng.random() < 1 / 300:
+            self._drop()  # now and then a fresh connection to the next proxy: clients stay spread
         if op.kind == SET:
             self.acked_sets.append(op)
             if len(self.acked_sets) > 2000:
