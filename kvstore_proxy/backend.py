@@ -9,6 +9,7 @@ protocol. The twin connects on its first request and lives and dies with its Bac
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections import deque
@@ -19,7 +20,7 @@ import structlog
 
 from kvstore_proxy import resp
 from kvstore_proxy.outbox import Outbox
-from kvstore_proxy.request import Reply
+from kvstore_proxy.request import Part, Reply
 
 log = structlog.get_logger("kvstore.proxy.backend")
 
@@ -27,6 +28,87 @@ IDLE, CONNECTING, UP, DOWN, CLOSED = "idle", "connecting", "up", "down", "closed
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 _NOT_ENOUGH = object()
+
+
+_NOT_BULK = re.compile(rb"\r\n[+=(]")  # an element hiredis also reads as bytes, but without "$N"
+
+
+def bulk_array_end(buf: bytes | bytearray, p: int, n: int, value: list[Any]) -> int:
+    """End of the array (``*N``) or set (``~N``) at ``p`` if hiredis read it as ``value`` and every
+    element is a bulk string or a RESP2 null (``$-1``); -1 if that is not proven (the caller
+    then compares bytes).
+
+    Each ``$len`` element takes ``len + digits(len) + 5`` bytes, a null 5: the sum needs no
+    pass over the bytes. It holds only if every element has that form: ``b"".join`` refuses
+    anything hiredis did not read as bytes or None (integers, errors, nested aggregates), and
+    the first element of another form would start exactly where the arithmetic expects an
+    element, right after a CRLF inside the span. Of those forms, the ones hiredis also reads as
+    bytes (``+`` ``=`` ``(``) are looked for with ``memchr``, then with the exact pattern if one
+    of the bytes occurs (a payload may hold it; then the caller's byte comparison decides);
+    the other nulls (``_``, ``*-1``, ``%-1``, ``~-1``, ``>-1``) only when there are nulls. Redis
+    writes lengths canonically, and hiredis refuses any other spelling.
+    """
+    nulls = value.count(None)
+    if nulls:
+        value = [x for x in value if x is not None]
+    total = len(b"".join(value))
+    count = len(value)
+    hi = max(map(len, value), default=0)
+    if hi < 10:
+        digits = count
+    elif hi < 100 and min(map(len, value)) >= 10:
+        digits = 2 * count
+    else:
+        digits = len("".join(map(str, map(len, value))))
+    end = buf.find(b"\r\n", p) + 2 + total + 5 * (count + nulls) + digits
+    if end > n or buf[end - 2 : end] != b"\r\n":
+        return -1
+    find = buf.find
+    if (find(b"+", p, end) >= 0 or find(b"=", p, end) >= 0 or find(b"(", p, end) >= 0) \
+            and _NOT_BULK.search(buf, p, end) is not None:
+        return -1
+    if nulls and (find(b"_", p, end) >= 0 or find(b"*", p + 1, end) >= 0 or find(b"%", p, end) >= 0
+                  or find(b"~", p + 1, end) >= 0 or find(b">", p, end) >= 0):
+        return -1
+    return end
+
+
+_UNIFORM: dict[int, re.Pattern[bytes]] = {}  # element length -> pattern of such bulk strings
+_UNIFORM_MAX_LEN = 4096
+_UNIFORM_PATTERNS = 512
+
+
+def uniform_bulk_array_end(buf: bytes | bytearray, p: int, n: int) -> int:
+    """End of the array at ``p`` if it is complete and all its elements are bulk strings of the
+    first one's length (LRANGE of equal-sized values, a common shape); -1 otherwise.
+
+    One regular expression match proves it without building any object: the pattern is the
+    exact canonical encoding of such an element, repeated up to the end the count implies.
+    """
+    nl = buf.find(b"\r\n", p)
+    q = nl + 2
+    if nl < 0 or q >= n or buf[q] != 36:
+        return -1
+    nl2 = buf.find(b"\r\n", q)
+    if nl2 < 0:
+        return -1
+    try:
+        count = int(buf[p + 1 : nl])
+        size = int(buf[q + 1 : nl2])
+    except ValueError:
+        return -1
+    if count <= 0 or size < 0:
+        return -1
+    end = q + count * (nl2 - q + size + 4)
+    if end > n:
+        return -1
+    pattern = _UNIFORM.get(size)
+    if pattern is None:
+        if size > _UNIFORM_MAX_LEN or len(_UNIFORM) >= _UNIFORM_PATTERNS:
+            return -1
+        pattern = _UNIFORM[size] = re.compile(rb"(?:\$%d\r\n.{%d}\r\n)*" % (size, size), re.S)
+    m = pattern.match(buf, q, end)
+    return end if m is not None and m.end() == end else -1
 
 
 class _AuthProbe:
@@ -129,6 +211,7 @@ class Backend(asyncio.Protocol):
         self._retry: asyncio.TimerHandle | None = None
         self._aux: hiredis.Reader | None = None  # see _array_end
         self._aux_pos = -1
+        self._value: Any = None  # what _aggregate_end parsed, for a Part
         self._connect_task: asyncio.Task[Any] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -347,7 +430,11 @@ class Backend(asyncio.Protocol):
                         if end < 2:
                             break
                     else:
-                        end = self._aggregate_end(buf, p, n, c) if c == 42 or c == 37 or c == 126 else -1
+                        end = -1
+                        if c == 42 and fifo[0].__class__ is Reply:  # forwarded raw: no value needed
+                            end = uniform_bulk_array_end(buf, p, n)
+                        if end < 0 and (c == 42 or c == 37 or c == 126):
+                            end = self._aggregate_end(buf, p, n, c)
                         if end < 0:
                             end, complete = resp.scan_reply(buf, p, n, stack)
                             if not complete:
@@ -362,7 +449,10 @@ class Backend(asyncio.Protocol):
                 if r.__class__ is Reply:
                     r.data = raw
                 else:
-                    r = r.done(raw)
+                    if r.__class__ is Part and self._aux_pos == end:
+                        r = r.parent.part_done(r.index, self._value)  # already parsed
+                    else:
+                        r = r.done(raw)
                     if r is None:
                         continue
                 s = r.session
@@ -392,12 +482,15 @@ class Backend(asyncio.Protocol):
     def _aggregate_end(self, buf: bytes | bytearray, p: int, n: int, c: int) -> int:
         """End of the array (or RESP3 set/map) reply at ``p`` found in C, or -1 to let the Python scanner do it.
 
-        hiredis parses the reply; if its elements are bulk strings, ``pack_command`` re-encodes
-        them canonically and a byte comparison proves the reply is exactly those bytes (any
-        other element type, or a non-canonical encoding, makes the comparison fail). Scanning
-        LRANGE's 100 elements in Python would cost more than the rest of the request. RESP3
-        answers HGETALL with a map (``%N``, hiredis gives a dict) and SMEMBERS with a set
-        (``~N``): the same proof with the reply's own header.
+        hiredis parses the reply (the reader is fed once per read and reused for the replies
+        that follow); its value must account for every byte. An array or set of bulk strings
+        (LRANGE, MGET, SMEMBERS in RESP3) is measured by arithmetic, see :func:`bulk_array_end`.
+        Anything else that hiredis read as a list or a map is proven the slow way:
+        ``pack_command`` re-encodes it canonically and a byte comparison shows the reply is
+        exactly those bytes (any other element type, or a non-canonical encoding, makes the
+        comparison fail). Scanning LRANGE's 100 elements in Python would cost more than the
+        rest of the request. RESP3 answers HGETALL with a map (``%N``, hiredis gives a dict).
+        The parsed value is kept in ``_value`` for a :class:`Part`, which would parse it again.
         """
         aux = self._aux
         if self._aux_pos != p or aux is None:
@@ -407,26 +500,30 @@ class Backend(asyncio.Protocol):
             value = aux.gets()
         except (hiredis.ProtocolError, TypeError):  # TypeError: a map key hiredis cannot hash
             value = None
+        end = -1
         try:
             if value.__class__ is list and value and c != 37:
-                packed = hiredis.pack_command(tuple(value))
-                end = p + len(packed)
-                ok = end <= n and (buf[p:end] == packed if c == 42 else buf[p + 1 : end] == packed[1:])
+                end = bulk_array_end(buf, p, n, value)
+                if end < 0:
+                    packed = hiredis.pack_command(tuple(value))
+                    end = p + len(packed)
+                    if not (end <= n and (buf[p:end] == packed if c == 42 else buf[p + 1 : end] == packed[1:])):
+                        end = -1
             elif value.__class__ is dict and value and c == 37:
                 flat = tuple(x for kv in value.items() for x in kv)
                 packed = hiredis.pack_command(flat)
                 body = memoryview(packed)[packed.index(b"\r\n") + 2 :]  # without the *2N header
                 head = b"%%%d\r\n" % len(value)
                 end = p + len(head) + len(body)
-                ok = end <= n and buf[p : p + len(head)] == head and buf[p + len(head) : end] == body
-            else:
-                ok = False
+                if not (end <= n and buf[p : p + len(head)] == head and buf[p + len(head) : end] == body):
+                    end = -1
         except TypeError:
-            ok = False
-        if not ok:
+            end = -1
+        if end < 0:
             self._aux_pos = -1
             return -1
         self._aux_pos = end
+        self._value = value
         return end
 
     def _drop_push(self, buf: bytes | bytearray, p: int, end: int) -> int:

@@ -91,6 +91,15 @@ class Part:
         return self.parent.session
 
     def done(self, raw: bytes | bytearray) -> Reply | None:
+        # The backend scanner bounded raw already; the common one-line replies need no reader.
+        c = raw[0]
+        if c == 43 and raw == b"+OK\r\n":  # MSET
+            return self.parent.part_done(self.index, b"OK")
+        if c == 58:  # DEL, EXISTS, TOUCH, UNLINK
+            try:
+                return self.parent.part_done(self.index, int(raw[1:-2]))
+            except ValueError:
+                pass
         try:
             value = resp.parse_one(bytes(raw))
         except (resp.ProtocolError, hiredis.ProtocolError) as exc:
