@@ -187,13 +187,14 @@ def check(history: History, state: FinalState) -> Report:
         by_value = {op.value: op for op in appends.get(key, [])}
         seen: dict[str, int] = {}
         for pos, value in enumerate(final):
-            op = by_value.get(value)
-            if op is None:
+            writer = by_value.get(value)
+            if writer is None:
                 report.add(UNEXPECTED, "phantom_value", key, f"{value!r} was never appended")
-            elif op.outcome == FAILED:
-                report.add(UNEXPECTED, "failed_write_applied", key, f"{value!r} appended by a failed RPUSH", op=op)
+            elif writer.outcome == FAILED:
+                report.add(UNEXPECTED, "failed_write_applied", key, f"{value!r} appended by a failed RPUSH",
+                           op=writer)
             if value in seen:
-                report.add(UNEXPECTED, "duplicate_value", key, f"{value!r} at {seen[value]} and {pos}", op=op)
+                report.add(UNEXPECTED, "duplicate_value", key, f"{value!r} at {seen[value]} and {pos}", op=writer)
             else:
                 seen[value] = pos
         last_pos: dict[int, tuple[int, Op]] = {}
@@ -237,21 +238,21 @@ def check(history: History, state: FinalState) -> Report:
     for key in set(regs) | {k for k in view if k.startswith("R:")}:
         writes = regs.get(key, [])
         by_value = {op.value: op for op in writes}
-        acked = [op for op in writes if op.outcome == OK]
+        acked_sets = [w for w in writes if w.outcome == OK]
         final = view.get(key)
         if final is None:
-            if acked:
-                report.add(LOST, "register_lost", key, f"empty after {len(acked)} acknowledged SETs",
-                           op=max(acked, key=lambda o: o.end))
+            if acked_sets:
+                report.add(LOST, "register_lost", key, f"empty after {len(acked_sets)} acknowledged SETs",
+                           op=max(acked_sets, key=lambda o: o.end))
                 lost_keys.add(key)
             continue
-        op = by_value.get(final)
-        if op is None:
+        source = by_value.get(final)
+        if source is None:
             report.add(UNEXPECTED, "phantom_value", key, f"holds {final!r}, never written")
-        elif op.outcome == FAILED:
-            report.add(UNEXPECTED, "failed_write_applied", key, f"holds {final!r} from a failed SET", op=op)
-        elif op.outcome == OK:
-            newer = [w for w in acked if w.start > op.end]
+        elif source.outcome == FAILED:
+            report.add(UNEXPECTED, "failed_write_applied", key, f"holds {final!r} from a failed SET", op=source)
+        elif source.outcome == OK:
+            newer = [w for w in acked_sets if w.start > source.end]
             if newer:
                 latest = max(newer, key=lambda o: o.end)
                 report.add(LOST, "register_stale", key,
@@ -276,19 +277,20 @@ def _check_reads(ops: list[Op], sets: dict[str, Op], appends: dict[str, list[Op]
     for key, group in incrs.items():
         if key in lost_keys:
             continue
-        acked = [w for w in group if w.outcome == OK and isinstance(w.result, int)]
-        by_end = sorted(acked, key=lambda w: w.end)
-        best, i = None, 0
-        for w in sorted(acked, key=lambda w: w.start):
-            while i < len(by_end) and by_end[i].end < w.start:
+        acked = [o for o in group if o.outcome == OK and isinstance(o.result, int)]
+        by_end = sorted(acked, key=lambda o: o.end)
+        best: Op | None = None
+        i = 0
+        for inc in sorted(acked, key=lambda o: o.start):
+            while i < len(by_end) and by_end[i].end < inc.start:
                 if best is None or by_end[i].result > best.result:
                     best = by_end[i]
                 i += 1
-            if best is not None and w.result <= best.result:
+            if best is not None and inc.result <= best.result:
                 # Even when the final value is in range (unknown increments made up for it), an
                 # acknowledged increment went missing: lost, with the time of the one that went.
                 report.add(LOST, "counter_went_back", key,
-                           f"INCR returned {w.result} after an earlier INCR had returned {best.result}", op=best)
+                           f"INCR returned {inc.result} after an earlier INCR had returned {best.result}", op=best)
     append_values = {key: {op.value: op for op in group} for key, group in appends.items()}
     reg_values = {key: {op.value: op for op in group} for key, group in regs.items()}
     for r in ops:

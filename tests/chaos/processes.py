@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from kvstore_admin.processes import LocalProcess, free_port, redis_ping, spawn, wait_until
 
@@ -35,9 +36,9 @@ def spawn_sentinel(zk_hosts: str, cluster: str, log_dir: Path, sentinel_id: str,
     return spawn(f"sentinel-{sentinel_id}", argv, 0, log_dir / f"sentinel-{sentinel_id}.log")
 
 
-def log_events(proc: LocalProcess, name: str) -> list[dict]:
+def log_events(proc: LocalProcess, name: str) -> list[dict[str, Any]]:
     """The JSON log events called ``name`` that ``proc`` wrote so far."""
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         lines = Path(proc.log).read_text(errors="replace").splitlines()
     except FileNotFoundError:

@@ -87,7 +87,7 @@ class RespClient:
         if self.sock is None:
             self._connect()
         assert self.sock is not None and self.reader is not None
-        self.sock.sendall(hiredis.pack_command(args))
+        self.sock.sendall(hiredis.pack_command(args))  # type: ignore[arg-type]  # the stub wants a 1-tuple
         while True:
             reply = self.reader.gets()
             if reply is not False:
