@@ -92,3 +92,11 @@ CHAOS_SECONDS ?= 1200
 .PHONY: chaos
 chaos: $(STAMP)
 	KVSTORE_CHAOS_SECONDS=$(CHAOS_SECONDS) $(VENV)/bin/pytest tests/chaos -s $(PYTEST_ARGS)
+
+# make deploy-test: the Ansible deployment (ansible/, docs/deploy.md) for real on this machine:
+# site.yml twice (the second run must change nothing), the rolling playbooks, teardown.yml, and
+# ansible-lint's production profile; about 3 minutes. ansible-core and ansible-lint come with the
+# test extra (also the deploy extra: pip install -e '.[deploy]').
+.PHONY: deploy-test
+deploy-test: $(STAMP)
+	$(VENV)/bin/pytest tests/deploy -s -rs $(PYTEST_ARGS)

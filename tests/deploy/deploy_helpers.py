@@ -23,6 +23,18 @@ SOURCE_ITEMS = ["pyproject.toml", "README.md", "kvstore_cluster", "kvstore_proxy
 RECAP_LINE = re.compile(r"^(\S+)\s*:\s*((?:\w+=\d+\s*)+)$")
 
 
+def plan_filters() -> Any:
+    """ansible/roles/kvstore/filter_plugins/kvstore_plan.py as a module (it is plain Python)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "kvstore_plan", ANSIBLE_DIR / "roles" / "kvstore" / "filter_plugins" / "kvstore_plan.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tool(name: str) -> str | None:
     """An Ansible executable next to this interpreter (the project venv), else on PATH."""
     here = Path(sys.executable).parent / name

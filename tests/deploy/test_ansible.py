@@ -52,6 +52,27 @@ def client(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port, protocol=2, decode_responses=True, socket_timeout=10)
 
 
+def write(port: int, command: str, *args: object) -> object:
+    """A write through the proxy, retried on -NOREPLICAS: with min-replicas-max-lag 1 a master on a
+    busy machine refuses writes until its replica's next ACK (a definite failure, safe to retry)."""
+    c = client(port)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                return c.execute_command(command, *args)
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("NOREPLICAS") or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        c.close()
+
+
+def mset_keys(port: int) -> None:
+    assert write(port, "MSET", *[x for i, k in enumerate(KEYS) for x in (k, f"v{i}")])
+
+
 def status(d: Deployment) -> dict:
     out = d.admin("status", "--json")
     assert out.returncode == 0, out.stderr
@@ -129,17 +150,25 @@ def test_site_yml_deploys_a_healthy_cluster(deployed: Deployment) -> None:
     assert found["proxies"]["count"] == 1
     assert found["sentinels"]["count"] == 1
     assert found["healthy"], found["problems"]
+    # Datastore safety settings on every node (any may become master), as docs/contracts.md asks.
+    for host, inst in d.redis.items():
+        node = client(inst["port"])
+        try:
+            got = {**node.config_get("min-replicas-*"), **node.config_get("appendonly")}
+        finally:
+            node.close()
+        assert got == {"min-replicas-to-write": "1", "min-replicas-max-lag": "1", "appendonly": "yes"}, host
 
 
 def test_writes_and_reads_through_the_proxy_reach_both_groups_and_their_replicas(deployed: Deployment) -> None:
     d = deployed
+    assert write(d.proxy_port, "SET", "deploy:hello", "world")
+    mset_keys(d.proxy_port)
+    assert write(d.proxy_port, "INCR", "deploy:counter") == 1
     c = client(d.proxy_port)
     try:
         assert c.ping()
-        assert c.set("deploy:hello", "world")
         assert c.get("deploy:hello") == "world"
-        assert c.mset({k: f"v{i}" for i, k in enumerate(KEYS)})
-        assert c.incr("deploy:counter") == 1
         assert c.dbsize() == len(KEYS) + 2
     finally:
         c.close()
@@ -196,11 +225,7 @@ def test_replace_node_puts_a_new_replica_in_the_failed_nodes_group(deployed: Dep
     # Until kvstore-admin can remove one replica, the failed node stays listed (and shows as down).
     assert (failed in g1["replicas"]) != can_remove
     # min-replicas-to-write 1: g1 takes writes again now that it has a live replica.
-    c = client(d.proxy_port)
-    try:
-        assert c.mset({k: f"v{i}" for i, k in enumerate(KEYS)})
-    finally:
-        c.close()
+    mset_keys(d.proxy_port)
     all_keys_served(d)
 
 

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+from deploy_helpers import plan_filters
 
-from deploy_helpers import ANSIBLE_DIR
-
-_spec = importlib.util.spec_from_file_location(
-    "kvstore_plan", ANSIBLE_DIR / "roles" / "kvstore" / "filter_plugins" / "kvstore_plan.py")
-assert _spec and _spec.loader
-plan_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(plan_module)
-redis_groups, group_plan = plan_module.redis_groups, plan_module.group_plan
+redis_groups, group_plan = plan_filters().redis_groups, plan_filters().group_plan
 
 
 def inventory(**hosts: list[dict]) -> dict[str, dict]:
