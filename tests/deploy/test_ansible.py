@@ -22,6 +22,8 @@ from deploy_helpers import Deployment, Run, kill_processes, make_deployment, our
 
 pytestmark = [
     pytest.mark.slow,
+    # Per test, and the first one also runs the module fixture's site.yml (over a minute on 2 cores).
+    pytest.mark.timeout(600),
     pytest.mark.skipif(tool("ansible-playbook") is None,
                        reason="ansible-playbook is not installed: pip install -e '.[deploy]' (make test does)"),
     pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("redis-cli") is None
