@@ -130,23 +130,12 @@ def make_deployment(base: Path, cluster: str = "deploytest") -> Deployment:
 
     inventory = {"all": {
         "vars": {
-            "ansible_connection": "local",
-            "ansible_python_interpreter": sys.executable,
-            "kvstore_service_manager": "supervisor",
-            "kvstore_service_python": sys.executable,
-            "kvstore_become": False,
-            "kvstore_install_packages": False,
-            "kvstore_create_user": False,
-            "kvstore_user": _current_user(),
-            "kvstore_python": os.path.realpath(sys.executable),
+            **common_vars(base),
             "kvstore_source_dir": str(source),
-            "kvstore_pack_dir": str(base / "pack"),
             "kvstore_cluster_name": cluster,
             "kvstore_mode": "datastore",
             "kvstore_proxy_workers": 1,
             "kvstore_log_level": "warning",
-            "zookeeper_heap": "256m",
-            "zookeeper_log_level": "WARN",
         },
         "children": {
             "zookeeper": {"hosts": {"zk1": host("zk1", zookeeper_myid=1, zookeeper_client_port=zk_client,
@@ -159,6 +148,24 @@ def make_deployment(base: Path, cluster: str = "deploytest") -> Deployment:
     path = base / "inventory.json"
     path.write_text(json.dumps(inventory, indent=2))
     return Deployment(base=base, inventory=path, proxy_port=proxy_port, zk_port=zk_client, redis=redis)
+
+
+def common_vars(base: Path) -> dict[str, Any]:
+    """Inventory variables that make every host a local "host" run by kvstore-supervise."""
+    return {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "kvstore_service_manager": "supervisor",
+        "kvstore_service_python": sys.executable,
+        "kvstore_become": False,
+        "kvstore_install_packages": False,
+        "kvstore_create_user": False,
+        "kvstore_user": _current_user(),
+        "kvstore_python": os.path.realpath(sys.executable),
+        "kvstore_pack_dir": str(base / "pack"),
+        "zookeeper_heap": "256m",
+        "zookeeper_log_level": "WARN",
+    }
 
 
 def _current_user() -> str:
@@ -186,6 +193,12 @@ class Run:
             elif line.startswith("changed:"):
                 out.append(f"{task}: {line}")
         return out
+
+
+def assert_playbook_ran(run: Run, what: str) -> None:
+    assert run.rc == 0, f"{what} failed (rc {run.rc}):\n{run.output[-6000:]}"
+    assert run.recap, f"{what}: no PLAY RECAP in the output:\n{run.output[-3000:]}"
+    assert run.total("failed") == 0 and run.total("unreachable") == 0, run.recap
 
 
 def parse_recap(output: str) -> dict[str, dict[str, int]]:

@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from deploy_helpers import Deployment, Run, kill_processes, make_deployment, our_processes, playbook, tool
+from deploy_helpers import (
+    Deployment,
+    Run,
+    assert_playbook_ran,
+    kill_processes,
+    make_deployment,
+    our_processes,
+    playbook,
+    tool,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,10 +45,7 @@ KEYS = [f"deploy:{i}" for i in range(200)]
 TIMINGS: dict[str, float] = {}
 
 
-def assert_ran(run: Run, what: str) -> None:
-    assert run.rc == 0, f"{what} failed (rc {run.rc}):\n{run.output[-6000:]}"
-    assert run.recap, f"{what}: no PLAY RECAP in the output:\n{run.output[-3000:]}"
-    assert run.total("failed") == 0 and run.total("unreachable") == 0, run.recap
+assert_ran = assert_playbook_ran
 
 
 def run(d: Deployment, name: str, *extra: str) -> Run:
