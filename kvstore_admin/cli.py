@@ -364,10 +364,7 @@ def local_cmd() -> None:
 @pass_settings
 def local_up(settings: Settings, directory: Path, mode: str, n_groups: int, replicas: int | None,
              zk_hosts: str | None, proxy_port: int | None, proxy_workers: int, sentinels: int) -> None:
-    """Start ZooKeeper (unless --zk), redis-servers, the cluster, the proxy and the sentinels.
-
-    The proxy and sentinels start only once their packages exist; what is skipped is said.
-    """
+    """Start ZooKeeper (unless --zk), redis-servers, the cluster, the proxy and the sentinels."""
     try:
         paths.check_name("cluster", settings.cluster)
     except ValueError as exc:
@@ -412,8 +409,6 @@ def local_status(directory: Path, as_json: bool) -> None:
         [[p["name"], p["pid"], p["port"] or "-", "running" if p["alive"] else "DEAD", p["log"]]
          for p in found["processes"]],
     ))
-    for what in found["skipped"]:
-        click.echo(f"skipped {what}")
     for line in found["connect"]:
         click.echo(line)
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import json
 import os
 import shutil
-import signal
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +24,9 @@ from kvstore_admin.processes import (
     LocalProcess,
     ProcessError,
     free_port,
-    redis_ping,
+    sentinel_argv,
     spawn,
+    start_proxy,
     start_redis,
     start_zookeeper,
     wait_until,
@@ -39,7 +37,6 @@ STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
 STATE_VERSION = 1
 PROXY_MODULE = "kvstore_proxy"
-SENTINEL_MODULE = "kvstore_sentinel"
 PROXY_READY_TIMEOUT = 30.0
 SENTINEL_READY_TIMEOUT = 15.0
 # The default 5 s delay before a diskless full sync would make every replica wait for nothing.
@@ -63,7 +60,6 @@ class LocalState:
     proxy_port: int | None = None
     external_zk: bool = False  # --zk given: the cluster lives in somebody else's ZooKeeper
     processes: list[LocalProcess] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -74,7 +70,6 @@ class LocalState:
             "version": STATE_VERSION, "zk": self.zk, "cluster": self.cluster, "mode": self.mode,
             "proxy_port": self.proxy_port, "external_zk": self.external_zk,
             "processes": [p.to_json() for p in self.processes],
-            "skipped": self.skipped,
         }
 
     @classmethod
@@ -99,7 +94,7 @@ class LocalState:
                 and (proxy_port is None or isinstance(proxy_port, int))):
             raise ValueError("'zk', 'cluster' must be strings and 'proxy_port' a number or null")
         return cls(directory, obj["zk"], obj["cluster"], str(obj.get("mode", "")), proxy_port,
-                   bool(obj.get("external_zk", False)), processes, [str(s) for s in obj.get("skipped", [])])
+                   bool(obj.get("external_zk", False)), processes)
 
     def save(self) -> None:
         # Write then rename: a crash never leaves a half-written state file behind.
@@ -145,14 +140,6 @@ def _locked(directory: Path) -> Iterator[None]:
         except BlockingIOError:
             raise LocalStateError(f"another 'kvstore-admin local' command is working on {directory}") from None
         yield
-
-
-def module_available(package: str) -> bool:
-    """True if ``python -m package`` can run (the package and its ``__main__`` exist)."""
-    try:
-        return importlib.util.find_spec(f"{package}.__main__") is not None
-    except (ImportError, ValueError):
-        return False
 
 
 @dataclass
@@ -255,44 +242,28 @@ def _start_all(state: LocalState, opts: UpOptions, replicas: int, echo: Echo) ->
 
 
 def _start_services(state: LocalState, store: ClusterStore, opts: UpOptions, echo: Echo) -> None:
-    """The proxy and the sentinels, each only if its package can already run."""
-    if module_available(PROXY_MODULE):
-        _start_proxy(state, opts, echo)
-    else:
-        state.skipped.append(f"proxy ({PROXY_MODULE} is not available yet)")
-        state.save()
-    if opts.sentinels and module_available(SENTINEL_MODULE):
-        for i in range(1, opts.sentinels + 1):
-            # A majority of the sentinels must agree before the leader acts.
-            _start_sentinel(state, store, i, opts.sentinels // 2 + 1, echo)
-    elif opts.sentinels:
-        state.skipped.append(f"sentinel ({SENTINEL_MODULE} is not available yet)")
-        state.save()
-    for what in state.skipped:
-        echo(f"skipped {what}")
+    _start_proxy(state, opts, echo)
+    for i in range(1, opts.sentinels + 1):
+        # A majority of the sentinels must agree before the leader acts.
+        _start_sentinel(state, store, i, opts.sentinels // 2 + 1, echo)
 
 
 def _start_proxy(state: LocalState, opts: UpOptions, echo: Echo) -> None:
     port = opts.proxy_port or free_port()
-    argv = [sys.executable, "-m", PROXY_MODULE, "--zk", state.zk, "--cluster", state.cluster,
-            "--listen", f"127.0.0.1:{port}", "--workers", str(opts.proxy_workers)]
-    proc = state.add(spawn("proxy", argv, port, _fresh_dir(state.dir / "proxy") / "proxy.log"))
+    log = _fresh_dir(state.dir / "proxy") / "proxy.log"
+    try:
+        proc = start_proxy(state.zk, state.cluster, log, port=port, workers=opts.proxy_workers,
+                           timeout=PROXY_READY_TIMEOUT, module=PROXY_MODULE, record=state.add)
+    except ProcessError as exc:
+        raise ProcessFailed(str(exc)) from None
     state.proxy_port = port
     state.save()
-    try:
-        wait_until(lambda: redis_ping(port) or not proc.alive(), PROXY_READY_TIMEOUT, "the proxy")
-    except TimeoutError:
-        raise ProcessFailed(f"the proxy did not answer PING on port {port} within "
-                            f"{PROXY_READY_TIMEOUT:g}s; see {proc.log}") from None
-    if not proc.alive():
-        raise ProcessFailed(f"the proxy exited at start; see {proc.log}")
     echo(f"started proxy on 127.0.0.1:{port} (pid {proc.pid}, {opts.proxy_workers} worker(s))")
 
 
 def _start_sentinel(state: LocalState, store: ClusterStore, n: int, quorum: int, echo: Echo) -> None:
     name = f"sentinel-{n}"
-    argv = [sys.executable, "-m", SENTINEL_MODULE, "--zk", state.zk, "--cluster", state.cluster,
-            "--quorum", str(quorum)]
+    argv = sentinel_argv(state.zk, state.cluster, "--quorum", str(quorum))
     proc = state.add(spawn(name, argv, 0, _fresh_dir(state.dir / name) / "sentinel.log"))
     # A sentinel has no port; it is ready once it registered under sentinels/.
     try:
@@ -307,61 +278,12 @@ def _start_sentinel(state: LocalState, store: ClusterStore, n: int, quorum: int,
 # --- stopping ----------------------------------------------------------------------------------
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(entry))
-    return out
-
-
-def stop_process(proc: LocalProcess, timeout: float = 10.0) -> None:
-    """Stop ``proc`` and whatever it forked (e.g. proxy workers), and nothing else.
-
-    ``spawn`` starts each process as the leader of a new session, so its process group is
-    exactly it and its children. The group is signalled only after the leader is verified
-    to be our process (pid + start time), and while the group is non-empty its id cannot be
-    reused by an unrelated process.
-    """
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(proc.pid, os.WNOHANG)  # reap it if it is our own exited child
-    if not proc.alive():
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        proc.stop(timeout)
-        return
-
-    def gone() -> bool:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(proc.pid, os.WNOHANG)
-        return not _group_members(proc.pid)
-
-    try:
-        wait_until(gone, timeout, f"{proc.name} to exit")
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        wait_until(gone, 5.0, f"{proc.name} to die")
-
-
 def _stop_all(state: LocalState, echo: Echo) -> list[LocalProcess]:
     stopped = []
     # Reverse start order: sentinels and proxy before the nodes they watch, ZooKeeper last.
     for proc in reversed(state.processes):
         if proc.alive():
-            stop_process(proc)
+            proc.stop()
             stopped.append(proc)
             echo(f"stopped {proc.name} (pid {proc.pid})")
     return stopped
@@ -402,7 +324,7 @@ def status(directory: Path) -> dict[str, Any] | None:
     procs = [{**p.to_json(), "alive": p.alive()} for p in state.processes]
     return {
         "dir": str(state.dir), "zk": state.zk, "cluster": state.cluster, "mode": state.mode,
-        "proxy_port": state.proxy_port, "processes": procs, "skipped": state.skipped,
+        "proxy_port": state.proxy_port, "processes": procs,
         "running": sum(p["alive"] for p in procs), "recorded": len(procs),
         "connect": connect_lines(state),
     }

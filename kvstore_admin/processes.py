@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -94,22 +95,54 @@ class LocalProcess:
             os.kill(self.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it is still there after ``timeout``."""
+        """Stop the process and whatever it forked (e.g. proxy workers), and nothing else.
+
+        SIGTERM, then SIGKILL after ``timeout``. ``spawn`` makes each process the leader of a new
+        session, so its process group is exactly it and its children; the group is signalled only
+        after the leader is verified to be our process (pid + start time), and while the group is
+        non-empty its id cannot be reused by an unrelated process.
+        """
         _reap(self.pid)
         if not self.alive():
             return
         try:
-            os.kill(self.pid, signal.SIGTERM)
+            leader = os.getpgid(self.pid) == self.pid
+        except ProcessLookupError:
+            return
+        kill = os.killpg if leader else os.kill
+
+        def gone() -> bool:
+            _reap(self.pid)
+            return not _group_members(self.pid) if leader else not self.alive()
+
+        try:
+            kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         try:
-            wait_until(lambda: _reap(self.pid) or not self.alive(), timeout, f"{self.name} to exit")
+            wait_until(gone, timeout, f"{self.name} to exit")
         except TimeoutError:
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 return
-            wait_until(lambda: _reap(self.pid) or not self.alive(), 5.0, f"{self.name} to die")
+            wait_until(gone, 5.0, f"{self.name} to die")
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(entry))
+    return out
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
@@ -273,3 +306,36 @@ def start_redis(data_dir: Path, port: int | None = None, *, name: str | None = N
     if not proc.alive():
         raise ProcessError(f"redis-server exited at start on port {port}; see {proc.log}")
     return proc
+
+
+# --- kvstore services ------------------------------------------------------------------------------
+
+
+def start_proxy(zk: str, cluster: str, log: Path, *extra: str, port: int | None = None, workers: int = 1,
+                timeout: float = 30.0, module: str = "kvstore_proxy",
+                record: Callable[[LocalProcess], object] | None = None) -> LocalProcess:
+    """Start ``python -m kvstore_proxy`` on 127.0.0.1 and wait until it answers PING.
+
+    ``record`` is called as soon as the process exists, so a caller killed during the wait can
+    still find and stop it.
+    """
+    port = port or free_port()
+    argv = [sys.executable, "-m", module, "--zk", zk, "--cluster", cluster,
+            "--listen", f"127.0.0.1:{port}", "--workers", str(workers), *extra]
+    proc = spawn("proxy", argv, port, log)
+    if record is not None:
+        record(proc)
+    password = extra[extra.index("--requirepass") + 1] if "--requirepass" in extra else None
+    try:
+        wait_until(lambda: redis_ping(port, password) or not proc.alive(), timeout, f"the proxy on port {port}")
+    except TimeoutError:
+        proc.stop()
+        raise ProcessError(f"the proxy did not answer PING on port {port} within {timeout:g}s; "
+                           f"see {proc.log}") from None
+    if not proc.alive():
+        raise ProcessError(f"the proxy exited at start; see {proc.log}")
+    return proc
+
+
+def sentinel_argv(zk: str, cluster: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "kvstore_sentinel", "--zk", zk, "--cluster", cluster, *extra]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from kazoo.client import KazooClient
 
-from kvstore_admin.processes import LocalProcess, start_redis, start_zookeeper
+from kvstore_admin.processes import LocalProcess, start_proxy, start_redis, start_zookeeper
 from kvstore_cluster.store import connect
 
 
@@ -76,6 +77,33 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
 @pytest.fixture
 def redis_server(redis_factory: RedisFactory) -> LocalProcess:
     return redis_factory.start()
+
+
+class ProxyFactory:
+    """Starts kvstore-proxy processes (the code behind `local up`) and stops every one afterwards."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.procs: list[LocalProcess] = []
+
+    def start(self, zk_hosts: str, cluster: str, *extra: str, workers: int = 1) -> LocalProcess:
+        log = self.base / f"proxy-{len(self.procs)}.log"
+        return start_proxy(zk_hosts, cluster, log, "--log-format", "json", *extra, workers=workers,
+                           record=self.procs.append)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            proc.signal(signal.SIGCONT)  # a test may have left it stopped
+            proc.stop(timeout=10)
+
+
+@pytest.fixture
+def proxy_factory(tmp_path: Path) -> Iterator[ProxyFactory]:
+    factory = ProxyFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
 
 
 class TestCluster:

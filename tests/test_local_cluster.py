@@ -106,7 +106,7 @@ def state_dir(tmp_path: Path) -> Path:
     if (directory / "state.json").exists():
         try:
             for proc in reversed(recorded(directory)):
-                local.stop_process(proc)
+                proc.stop()
         except (ValueError, KeyError, TypeError):
             pass  # a test's garbage state file: nothing of ours to stop
 
@@ -122,13 +122,10 @@ def test_up_status_down_datastore_with_its_own_zookeeper(state_dir: Path, redis_
     state = json.loads((state_dir / "state.json").read_text())
     zk = state["zk"]
     assert f"kvstore-admin --zk {zk} --cluster default status" in up.stdout
-    if local.module_available(local.PROXY_MODULE):
-        assert f"redis-cli -p {port}" in up.stdout
-        assert redis_ping(port)
-        wait_until(lambda: json.loads(ok("--zk", zk, "proxies", "--json").stdout) != [], 15,
-                   "the proxy to register in ZooKeeper")
-    else:
-        assert "skipped proxy" in up.stdout
+    assert f"redis-cli -p {port}" in up.stdout
+    assert redis_ping(port)
+    wait_until(lambda: json.loads(ok("--zk", zk, "proxies", "--json").stdout) != [], 15,
+               "the proxy to register in ZooKeeper")
 
     status = json.loads(ok("--zk", zk, "status", "--json").stdout)
     assert status["mode"] == "datastore"

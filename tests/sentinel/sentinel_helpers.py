@@ -228,24 +228,6 @@ class GarbageServer:
         self.listener.close()
 
 
-def start_proxy(zk_hosts: str, cluster: str, log_dir: Path, *args: str) -> LocalProcess:
-    """A kvstore-proxy subprocess (one worker) following ``cluster``; waits until it answers PING."""
-    from kvstore_admin.processes import free_port, redis_ping
-
-    port = free_port()
-    argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk_hosts, "--cluster", cluster,
-            "--listen", f"127.0.0.1:{port}", "--workers", "1", "--log-format", "json", *args]
-    proc = spawn("proxy", argv, port, log_dir / f"proxy-{port}.log")
-    try:
-        wait_until(lambda: redis_ping(port) or not proc.alive(), 20, f"proxy on port {port}")
-    except TimeoutError:
-        proc.stop()
-        raise
-    if not proc.alive():
-        raise RuntimeError(f"proxy exited at start; see {proc.log}")
-    return proc
-
-
 def keys_of_group(slots: Any, group_id: str, count: int, prefix: str = "key") -> list[str]:
     """``count`` keys whose slots belong to ``group_id`` in slot table ``slots``."""
     from kvstore_cluster.slots import key_slot

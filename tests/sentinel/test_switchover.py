@@ -5,23 +5,22 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import redis
-from sentinel_helpers import FAST, start_proxy, wait_for
+from sentinel_helpers import FAST, wait_for
 
 from kvstore_cluster import paths
 from kvstore_sentinel.switchover import STALE_AFTER, SwitchoverError, switchover
 
 
-def test_switchover_under_write_load_loses_no_acknowledged_write(make_cluster, store, tmp_path: Path):
+def test_switchover_under_write_load_loses_no_acknowledged_write(make_cluster, store, proxy_factory):
     cluster = make_cluster(groups=2, replicas=2, mode="datastore")
     old, first, second = cluster.nodes["g1"]
     for node in (first, second):  # make_cluster returns before the (diskless, delayed) initial sync
         wait_for(lambda n=node: redis.Redis(port=n.port).info("replication")["master_link_status"] == "up",
                  20, f"{node.address} to finish its initial sync")
-    proxy = start_proxy(cluster.zk_hosts, cluster.name, tmp_path)
+    proxy = proxy_factory.start(cluster.zk_hosts, cluster.name)
     acked: list[str] = []
     errors: list[str] = []
     stop = threading.Event()
@@ -64,7 +63,6 @@ def test_switchover_under_write_load_loses_no_acknowledged_write(make_cluster, s
         wait_for(lambda n=node: redis.Redis(port=n.port).info("replication").get("master_port") == second.port,
                  10, f"{node.address} to follow the new master")
     print(f"\nswitchover took {took:.3f} s; write errors during it: {len(errors)} {errors[:3]}")
-    proxy.stop()
 
 
 def test_switchover_refuses_a_target_that_is_not_a_replica(make_cluster, store):

@@ -6,11 +6,10 @@ import signal
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import redis
-from sentinel_helpers import keys_of_group, start_proxy, wait_for
+from sentinel_helpers import keys_of_group, wait_for
 
 from kvstore_cluster.store import ClusterStore, connect
 
@@ -61,13 +60,13 @@ def _first_good_write(port: int, key: str, timeout: float) -> float:
     raise TimeoutError(f"no successful write of {key} within {timeout}s")
 
 
-def _kill_master_under_load(make_cluster, sentinels, zk_hosts: str, tmp_path: Path, client,  # type: ignore[no-untyped-def]
+def _kill_master_under_load(make_cluster, sentinels, zk_hosts: str, proxy_factory, client,  # type: ignore[no-untyped-def]
                             name: str) -> tuple[float, float]:
     """One run: returns (seconds to the first good write through the proxy, seconds to the ZK change)."""
     cluster = make_cluster(groups=2, replicas=1, mode="datastore", name=name)
     store = ClusterStore(client, name)
     master, replica = cluster.nodes["g1"]
-    proxy = start_proxy(zk_hosts, name, tmp_path)
+    proxy = proxy_factory.start(zk_hosts, name)
     sentinel = sentinels.start(zk_hosts, name)  # default interval / down-after
     writer = Writer(proxy.port, f"w-{name}")
     writer.start()
@@ -102,11 +101,11 @@ def _kill_master_under_load(make_cluster, sentinels, zk_hosts: str, tmp_path: Pa
 
 @pytest.mark.slow
 def test_datastore_failover_under_write_load_keeps_replicated_writes(
-        make_cluster, sentinels, zk_hosts, tmp_path: Path):
+        make_cluster, sentinels, zk_hosts, proxy_factory):
     """Kill a master under load: writes that reached the replica survive; report time to first good write."""
     client = connect(zk_hosts)
     try:
-        runs = [_kill_master_under_load(make_cluster, sentinels, zk_hosts, tmp_path, client, f"load{i}")
+        runs = [_kill_master_under_load(make_cluster, sentinels, zk_hosts, proxy_factory, client, f"load{i}")
                 for i in range(RUNS)]
     finally:
         client.stop()
@@ -119,9 +118,9 @@ def test_datastore_failover_under_write_load_keeps_replicated_writes(
 
 @pytest.mark.slow
 def test_cache_node_killed_under_load_other_groups_answer_throughout(
-        make_cluster, sentinels, zk_hosts, tmp_path: Path):
+        make_cluster, sentinels, zk_hosts, proxy_factory):
     cluster = make_cluster(groups=3, mode="cache")
-    proxy = start_proxy(zk_hosts, cluster.name, tmp_path)
+    proxy = proxy_factory.start(zk_hosts, cluster.name)
     sentinel = sentinels.start(zk_hosts, cluster.name)  # defaults
     others = keys_of_group(cluster.slots, "g2", 50) + keys_of_group(cluster.slots, "g3", 50)
     victim_key = keys_of_group(cluster.slots, "g1", 1)[0]
