@@ -20,6 +20,8 @@ from kvstore_cluster.zkbridge import LoopBridge
 if TYPE_CHECKING:
     from kvstore_proxy.server import Worker
 
+DEREGISTER_TIMEOUT = 2.0  # seconds
+
 log = structlog.get_logger("kvstore.proxy.topology")
 
 # kazoo reports SUSPENDED only after 2/3 of the session timeout without a word from the server;
@@ -132,11 +134,15 @@ class Topology:
         finally:
             self._registering = False
 
-    def deregister(self) -> None:
-        """Remove our node (blocking; used on shutdown)."""
+    def deregister(self, timeout: float = DEREGISTER_TIMEOUT) -> None:
+        """Remove our node (blocking, bounded; used on shutdown).
+
+        Bounded because kazoo's synchronous calls wait forever while ZooKeeper is unreachable, and
+        a SIGTERM must still end the process; the node is ephemeral, so the session's end removes it.
+        """
         self._stopped = True
         try:
-            self.client.delete(self.path)
+            self.client.delete_async(self.path).get(timeout=timeout)
         except NoNodeError:
             pass
         except Exception as exc:  # noqa: BLE001 - we are going away anyway; the session end removes it
