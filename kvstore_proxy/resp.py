@@ -133,8 +133,27 @@ def encode_value(obj: object) -> bytes:
 
 
 def command(args: list[bytes]) -> bytes:
-    """Encode a request as a multibulk array (what every Redis client sends)."""
+    """Encode a request as a multibulk array (what every Redis client sends).
+
+    Raises TypeError for anything but bytes-like arguments. Two to four arguments (GET, SET,
+    INCR, LPUSH, HSET...: most requests) take one ``join`` of a tuple, about half the time of the
+    general loop; an argument of 4096 bytes or more (IndexError) takes the loop.
+    """
     n = len(args)
+    h = BULK_HDR
+    try:
+        if n == 2:
+            a, b = args
+            return b"".join((b"*2\r\n", h[len(a)], a, CRLF, h[len(b)], b, CRLF))
+        if n == 3:
+            a, b, c = args
+            return b"".join((b"*3\r\n", h[len(a)], a, CRLF, h[len(b)], b, CRLF, h[len(c)], c, CRLF))
+        if n == 4:
+            a, b, c, d = args
+            return b"".join((b"*4\r\n", h[len(a)], a, CRLF, h[len(b)], b, CRLF, h[len(c)], c, CRLF,
+                             h[len(d)], d, CRLF))
+    except IndexError:
+        pass
     out = [ARRAY_HDR[n] if n < _TABLE else b"*%d\r\n" % n]
     append = out.append
     for a in args:

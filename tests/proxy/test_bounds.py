@@ -39,8 +39,10 @@ def test_bulk_array_end_is_exact_or_declines(head: bytes, elements: list[bytes],
     except TypeError:  # an element that is no string: the caller falls back
         return
     assert end in (-1, len(reply))
-    if all(e.startswith(b"$") for e in elements) and not any(c in reply for c in b"+=("):
-        assert end == len(reply)  # the common case is never declined
+    nulls = b"$-1\r\n" in elements
+    if all(e.startswith(b"$") for e in elements) and not any(c in reply for c in b"+=(") \
+            and not (nulls and any(c in reply[1:] for c in b"_*%~>")):
+        assert end == len(reply)  # the common cases are never declined
 
 
 @settings(max_examples=800, deadline=None)
