@@ -10,12 +10,14 @@ import uuid
 import structlog
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import ConnectionClosedError, NoNodeError, SessionExpiredError, ZookeeperError
+from kazoo.handlers.threading import KazooTimeoutError
 
 from kvstore_cluster.store import Check
 
 log = structlog.get_logger("kvstore.sentinel.election")
 
 # Same node naming as kazoo's Lock/Election ("<uuid>__lock__<seq>"), so kazoo's contenders() can read it.
+RESIGN_TIMEOUT = 2.0  # seconds
 _NODE_NAME = "__lock__"
 _SEQ = re.compile(r"__lock__(-?\d{10})$")
 
@@ -161,9 +163,11 @@ class Leadership:
         """Give up leadership (delete our node) so a standby takes over at once."""
         self.fence.revoke()
         if self._node is not None:
+            # Bounded: a synchronous delete waits forever while ZooKeeper is unreachable, and a
+            # SIGTERM must still end the sentinel; the node is ephemeral and goes with the session.
             try:
-                await self._call(self.client.delete, self._node)
-            except (NoNodeError, ZookeeperError, ConnectionClosedError, SessionExpiredError):
+                await self._call(lambda: self.client.delete_async(self._node).get(timeout=RESIGN_TIMEOUT))
+            except (NoNodeError, ZookeeperError, ConnectionClosedError, SessionExpiredError, KazooTimeoutError):
                 pass
             self._node = None
 
