@@ -153,9 +153,17 @@ class Session(asyncio.Protocol):
         n = len(buf)
         pos = 0
         tail = self._tail
-        self._tail = data[-8:]
+        # A huge count spanning two reads starts at the last '*' of the earlier one's last 8
+        # bytes; most reads end far from any '*', so most reads keep no tail and check nothing.
+        star = data.find(b"*", max(0, len(data) - 8))
+        if star >= 0:
+            self._tail = data[star:]
+        elif tail and len(data) < 8 and data.isdigit():
+            self._tail = tail + data  # a count arriving a few digits per read
+        else:
+            self._tail = b""
         refused = None
-        if _BIG_COUNT.search(tail + data[:8]) or _BIG_COUNT.search(data):
+        if _BIG_COUNT.search(data) or (tail and _BIG_COUNT.search(tail + data[:8])):
             # Serve the requests before the bad one, as Redis does, but never feed it to hiredis.
             q, _, refused = validate(buf, 0, n, 0, self.worker.config.max_request_size)
             if refused:

@@ -77,6 +77,19 @@ def test_requests_split_at_every_byte_are_parsed(shared_cluster):
     s.close()
 
 
+def test_huge_multibulk_count_sent_a_few_bytes_at_a_time_is_refused(shared_cluster):
+    # hiredis would allocate the list when the header is complete: the count must be caught
+    # however it is split across reads
+    s = conn(shared_cluster)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for piece in (b"*1\r\n$4\r\nPING\r\n*3", b"00", b"000", b"0000", b"\r\n"):
+        s.sendall(piece)
+        time.sleep(0.02)
+    assert read_until_closed(s) == b"+PONG\r\n-ERR Protocol error: invalid multibulk length\r\n"
+    s.close()
+    assert shared_cluster.proxy.client().ping()
+
+
 def test_empty_multibulk_is_ignored_like_redis(shared_cluster):
     s = conn(shared_cluster)
     s.sendall(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n")
