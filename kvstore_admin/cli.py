@@ -153,16 +153,23 @@ def group_remove(settings: Settings, group_id: str) -> None:
 @click.argument("group_id", metavar="GROUP")
 @click.option("--node-timeout", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
               help="Seconds to wait for each Redis node's answer.")
+@click.option("--rebalance/--no-rebalance", default=True, show_default=True,
+              help="Then move a fair share of slots, with their keys, to it.")
 @pass_settings
-def group_rejoin(settings: Settings, group_id: str, node_timeout: float) -> None:
-    """Bring a recovered cache-mode GROUP marked down back: FLUSHALL its nodes, give it a fair share of slots.
+def group_rejoin(settings: Settings, group_id: str, node_timeout: float, rebalance: bool) -> None:
+    """Bring a recovered cache-mode GROUP marked down back: FLUSHALL its nodes, mark it ok, rebalance.
 
     Its old keys are flushed on purpose: they may be stale, since its slots were served by other
-    groups meanwhile. For sentinels started with --auto-rejoin this happens by itself.
+    groups meanwhile. Slots come back through the data-moving rebalance, so no healthy group
+    loses keys. A sentinel started with --auto-rejoin does the flush by itself; the rebalance is
+    then this command with the group already ok, or 'kvstore-admin rebalance'.
     """
     with open_store(settings) as store:
-        owned = rejoin_group(store, group_id, timeout=node_timeout)
-    click.echo(f"group {group_id} rejoined (flushed) and owns {owned} slots")
+        rejoin_group(store, group_id, timeout=node_timeout)
+        click.echo(f"group {group_id} flushed and back in state ok")
+        if rebalance:
+            out = rebalancing.run_rebalance(store, reshard.Options(), reporter=rebalancing.ProgressBar())
+            click.echo(rebalancing.render_result(out))
 
 
 @group_cmd.command("list")

@@ -1,4 +1,4 @@
-"""Cache-mode repairs: remove a failed group (slots spread, group down) and rejoin a recovered one after FLUSHALL."""
+"""Cache-mode repairs: remove a failed group (slots spread, group down), rejoin a recovered one after FLUSHALL."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from kvstore_cluster.model import ModelError
 from kvstore_cluster.store import ClusterStore, Set, StoreError
 from kvstore_sentinel.context import Context
 from kvstore_sentinel.nodes import NodeError
-from kvstore_sentinel.plans import drop_group, rejoin_share
+from kvstore_sentinel.plans import drop_group, rejoin_plan
 
 log = structlog.get_logger("kvstore.sentinel.cache")
 
@@ -50,9 +50,10 @@ async def remove_group(ctx: Context, group_id: str, down: set[str]) -> bool:
 
 
 async def rejoin(ctx: Context, group_id: str) -> None:
-    """FLUSHALL the group's node(s), then give the group a fair share of slots and mark it ok.
+    """FLUSHALL the group's node(s), then mark the group ok (owning only slots nobody owned).
 
-    The flush comes first: the node must hold no stale key by the time proxies route to it. Raises
+    The flush comes first: the node must hold no stale key by the time proxies route to it. Slots
+    with keys reach it only through the data-moving rebalance, so no healthy group loses keys. Raises
     ``RejoinError`` with a readable reason.
     """
     meta_v = await ctx.zk(ctx.store.read_meta)
@@ -66,7 +67,6 @@ async def rejoin(ctx: Context, group_id: str) -> None:
         raise RejoinError(f"no group {group_id!r}")
     if group.state != "down":
         raise RejoinError(f"group {group_id!r} is {group.state}, not down; nothing to rejoin")
-    healthy = [g.id for g in groups_v.value if g.state == "ok"]
     for addr in group.nodes:
         ctx.fence.check()
         async with ctx.node(addr) as node:
@@ -75,7 +75,7 @@ async def rejoin(ctx: Context, group_id: str) -> None:
             except NodeError as exc:
                 raise RejoinError(f"cannot flush {addr}: {exc}") from None
     try:
-        new_groups, new_slots = rejoin_share(groups_v.value, slots_v.value, group_id, healthy)
+        new_groups, new_slots = rejoin_plan(groups_v.value, slots_v.value, group_id)
     except ModelError as exc:
         raise RejoinError(str(exc)) from None
     ctx.fence.check()
@@ -85,11 +85,12 @@ async def rejoin(ctx: Context, group_id: str) -> None:
         *ctx.fence.zk_checks(),
     ])
     log.warning("group_rejoined", group=group_id, master=group.master,
-                slots=new_slots.counts().get(group_id, 0), flushed=list(group.nodes))
+                slots=new_slots.counts().get(group_id, 0), flushed=list(group.nodes),
+                hint="run 'kvstore-admin rebalance' to give it a fair share of slots with their keys")
 
 
 def rejoin_group(store: ClusterStore, group_id: str, password: str | None = None, timeout: float = 5.0) -> int:
-    """Blocking entry for ``kvstore-admin group rejoin``: flush and rejoin a down cache group.
+    """Blocking entry for ``kvstore-admin group rejoin``: flush a down cache group and mark it ok.
 
     Returns the number of slots the group owns afterwards; raises ``RejoinError`` or ``StoreError``.
     """

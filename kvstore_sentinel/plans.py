@@ -1,4 +1,4 @@
-"""Pure cache-mode plans: drop a failed group's slots onto the healthy ones, give a rejoining group its share."""
+"""Pure cache-mode plans: drop a failed group's slots onto the healthy ones, mark a rejoining group ok."""
 
 from __future__ import annotations
 
@@ -27,39 +27,15 @@ def drop_group(groups: Groups, slots: SlotTable, group_id: str,
     return groups.put(replace(group, state="down")), table, dropped
 
 
-def rejoin_share(groups: Groups, slots: SlotTable, group_id: str,
-                 healthy: list[str]) -> tuple[Groups, SlotTable]:
-    """Mark ``group_id`` ok and give it an even share of slots, taken evenly from the ``healthy`` groups.
+def rejoin_plan(groups: Groups, slots: SlotTable, group_id: str) -> tuple[Groups, SlotTable]:
+    """Mark ``group_id`` ok; it takes only unowned slots (which hold no keys anywhere).
 
-    Each donor gives up the top end of its slots (contiguous runs); slots under migration stay put.
+    It takes no slot from a healthy group: that group's keys of the slot would be lost, and a cache
+    loses only the failed node's keys. A fair share comes from the data-moving
+    ``kvstore-admin rebalance``.
     """
     group = groups.get(group_id)
     if group is None:
         raise ModelError(f"no group {group_id!r}")
-    members = [g for g in healthy if g != group_id] + [group_id]
-    owners = list(slots.owners())
-    migrating = {s for m in slots.migrating for s in range(m.lo, m.hi + 1)}
-    for s, o in enumerate(owners):
-        if o is None:
-            owners[s] = group_id  # unowned slots go to the newcomer first
-    counts = {g: 0 for g in members}
-    for o in owners:
-        if o in counts:
-            counts[o] += 1
-    total = sum(counts.values())
-    base, extra = divmod(total, len(members))
-    # The newcomer gets the larger share when the split is uneven: it is the one that is short.
-    order = [group_id] + [g for g in members if g != group_id]
-    target = {g: base + (1 if i < extra else 0) for i, g in enumerate(order)}
-    for donor in members:
-        surplus = counts[donor] - target[donor]
-        if donor == group_id or surplus <= 0:
-            continue
-        for s in range(len(owners) - 1, -1, -1):
-            if surplus == 0:
-                break
-            if owners[s] == donor and s not in migrating:
-                owners[s] = group_id
-                surplus -= 1
-    table = SlotTable.from_owners(owners, slots.migrating)
-    return groups.put(replace(group, state="ok")), table
+    owners = [group_id if o is None else o for o in slots.owners()]
+    return groups.put(replace(group, state="ok")), SlotTable.from_owners(owners, slots.migrating)

@@ -6,7 +6,7 @@ import pytest
 
 from kvstore_cluster.model import Group, Groups, Migration, ModelError, SlotTable, even_split
 from kvstore_cluster.slots import SLOT_COUNT
-from kvstore_sentinel.plans import drop_group, rejoin_share
+from kvstore_sentinel.plans import drop_group, rejoin_plan
 from kvstore_sentinel.probe import ProbeError, parse_info, result_from_info
 from kvstore_sentinel.view import fresh_views, objectively_down
 
@@ -49,25 +49,21 @@ def test_drop_group_drops_migrations_that_involve_the_failed_group():
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
-def test_rejoin_gives_a_fair_share_taken_evenly_from_the_others(n):
+def test_rejoin_marks_the_group_ok_and_takes_no_slot_from_a_healthy_group(n):
     groups, slots = _cluster(n)
     healthy = [g for g in groups.ids() if g != "g1"]
     down_groups, dropped, _ = drop_group(groups, slots, "g1", healthy)
-    back, table = rejoin_share(down_groups, dropped, "g1", healthy)
-    counts = table.counts()
+    back, table = rejoin_plan(down_groups, dropped, "g1")
     assert back.get("g1").state == "ok"
-    assert sum(counts.values()) == SLOT_COUNT
-    assert max(counts.values()) - min(counts.values()) <= 1
-    assert counts["g1"] >= SLOT_COUNT // n
+    assert table.owners() == dropped.owners()  # healthy groups keep every slot, and so their keys
 
 
-def test_rejoin_never_moves_migrating_slots():
+def test_rejoin_takes_unowned_slots_only():
     groups, slots = _cluster(2)
     down_groups, table, _ = drop_group(groups, slots, "g1", ["g2"])
-    hi = SLOT_COUNT - 1
-    table = table.with_migrating((Migration(hi - 9, hi, "g2", "g1"),))
-    _, after = rejoin_share(down_groups, table, "g1", ["g2"])
-    assert all(after.owner(s) == "g2" for s in range(hi - 9, hi + 1))
+    table = SlotTable.from_owners([None if s < 10 else o for s, o in enumerate(table.owners())])
+    _, after = rejoin_plan(down_groups, table, "g1")
+    assert after.counts() == {"g1": 10, "g2": SLOT_COUNT - 10}
 
 
 def test_quorum_counts_only_fresh_views():
