@@ -10,6 +10,7 @@ from kvstore_cluster.model import Groups, SlotTable
 from kvstore_cluster.slots import SLOT_COUNT
 from kvstore_proxy import resp
 from kvstore_proxy.backend import Backend, Refuser
+from kvstore_proxy.migrating import Migrating, released
 from kvstore_proxy.outbox import Outbox
 
 log = structlog.get_logger("kvstore.proxy.router")
@@ -26,9 +27,8 @@ class Router:
     :class:`Refuser` for slots nobody may serve right now (unowned, group down, proxy fenced), so
     the hot path never checks those cases itself.
 
-    Migrating slots (DESIGN.md, "Resharding without restart") get their entry here too: today
-    the owner's backend; the resharding issue replaces it with a handler that runs MIGRATE on the
-    source before forwarding to the target, without touching the session or the backends.
+    Migrating slots (DESIGN.md, "Resharding without restart") get a :class:`Migrating` entry,
+    which runs MIGRATE on the source before forwarding to the target (``migrating.py``).
     """
 
     def __init__(self, outbox: Outbox, backend_password: str | None = None, connect_timeout: float = 2.0):
@@ -48,6 +48,8 @@ class Router:
         self.slot_backend: list[Any] = [self._no_table] * SLOT_COUNT
         self.owners: tuple[str | None, ...] = (None,) * SLOT_COUNT
         self.group_order: list[Any] = []  # one entry per group, for fan-out commands
+        self.reshard_data: bytes | None = None  # the reshard znode, for holding newly marked slots
+        self.migration_released = True
 
     # --- applying ZooKeeper's tables ----------------------------------------------------------
 
@@ -70,7 +72,13 @@ class Router:
                 b.start()
         self.retired = [b for b in self.retired if b.state != "closed"]
         self.owners = slots.owners()
+        self.migration_released = released(self.reshard_data, slots.migrating)
         self._rebuild()
+
+    def set_reshard(self, data: bytes | None) -> None:
+        """The reshard znode changed: may keys of migrating slots move yet? (``migrating.py``)."""
+        self.reshard_data = data
+        self.migration_released = released(data, self.slots.migrating if self.slots is not None else ())
 
     def _rebuild(self) -> None:
         if self.fenced:
@@ -89,7 +97,15 @@ class Router:
             table[g.id] = entry
             order.append(entry)
         unknown = table[None]
-        self.slot_backend = [table.get(o, unknown) for o in self.owners]
+        slot_backend = [table.get(o, unknown) for o in self.owners]
+        for m in self.slots.migrating if self.slots is not None else ():
+            source, target = table.get(m.source), table.get(m.target)
+            if isinstance(source, Backend) and isinstance(target, Backend):
+                entry: Any = Migrating(self, source, target)
+            else:  # either side down: nobody can tell where a key of these slots is
+                entry = source if not isinstance(source, Backend) else target
+            slot_backend[m.lo : m.hi + 1] = [entry] * (m.hi - m.lo + 1)
+        self.slot_backend = slot_backend
         self.group_order = order
 
     # --- fencing --------------------------------------------------------------------------------

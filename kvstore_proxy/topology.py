@@ -56,6 +56,7 @@ class Topology:
         self.bridge.watch_state(self._on_state)
         self.bridge.watch_data(paths.groups(self.cluster), self._on_groups)
         self.bridge.watch_data(paths.slots(self.cluster), self._on_slots)
+        self.bridge.watch_data(paths.reshard(self.cluster), self._on_reshard)
 
     # --- tables ---------------------------------------------------------------------------------
 
@@ -83,6 +84,9 @@ class Topology:
         self.slots = (value, stat.version)
         self._apply()
 
+    def _on_reshard(self, data: bytes | None, stat: Any) -> None:
+        self.worker.router.set_reshard(data)
+
     def _apply(self) -> None:
         if self.groups is None or self.slots is None or self._stopped:
             return
@@ -107,6 +111,9 @@ class Topology:
             "slots_version": w.router.slots_version,
             "groups_version": w.router.groups_version,
             "fenced": w.router.fenced,
+            # DESIGN.md step 3 implemented (migrating.py); kvstore-admin reshard refuses to mark
+            # slots while a registered proxy lacks it.
+            "migration": 1,
         }
 
     def register(self) -> None:

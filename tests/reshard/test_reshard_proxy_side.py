@@ -14,12 +14,6 @@ from kvstore_admin.processes import wait_until
 from kvstore_admin.reshard import State
 from kvstore_cluster import paths
 from kvstore_cluster.model import Migration
-from kvstore_proxy.router import Router
-
-pytestmark = pytest.mark.skipif(
-    not getattr(Router, "supports_migration", False),
-    reason="the proxy side of slot migration (DESIGN.md step 3) is not in kvstore_proxy yet",
-)
 
 
 def reshard_node(phase: str, moves: list[Move], version: int = 1) -> bytes:

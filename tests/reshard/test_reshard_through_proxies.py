@@ -14,12 +14,6 @@ import redis
 from reshard_helpers import admin_process
 
 from kvstore_admin.processes import free_port, wait_until
-from kvstore_proxy.router import Router
-
-pytestmark = pytest.mark.skipif(
-    not getattr(Router, "supports_migration", False),
-    reason="the proxy side of slot migration (DESIGN.md step 3) is not in kvstore_proxy yet",
-)
 
 COUNTERS = 64
 
