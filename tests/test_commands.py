@@ -325,6 +325,13 @@ def test_keyword_search_matches_like_strcasecmp() -> None:
 # --- the generated docs -----------------------------------------------------------------------------
 
 
+def test_readme_command_list_is_up_to_date() -> None:
+    """README.md's supported-commands list is regenerated with tools/gen_readme_commands.py too."""
+    tool = _tool("gen_readme_commands")
+    readme = (ROOT / "README.md").read_text()
+    assert tool.readme_with_block(readme) == readme
+
+
 def test_docs_commands_md_is_up_to_date() -> None:
     """docs/commands.md is regenerated with tools/gen_readme_commands.py whenever the table changes."""
     assert (ROOT / "docs" / "commands.md").read_text() == _tool("gen_readme_commands").render()

@@ -1,4 +1,4 @@
-"""Write docs/commands.md, the table of commands kvstore-proxy supports, from kvstore_proxy.commands.
+"""Write docs/commands.md and README.md's supported-commands list from kvstore_proxy.commands.
 
 Usage: .venv/bin/python tools/gen_readme_commands.py [--output docs/commands.md] [--stdout]
 """
@@ -51,8 +51,12 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render() -> str:
-    """The whole of docs/commands.md."""
+README = ROOT / "README.md"
+README_START = "<!-- commands:start (tools/gen_readme_commands.py) -->"
+README_END = "<!-- commands:end -->"
+
+
+def _rows() -> tuple[dict[Kind, list[CommandSpec]], set[str], dict[Kind, int]]:
     data = json.loads((ROOT / "kvstore_proxy" / "command_data.json").read_text())["commands"]
     containers = {name for name, entry in data.items() if "subcommands" in entry}
     specs = {s.name.decode(): s for s in all_specs()}
@@ -71,6 +75,12 @@ def render() -> str:
     # Counted like Redis's COMMAND COUNT would if it listed subcommands: containers aren't commands.
     counted = [s for name, s in specs.items() if name not in containers or name == "command"]
     counts = {kind: sum(1 for s in counted if s.kind is kind) for kind in Kind}
+    return rows, refused_whole, counts
+
+
+def render() -> str:
+    """The whole of docs/commands.md."""
+    rows, refused_whole, counts = _rows()
     out = [
         "# Commands supported by kvstore-proxy",
         "",
@@ -108,6 +118,26 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
+def render_readme_block() -> str:
+    """The README's compact list: every command name, by treatment, between the markers."""
+    rows, refused_whole, counts = _rows()
+    out = [README_START, ""]
+    for kind in Kind:
+        title, _ = _SECTIONS[kind]
+        names = ", ".join(
+            f"{spec.display_name}{' *' if spec.name.decode() in refused_whole else ''}" for spec in rows[kind]
+        )
+        anchor = title.lower().replace(" ", "-")
+        out += [f"**{title}** ({counts[kind]}, [details](docs/commands.md#{anchor})): {names}", ""]
+    out += ["`*` all subcommands.", "", README_END]
+    return "\n".join(out)
+
+
+def readme_with_block(readme: str) -> str:
+    start, end = readme.index(README_START), readme.index(README_END) + len(README_END)
+    return readme[:start] + render_readme_block() + readme[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -119,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
-        print(f"wrote {args.output}")
+        README.write_text(readme_with_block(README.read_text()))
+        print(f"wrote {args.output} and the command list in {README}")
     return 0
 
 
