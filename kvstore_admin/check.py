@@ -7,11 +7,10 @@ from typing import Any
 import redis
 
 from kvstore_admin import mover
-from kvstore_admin.errors import NodeError
+from kvstore_admin.errors import MISPLACED, NodeError
 from kvstore_cluster.slots import SLOT_COUNT, key_slot
 from kvstore_cluster.store import ClusterStore
 
-MISPLACED = 10  # exit code of 'check' when any key is misplaced (or on both sides of a migration)
 EXAMPLES = 5
 
 EXIT_CODES_HELP = f"""\b

@@ -17,7 +17,7 @@ from kvstore_admin import check as checking
 from kvstore_admin import groups as ops
 from kvstore_admin import local, nodes, reshard, status
 from kvstore_admin import rebalance as rebalancing
-from kvstore_admin.errors import EXIT_CODES_HELP, USER_ERROR, AdminError, LocalStateError, as_admin_error
+from kvstore_admin.errors import EXIT_CODES_HELP, MISPLACED, USER_ERROR, AdminError, LocalStateError, as_admin_error
 from kvstore_cluster import logs, paths
 from kvstore_cluster.store import ClusterStore, connect
 from kvstore_sentinel.cache_failover import rejoin_group
@@ -290,7 +290,7 @@ def check_cmd(settings: Settings, as_json: bool) -> None:
     else:
         click.echo(checking.render(found))
     if not found["ok"]:
-        raise SystemExit(checking.MISPLACED)
+        raise SystemExit(MISPLACED)
 
 
 @cli.command("status")

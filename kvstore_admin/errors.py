@@ -27,20 +27,25 @@ NODE_FAILED = 6  # a Redis node does not answer, or replication did not come up
 CORRUPT_DATA = 7  # malformed data in ZooKeeper or in the local state file
 LOCAL_STATE = 8  # local cluster already running / nothing recorded
 PROCESS_FAILED = 9  # a local process did not start or did not become ready
+MISPLACED = 10  # 'check': a key lives in a group that does not own its slot (or on both sides of a migration)
+RESHARD_STOPPED = 11  # 'reshard'/'rebalance' stopped part-way, its state kept (--resume / --abort)
 
-EXIT_CODES_HELP = f"""\b
-Exit codes:
-  {OK}  success
-  {USER_ERROR}  bad input or refused operation (unknown group, node already in a group, ...)
-  {USAGE}  bad command line
-  {ZOOKEEPER_UNREACHABLE}  ZooKeeper unreachable (within --zk-timeout) or connection lost
-  {CLUSTER_MISSING_OR_EXISTS}  cluster does not exist / already exists
-  {CONFLICT}  lost a race: the cluster changed meanwhile, nothing was written
-  {NODE_FAILED}  a Redis node does not answer PING or replication did not come up
-  {CORRUPT_DATA}  malformed data in ZooKeeper or in the local state file
-  {LOCAL_STATE}  local cluster already running, or none recorded
-  {PROCESS_FAILED}  a local process did not start or did not become ready
-"""
+_EXIT_CODES = [
+    (OK, "success"),
+    (USER_ERROR, "bad input or refused operation (unknown group, node already in a group, ...)"),
+    (USAGE, "bad command line"),
+    (ZOOKEEPER_UNREACHABLE, "ZooKeeper unreachable (within --zk-timeout) or connection lost"),
+    (CLUSTER_MISSING_OR_EXISTS, "cluster does not exist / already exists"),
+    (CONFLICT, "lost a race: the cluster changed meanwhile, nothing was written"),
+    (NODE_FAILED, "a Redis node does not answer PING (or refuses the password) or replication did not come up"),
+    (CORRUPT_DATA, "malformed data in ZooKeeper or in the local state file"),
+    (LOCAL_STATE, "local cluster already running, or none recorded"),
+    (PROCESS_FAILED, "a local process did not start or did not become ready"),
+    (MISPLACED, "check: a key lives in a group that does not own its slot"),
+    (RESHARD_STOPPED, "reshard/rebalance stopped part-way; its state is kept (--resume or --abort)"),
+]
+
+EXIT_CODES_HELP = "\b\nExit codes:\n" + "".join(f"  {code:<3} {text}\n" for code, text in _EXIT_CODES)
 
 
 class AdminError(Exception):

@@ -16,16 +16,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kvstore_admin.errors import AdminError, NodeError
+from kvstore_admin.errors import RESHARD_STOPPED, AdminError, NodeError
 from kvstore_cluster.model import parse_address
 from kvstore_cluster.slots import SLOT_COUNT, key_slot
 
 SCAN_COUNT = 1000
 MIGRATE_TIMEOUT_MS = 10_000
 MAX_PASSES = 20  # a source that keeps gaining keys of moving slots means a proxy ignores the mark
-
-
-RESHARD_STOPPED = 11  # exit code: a reshard stopped part-way, its state kept (--resume / --abort)
 
 
 class MoveError(AdminError):

@@ -46,7 +46,7 @@ from typing import Any
 import structlog
 
 from kvstore_admin import mover
-from kvstore_admin.errors import USER_ERROR, AdminError
+from kvstore_admin.errors import RESHARD_STOPPED, USER_ERROR, AdminError
 from kvstore_admin.plan import Move, split_steps
 from kvstore_cluster import paths
 from kvstore_cluster.model import Migration, SlotTable
@@ -55,7 +55,6 @@ from kvstore_cluster.store import Check, ClusterStore, CorruptData, Create, Dele
 
 log = structlog.get_logger("kvstore.admin.reshard")
 
-RESHARD_STOPPED = mover.RESHARD_STOPPED
 STATE_FORMAT = 1
 PHASES = ("pending", "marked", "moving", "committed")
 DEFAULT_SLOTS_PER_STEP = 1024

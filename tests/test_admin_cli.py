@@ -81,8 +81,10 @@ def test_help_works_on_every_command(path: tuple[str, ...]) -> None:
 def test_top_level_help_documents_the_exit_codes() -> None:
     out = CliRunner().invoke(cli, ["--help"]).stdout
     assert "Exit codes:" in out
-    for code in range(10):
+    # Every code any command exits with, 'check' (10) and 'reshard'/'rebalance' (11) included.
+    for code in range(12):
         assert f"  {code}  " in out
+    assert "  10  check: " in out and "  11  reshard/rebalance stopped part-way" in out
 
 
 def test_unreachable_zookeeper_fails_within_the_timeout_with_exit_3() -> None:
