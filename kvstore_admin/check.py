@@ -8,6 +8,7 @@ import redis
 
 from kvstore_admin import mover
 from kvstore_admin.errors import MISPLACED, NodeError
+from kvstore_admin.nodes import failure
 from kvstore_cluster.slots import SLOT_COUNT, key_slot
 from kvstore_cluster.store import ClusterStore
 
@@ -24,7 +25,7 @@ def _show(key: bytes) -> str:
     return key.decode(errors="backslashreplace")
 
 
-def check(store: ClusterStore) -> dict[str, Any]:
+def check(store: ClusterStore, password: str | None = None) -> dict[str, Any]:
     """Per-group counts of misplaced keys with examples; ``ok`` is False if any is found.
 
     A key of a migrating slot may be on the source or on the target, not on both. The slot
@@ -48,7 +49,7 @@ def check(store: ClusterStore) -> dict[str, Any]:
             # Its keys are not served (cache mode dropped them); its node may well be dead.
             report.append({**found, "skipped": "group is down"})
             continue
-        conn = mover.connect(g.master, 10.0)
+        conn = mover.connect(g.master, 10.0, password)
         seen_here: dict[bytes, str] = {}
         try:
             for keys in mover.scan_keys(conn):
@@ -67,6 +68,8 @@ def check(store: ClusterStore) -> dict[str, Any]:
                     if len(found["examples"]) < EXAMPLES:
                         found["examples"].append({"key": _show(k), "slot": s, "owner": owners[s]})
         except redis.RedisError as exc:
+            if isinstance(exc, redis.AuthenticationError):
+                raise NodeError(failure(g.master, "SCAN", exc)) from None
             raise NodeError(f"cannot scan {g.master} of group {g.id} ({exc or type(exc).__name__})") from None
         finally:
             conn.close()

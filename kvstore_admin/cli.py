@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class Settings:
     zk: str
     cluster: str
     zk_timeout: float
+    redis_password: str | None = field(default=None, repr=False)  # for the admin's own Redis calls
 
 
 class AdminGroup(click.Group):
@@ -76,15 +77,19 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
               help="Cluster name; env KVSTORE_CLUSTER.")
 @click.option("--zk-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds to wait for ZooKeeper before giving up.")
+@click.option("--redis-password", envvar="KVSTORE_REDIS_PASSWORD", default=None, metavar="PASSWORD",
+              help="Password of the Redis nodes (requirepass) for every Redis call the admin makes; "
+                   "env KVSTORE_REDIS_PASSWORD (prefer it: a command line is visible to other users).")
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="console", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log each change made (to stderr).")
 @click.pass_context
-def cli(ctx: click.Context, zk: str, cluster: str, zk_timeout: float, log_format: str, verbose: bool) -> None:
+def cli(ctx: click.Context, zk: str, cluster: str, zk_timeout: float, redis_password: str | None,
+        log_format: str, verbose: bool) -> None:
     """Administer a kvstore cluster kept in ZooKeeper."""
     logs.configure(log_format, "info" if verbose else "warning")
     # Failures are reported as one line each; kazoo's own connection chatter would only add noise.
     logging.getLogger("kazoo").setLevel(logging.WARNING if verbose else logging.CRITICAL)
-    ctx.obj = Settings(zk=zk, cluster=cluster, zk_timeout=zk_timeout)
+    ctx.obj = Settings(zk=zk, cluster=cluster, zk_timeout=zk_timeout, redis_password=redis_password or None)
 
 
 @cli.command()
@@ -117,7 +122,8 @@ def group_add(settings: Settings, group_id: str | None, master: str, replicas: t
     The new group owns no slot until 'rebalance' gives it unowned ones.
     """
     with open_store(settings) as store:
-        added = ops.add_group(store, master, list(replicas), group_id=group_id, repl_timeout=repl_timeout)
+        added = ops.add_group(store, master, list(replicas), group_id=group_id, repl_timeout=repl_timeout,
+                              password=settings.redis_password)
         mode = store.read_meta().value.mode
     g = added.group
     reps = f", replicas {', '.join(g.replicas)} (replicating)" if g.replicas else ""
@@ -135,8 +141,38 @@ def group_add(settings: Settings, group_id: str | None, master: str, replicas: t
 def group_add_replica(settings: Settings, group_id: str, address: str, repl_timeout: float) -> None:
     """Add a running redis-server to GROUP as a replica of its master."""
     with open_store(settings) as store:
-        g = ops.add_replica(store, group_id, address, repl_timeout=repl_timeout)
+        g = ops.add_replica(store, group_id, address, repl_timeout=repl_timeout, password=settings.redis_password)
     click.echo(f"added replica {address} to group {g.id} (replicating {g.master})")
+
+
+@group_cmd.command("remove-replica")
+@click.argument("group_id", metavar="GROUP")
+@click.argument("address", metavar="HOST:PORT")
+@click.option("--node-timeout", type=click.FloatRange(min=0.05), default=nodes.NODE_TIMEOUT, show_default=True,
+              help="Seconds to wait for the node's answer.")
+@pass_settings
+def group_remove_replica(settings: Settings, group_id: str, address: str, node_timeout: float) -> None:
+    """Remove the replica HOST:PORT from GROUP; if it answers, it stops replicating (REPLICAOF NO ONE).
+
+    A node that does not answer is removed all the same (replacing a failed node). The group's
+    master cannot be removed: switch it over with 'kvstore-admin failover GROUP' first.
+    """
+    with open_store(settings) as store:
+        removed = ops.remove_replica(store, group_id, address, timeout=node_timeout,
+                                     password=settings.redis_password)
+        mode = store.read_meta().value.mode
+    g = removed.group
+    if removed.stopped:
+        click.echo(f"removed replica {address} from group {g.id}; it no longer replicates {g.master} "
+                   "(REPLICAOF NO ONE) and keeps running with its data")
+    else:
+        click.echo(f"removed replica {address} from group {g.id}; it could not be reached, so it was not told "
+                   f"to stop replicating {g.master}")
+        click.echo(f"warning: {removed.error}; if {address} comes back it still replicates {g.master}: "
+                   "stop it, or run REPLICAOF NO ONE on it", err=True)
+    if mode == "datastore" and not g.replicas:
+        click.echo(f"warning: group {g.id} has no replica left, so it cannot fail over "
+                   "('kvstore-admin group add-replica')", err=True)
 
 
 @group_cmd.command("remove")
@@ -165,10 +201,11 @@ def group_rejoin(settings: Settings, group_id: str, node_timeout: float, rebalan
     then this command with the group already ok, or 'kvstore-admin rebalance'.
     """
     with open_store(settings) as store:
-        rejoin_group(store, group_id, timeout=node_timeout)
+        rejoin_group(store, group_id, password=settings.redis_password, timeout=node_timeout)
         click.echo(f"group {group_id} flushed and back in state ok")
         if rebalance:
-            out = rebalancing.run_rebalance(store, reshard.Options(), reporter=rebalancing.ProgressBar())
+            out = rebalancing.run_rebalance(store, reshard.Options(password=settings.redis_password),
+                                            reporter=rebalancing.ProgressBar())
             click.echo(rebalancing.render_result(out))
 
 
@@ -213,8 +250,9 @@ def with_move_options(f: Any) -> Any:
     return f
 
 
-def _options(batch: int, parallel: int, timeout: float, slots_per_step: int) -> reshard.Options:
-    return reshard.Options(batch=batch, parallel=parallel, timeout=timeout, slots_per_step=slots_per_step)
+def _options(settings: Settings, batch: int, parallel: int, timeout: float, slots_per_step: int) -> reshard.Options:
+    return reshard.Options(batch=batch, parallel=parallel, timeout=timeout, slots_per_step=slots_per_step,
+                           password=settings.redis_password)
 
 
 def _emit(out: dict[str, Any], as_json: bool) -> None:
@@ -243,7 +281,7 @@ def reshard_cmd(settings: Settings, slots_text: str | None, target: str | None, 
         raise click.UsageError("--resume and --abort exclude each other")
     if not (resume or abort) and not (slots_text and target):
         raise click.UsageError("give --slots and --to (or --resume / --abort)")
-    options = _options(batch, parallel, timeout, slots_per_step)
+    options = _options(settings, batch, parallel, timeout, slots_per_step)
     reporter = None if as_json else rebalancing.ProgressBar()
     with open_store(settings) as store:
         if resume or abort:
@@ -270,7 +308,7 @@ def rebalance(settings: Settings, dry_run: bool, drain: str | None, batch: int, 
     Unowned slots are assigned first (no data to move). Then slots move from the groups holding
     the most to those holding the least, as a reshard (resumable, one at a time).
     """
-    options = _options(batch, parallel, timeout, slots_per_step)
+    options = _options(settings, batch, parallel, timeout, slots_per_step)
     reporter = None if (as_json or dry_run) else rebalancing.ProgressBar()
     with open_store(settings) as store:
         out = rebalancing.run_rebalance(store, options, drain=drain, dry_run=dry_run, no_data=no_data,
@@ -284,7 +322,7 @@ def rebalance(settings: Settings, dry_run: bool, drain: str | None, batch: int, 
 def check_cmd(settings: Settings, as_json: bool) -> None:
     """Scan every group's master for keys living in a group that does not own their slot."""
     with open_store(settings) as store:
-        found = checking.check(store)
+        found = checking.check(store, password=settings.redis_password)
     if as_json:
         emit_json(found)
     else:
@@ -301,7 +339,7 @@ def check_cmd(settings: Settings, as_json: bool) -> None:
 def status_cmd(settings: Settings, as_json: bool, node_timeout: float) -> None:
     """Groups, slot owners, and the live health and role of every node (PING + INFO replication)."""
     with open_store(settings) as store:
-        found = status.collect(store, node_timeout)
+        found = status.collect(store, node_timeout, password=settings.redis_password)
     if as_json:
         emit_json(found)
     else:
@@ -339,7 +377,8 @@ def failover_cmd(settings: Settings, group_id: str, target: str | None, pause: f
     (the sentinel handles failed masters).
     """
     with open_store(settings) as store:
-        new_master = switchover(store, group_id, to=target, pause=pause, timeout=node_timeout)
+        new_master = switchover(store, group_id, to=target, password=settings.redis_password, pause=pause,
+                                timeout=node_timeout)
     click.echo(f"group {group_id}: master is now {new_master}")
 
 

@@ -1,4 +1,4 @@
-"""Cluster changes (init, group add/add-replica/remove, rebalance) as plain functions on a ClusterStore.
+"""Cluster changes (init, group add/add-replica/remove-replica/remove, rebalance) as plain functions on a ClusterStore.
 
 Every change reads with versions and commits through ``ClusterStore.commit`` with those
 versions checked, so a concurrent change makes it fail with ``VersionConflict``, writing nothing.
@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from kvstore_admin import nodes
-from kvstore_admin.errors import AdminError
+from kvstore_admin.errors import AdminError, NodeError
 from kvstore_cluster import paths
 from kvstore_cluster.model import Group, Groups, Meta, SlotTable, assign_unowned, parse_address
 from kvstore_cluster.slots import format_slot_ranges
@@ -58,8 +58,8 @@ def _check_free(groups: Groups, address: str, as_replica: bool) -> None:
     raise AdminError(f"node {address} is already {role} of group {owner.id}")
 
 
-def _check_live_master(address: str) -> None:
-    found = nodes.info(address)
+def _check_live_master(address: str, password: str | None) -> None:
+    found = nodes.info(address, password=password)
     if found.role != "master":
         raise AdminError(
             f"node {address} is a replica of {found.master}; a group's master must be a master "
@@ -67,8 +67,8 @@ def _check_live_master(address: str) -> None:
         )
 
 
-def _check_live_replica(address: str, master: str) -> None:
-    found = nodes.info(address)
+def _check_live_replica(address: str, master: str, password: str | None) -> None:
+    found = nodes.info(address, password=password)
     # REPLICAOF wipes the node's data: refuse a node that is itself somebody's master.
     if found.role == "master" and found.connected_replicas > 0:
         raise AdminError(
@@ -84,7 +84,7 @@ class Added:
 
 
 def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: str | None = None,
-              repl_timeout: float = 30.0) -> Added:
+              repl_timeout: float = 30.0, password: str | None = None) -> Added:
     """Add a group of live nodes; its replicas are made to replicate its master first.
 
     The group owns no slot until ``rebalance`` (or a reshard) gives it some.
@@ -110,14 +110,14 @@ def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: s
     for r in replicas:
         _check_free(groups.value, r, as_replica=True)
     for address in wanted:
-        nodes.ping(address)
-    _check_live_master(master)
+        nodes.ping(address, password=password)
+    _check_live_master(master, password)
     for r in replicas:
-        _check_live_replica(r, master)
+        _check_live_replica(r, master, password)
     # Replication first, the ZooKeeper write last: a group appears in the cluster only once
     # its replicas really follow its master. A lost race afterwards leaves nothing in ZooKeeper.
     for r in replicas:
-        nodes.replicate(r, master, timeout=repl_timeout)
+        nodes.replicate(r, master, timeout=repl_timeout, password=password)
         log.info("replication_configured", replica=r, master=master)
     group = Group(id=gid, master=master, replicas=tuple(replicas))
     store.commit([
@@ -128,19 +128,61 @@ def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: s
     return Added(group, replication_configured=bool(replicas))
 
 
-def add_replica(store: ClusterStore, group_id: str, address: str, repl_timeout: float = 30.0) -> Group:
+def add_replica(store: ClusterStore, group_id: str, address: str, repl_timeout: float = 30.0,
+                password: str | None = None) -> Group:
     """Add a live node to a group as a replica of its master (REPLICAOF, then the ZooKeeper write)."""
     check_address(address, "replica")
     groups = store.read_groups()
     group = _get_group(groups.value, group_id)
     _check_free(groups.value, address, as_replica=True)
-    nodes.ping(address)
-    _check_live_replica(address, group.master)
-    nodes.replicate(address, group.master, timeout=repl_timeout)
+    nodes.ping(address, password=password)
+    _check_live_replica(address, group.master, password)
+    nodes.replicate(address, group.master, timeout=repl_timeout, password=password)
     updated = replace(group, replicas=(*group.replicas, address))
     store.set_groups(groups.value.put(updated), groups.version)
     log.info("replica_added", group=group_id, replica=address)
     return updated
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedReplica:
+    group: Group  # as committed, without the replica
+    stopped: bool  # the node answered and no longer replicates (REPLICAOF NO ONE)
+    error: str | None = None  # why it could not be told to stop replicating
+
+
+def remove_replica(store: ClusterStore, group_id: str, address: str, *, timeout: float = nodes.NODE_TIMEOUT,
+                   password: str | None = None) -> RemovedReplica:
+    """Take a replica out of its group (version-checked), then tell it to stop following the master.
+
+    The ZooKeeper write comes first: while the node is listed, the sentinel points it back at
+    the master. A node that does not answer is removed all the same (replacing a failed node is
+    the usual reason); ``stopped`` is then False and ``error`` says why.
+    """
+    check_address(address, "replica")
+    groups = store.read_groups()
+    group = _get_group(groups.value, group_id)
+    if address == group.master:
+        raise AdminError(f"node {address} is the master of group {group_id}; use 'kvstore-admin failover "
+                         f"{group_id}' first to make another node its master")
+    if address not in group.replicas:
+        owner = groups.value.owner_of_node(address)
+        elsewhere = f"; it is in group {owner.id}" if owner is not None else ""
+        raise AdminError(f"node {address} is not a replica of group {group_id} (replicas: "
+                         f"{', '.join(group.replicas) or 'none'}){elsewhere}")
+    if group.state == "failing_over":
+        # The failover's last step rewrites the group from its nodes: let it finish first.
+        raise AdminError(f"group {group_id} is failing over; remove the replica once it is done "
+                         "('kvstore-admin status' shows it)")
+    updated = replace(group, replicas=tuple(r for r in group.replicas if r != address))
+    store.set_groups(groups.value.put(updated), groups.version)
+    log.info("replica_removed", group=group_id, replica=address)
+    try:
+        nodes.set_replication(address, None, timeout=timeout, password=password)
+    except NodeError as exc:
+        log.info("removed_replica_unreachable", group=group_id, replica=address, error=str(exc))
+        return RemovedReplica(updated, stopped=False, error=str(exc))
+    return RemovedReplica(updated, stopped=True)
 
 
 def remove_group(store: ClusterStore, group_id: str) -> Group:

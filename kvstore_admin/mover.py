@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from kvstore_admin.errors import RESHARD_STOPPED, AdminError, NodeError
+from kvstore_admin.nodes import failure
 from kvstore_cluster.model import parse_address
 from kvstore_cluster.slots import SLOT_COUNT, key_slot
 
@@ -31,11 +32,11 @@ class MoveError(AdminError):
     code = RESHARD_STOPPED
 
 
-def connect(address: str, timeout: float = 15.0) -> redis.Redis:
+def connect(address: str, timeout: float = 15.0, password: str | None = None) -> redis.Redis:
     """A binary-safe client without redis-py's silent retries (a retry could repeat a MIGRATE)."""
     host, port = parse_address(address)
-    return redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
-                       retry=Retry(NoBackoff(), 0))
+    return redis.Redis(host=host, port=port, password=password or None, socket_timeout=timeout,
+                       socket_connect_timeout=min(timeout, 5.0), retry=Retry(NoBackoff(), 0))
 
 
 def scan_keys(conn: redis.Redis, count: int = SCAN_COUNT) -> Iterator[list[bytes]]:
@@ -78,7 +79,7 @@ class SlotMap:
         return out
 
 
-def _busy_keys(source: redis.Redis, target: str, keys: list[bytes]) -> list[bytes]:
+def _busy_keys(source: redis.Redis, target: str, keys: list[bytes], password: str | None) -> list[bytes]:
     """Keys of a failed MIGRATE that are on both nodes (the ones MIGRATE moved are gone from the source)."""
 
     def existing(conn: redis.Redis) -> list[bool]:
@@ -88,7 +89,7 @@ def _busy_keys(source: redis.Redis, target: str, keys: list[bytes]) -> list[byte
         return [bool(n) for n in pipe.execute()]
 
     try:
-        conn = connect(target, 5.0)
+        conn = connect(target, 5.0, password)
         try:
             on_target = existing(conn)
         finally:
@@ -99,15 +100,22 @@ def _busy_keys(source: redis.Redis, target: str, keys: list[bytes]) -> list[byte
     return [k for k, t, s in zip(keys, on_target, on_source, strict=True) if t and s]
 
 
-def migrate(conn: redis.Redis, source: str, target: str, keys: list[bytes], timeout_ms: int) -> None:
-    """``MIGRATE host port "" 0 timeout KEYS ...``; NOKEY (already gone) is fine; any error raises MoveError."""
+def migrate_args(target: str, keys: list[bytes], timeout_ms: int, password: str | None = None) -> list[object]:
+    """``MIGRATE host port "" 0 timeout [AUTH password] KEYS ...`` (the target checks the password)."""
     host, port = parse_address(target)
+    auth: list[object] = ["AUTH", password] if password else []
+    return ["MIGRATE", host, port, "", 0, timeout_ms, *auth, "KEYS", *keys]
+
+
+def migrate(conn: redis.Redis, source: str, target: str, keys: list[bytes], timeout_ms: int,
+            password: str | None = None) -> None:
+    """MIGRATE ``keys`` from ``source`` to ``target``; NOKEY (already gone) is fine; any error raises MoveError."""
     try:
-        conn.execute_command("MIGRATE", host, port, "", 0, timeout_ms, "KEYS", *keys)
+        conn.execute_command(*migrate_args(target, keys, timeout_ms, password))
     except redis.ResponseError as exc:
         text = str(exc)
         if "BUSYKEY" in text:
-            busy = _busy_keys(conn, target, keys)
+            busy = _busy_keys(conn, target, keys, password)
             shown = ", ".join(repr(k.decode(errors="backslashreplace")) for k in busy[:5]) or "(unknown)"
             more = f" and {len(busy) - 5} more" if len(busy) > 5 else ""
             raise MoveError(
@@ -119,6 +127,9 @@ def migrate(conn: redis.Redis, source: str, target: str, keys: list[bytes], time
                         "run 'kvstore-admin reshard --resume' (an IOERR/timeout may leave a key on both nodes, "
                         "which the next attempt reports as BUSYKEY)") from None
     except redis.RedisError as exc:
+        if isinstance(exc, redis.AuthenticationError):
+            raise MoveError(f"{failure(source, 'MIGRATE', exc)}; the reshard stopped, resume it with "
+                            "'kvstore-admin reshard --resume'") from None
         raise MoveError(f"MIGRATE {source} -> {target} failed: {exc or type(exc).__name__}. The reshard "
                         "stopped; run 'kvstore-admin reshard --resume' once the nodes answer") from None
 
@@ -130,14 +141,15 @@ def _unique(keys: list[bytes]) -> list[bytes]:
 
 
 def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, parallel: int,
-              timeout_ms: int, progress: Progress, on_batch: Callable[[], None] | None) -> int:
+              timeout_ms: int, progress: Progress, on_batch: Callable[[], None] | None,
+              password: str | None) -> int:
     """One SCAN over ``source`` moving what it finds; returns how many keys of moving slots it saw."""
     work: queue.Queue[tuple[int, list[bytes]] | None] = queue.Queue(maxsize=parallel * 4)
     failed = threading.Event()
     errors: list[BaseException] = []
 
     def worker() -> None:
-        conn = connect(source, timeout_ms / 1000 + 5)
+        conn = connect(source, timeout_ms / 1000 + 5, password)
         try:
             while True:
                 item = work.get()
@@ -147,7 +159,7 @@ def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, 
                     continue  # drain the queue so the scanner never blocks
                 t, keys = item
                 try:
-                    migrate(conn, source, target_addrs[t - 1], keys, timeout_ms)
+                    migrate(conn, source, target_addrs[t - 1], keys, timeout_ms, password)
                 except BaseException as exc:  # noqa: BLE001 - reported by the caller
                     errors.append(exc)
                     failed.set()
@@ -163,7 +175,7 @@ def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, 
         th.start()
     seen = 0
     try:
-        conn = connect(source)
+        conn = connect(source, password=password)
         try:
             pending: dict[int, list[bytes]] = {}
             for keys in scan_keys(conn):
@@ -181,6 +193,9 @@ def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, 
                 if buf and not failed.is_set():
                     work.put((t, _unique(buf)))
         except redis.RedisError as exc:
+            if isinstance(exc, redis.AuthenticationError):
+                raise NodeError(f"{failure(source, 'SCAN', exc)}; the reshard stopped, resume it with "
+                                "'kvstore-admin reshard --resume'") from None
             raise NodeError(f"SCAN on {source} failed ({exc or type(exc).__name__}); the reshard stopped, "
                             "run 'kvstore-admin reshard --resume' once it answers") from None
         finally:
@@ -197,7 +212,7 @@ def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, 
 
 def move_slots(source: str, slot_targets: dict[int, str], *, batch: int = 100, parallel: int = 4,
                timeout_ms: int = MIGRATE_TIMEOUT_MS, progress: Progress | None = None,
-               on_batch: Callable[[], None] | None = None) -> int:
+               on_batch: Callable[[], None] | None = None, password: str | None = None) -> int:
     """Move every key of ``slot_targets``'s slots from ``source`` to their target address.
 
     Repeats full SCAN passes until one finds no key of those slots (a pass may miss keys written
@@ -207,18 +222,18 @@ def move_slots(source: str, slot_targets: dict[int, str], *, batch: int = 100, p
     slots = SlotMap(slot_targets)
     before = progress.keys
     for _ in range(MAX_PASSES):
-        if _one_pass(source, slots, slots.targets, batch, parallel, timeout_ms, progress, on_batch) == 0:
+        if _one_pass(source, slots, slots.targets, batch, parallel, timeout_ms, progress, on_batch, password) == 0:
             return progress.keys - before
     raise MoveError(f"keys of the moving slots keep appearing on {source} after {MAX_PASSES} passes; is a "
                     "proxy still writing there without the migrating mark? The reshard stopped (resumable)")
 
 
-def delete_slots(address: str, slots: set[int], batch: int = 500) -> int:
+def delete_slots(address: str, slots: set[int], batch: int = 500, password: str | None = None) -> int:
     """UNLINK every key of ``slots`` on ``address`` (``--no-data``: the keys stay behind on the old owner)."""
     index = bytearray(SLOT_COUNT)
     for s in slots:
         index[s] = 1
-    conn = connect(address)
+    conn = connect(address, password=password)
     deleted = 0
     try:
         for keys in scan_keys(conn):
@@ -226,11 +241,12 @@ def delete_slots(address: str, slots: set[int], batch: int = 500) -> int:
             for i in range(0, len(doomed), batch):
                 deleted += int(conn.unlink(*doomed[i: i + batch]))
     except redis.RedisError as exc:
-        raise NodeError(f"deleting the keys of moved slots on {address} failed ({exc or type(exc).__name__})") \
-            from None
+        reason = failure(address, "SCAN", exc) if isinstance(exc, redis.AuthenticationError) \
+            else f"{exc or type(exc).__name__}"
+        raise NodeError(f"deleting the keys of moved slots on {address} failed ({reason})") from None
     finally:
         conn.close()
     return deleted
 
 
-__all__ = ["MoveError", "Progress", "connect", "scan_keys", "migrate", "move_slots", "delete_slots"]
+__all__ = ["MoveError", "Progress", "connect", "scan_keys", "migrate", "migrate_args", "move_slots", "delete_slots"]

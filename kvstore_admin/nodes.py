@@ -1,4 +1,7 @@
-"""Checks and commands on single Redis nodes (PING, replication role, REPLICAOF), always with short timeouts."""
+"""Checks and commands on single Redis nodes (PING, replication role, REPLICAOF), always with short timeouts.
+
+Every call takes the nodes' ``password`` (``--redis-password``); ``None`` for nodes without one.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,18 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
+import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from kvstore_admin.errors import NodeError
 from kvstore_cluster.model import parse_address
+from kvstore_cluster.replication import CONFIG_REWRITE, replicaof_args, rewrite_error_matters
+
+log = structlog.get_logger("kvstore.admin")
 
 NODE_TIMEOUT = 1.0  # seconds for one command on a node that should answer at once
+PASSWORD_HINT = "give the nodes' password with --redis-password or KVSTORE_REDIS_PASSWORD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +39,12 @@ class NodeInfo:
         return asdict(self)
 
 
-def client(address: str, timeout: float = NODE_TIMEOUT) -> redis.Redis:
+def client(address: str, timeout: float = NODE_TIMEOUT, password: str | None = None) -> redis.Redis:
     host, port = parse_address(address)
     # redis-py retries failed commands with backoff by default; a health check must not,
     # or a dead node costs several seconds instead of one timeout.
     return redis.Redis(
-        host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+        host=host, port=port, password=password or None, socket_timeout=timeout, socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0), decode_responses=True,
     )
 
@@ -45,25 +53,33 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def ping(address: str, timeout: float = NODE_TIMEOUT) -> None:
+def failure(address: str, what: str, exc: Exception) -> str:
+    """``node A does not answer WHAT (reason)``, or, for a password problem, what to do about it."""
+    if isinstance(exc, redis.AuthenticationError):
+        # NOAUTH (no password given), WRONGPASS, or a password given to a node without one.
+        return f"node {address} refused the connection: {_reason(exc)} ({PASSWORD_HINT})"
+    return f"node {address} does not answer {what} ({_reason(exc)})"
+
+
+def ping(address: str, timeout: float = NODE_TIMEOUT, password: str | None = None) -> None:
     """Raise ``NodeError`` unless ``address`` answers PING within ``timeout``."""
-    conn = client(address, timeout)
+    conn = client(address, timeout, password)
     try:
         if not conn.ping():
             raise NodeError(f"node {address} does not answer PING")
     except redis.RedisError as exc:
-        raise NodeError(f"node {address} does not answer PING ({_reason(exc)})") from None
+        raise NodeError(failure(address, "PING", exc)) from None
     finally:
         conn.close()
 
 
-def info(address: str, timeout: float = NODE_TIMEOUT) -> NodeInfo:
+def info(address: str, timeout: float = NODE_TIMEOUT, password: str | None = None) -> NodeInfo:
     """The node's replication role; ``NodeError`` if it does not answer."""
-    conn = client(address, timeout)
+    conn = client(address, timeout, password)
     try:
         raw = conn.info("replication")
     except redis.RedisError as exc:
-        raise NodeError(f"node {address} does not answer INFO ({_reason(exc)})") from None
+        raise NodeError(failure(address, "INFO", exc)) from None
     finally:
         conn.close()
     return _node_info(address, raw)
@@ -86,40 +102,53 @@ def _node_info(address: str, raw: dict[str, Any]) -> NodeInfo:
     )
 
 
-def probe(address: str, timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
+def probe(address: str, timeout: float = NODE_TIMEOUT, password: str | None = None) -> dict[str, Any]:
     """Health of one node for ``status``: never raises, reports ``up`` and the role or the error."""
     try:
-        found = info(address, timeout)
+        found = info(address, timeout, password)
     except NodeError as exc:
         return {"address": address, "up": False, "error": str(exc)}
     return {"up": True, "error": None, **found.to_json()}
 
 
-def replicate(replica: str, master: str, timeout: float = 30.0) -> None:
+def set_replication(address: str, master: str | None, timeout: float = NODE_TIMEOUT,
+                    password: str | None = None) -> None:
+    """``REPLICAOF master`` (``None``: ``REPLICAOF NO ONE``), then ``CONFIG REWRITE`` so a restart keeps it.
+
+    Raises ``NodeError`` if REPLICAOF fails; a failed rewrite is only logged (the role is in effect).
+    """
+    args = replicaof_args(master)
+    conn = client(address, timeout, password)
+    try:
+        try:
+            conn.execute_command(*args)
+        except redis.RedisError as exc:
+            if isinstance(exc, redis.AuthenticationError | redis.ConnectionError | redis.TimeoutError):
+                raise NodeError(failure(address, " ".join(args), exc)) from None
+            raise NodeError(f"{' '.join(args)} failed on {address} ({_reason(exc)})") from None
+        try:
+            conn.execute_command(*CONFIG_REWRITE)
+        except redis.RedisError as exc:
+            if rewrite_error_matters(exc):
+                log.warning("config_rewrite_failed", node=address, error=_reason(exc),
+                            consequence="a restart of the node brings back the replication in its config file")
+    finally:
+        conn.close()
+
+
+def replicate(replica: str, master: str, timeout: float = 30.0, password: str | None = None) -> None:
     """Make ``replica`` a replica of ``master`` and wait until its link to the master is up.
 
     Redis answers REPLICAOF at once and syncs in the background, so success is only
     known from ``master_link_status:up``.
     """
+    set_replication(replica, master, password=password)
     host, port = parse_address(master)
-    conn = client(replica)
-    try:
-        conn.execute_command("REPLICAOF", host, port)
-    except redis.RedisError as exc:
-        conn.close()
-        raise NodeError(f"REPLICAOF {master} failed on {replica} ({_reason(exc)})") from None
-    try:
-        # Best effort: keep the role across a restart when the node runs from a config file.
-        conn.config_rewrite()
-    except redis.RedisError:
-        pass
-    finally:
-        conn.close()
     deadline = time.monotonic() + timeout
     last: NodeInfo | str = "no answer yet"
     while True:
         try:
-            last = info(replica)
+            last = info(replica, password=password)
             if last.role == "replica" and last.master == f"{host}:{port}" and last.link_up:
                 return
         except NodeError as exc:

@@ -177,6 +177,7 @@ class Options:
     timeout: float = 30.0  # seconds to wait for the proxies at each barrier
     slots_per_step: int = DEFAULT_SLOTS_PER_STEP
     migrate_timeout_ms: int = mover.MIGRATE_TIMEOUT_MS
+    password: str | None = field(default=None, repr=False)  # the Redis nodes' (--redis-password)
 
 
 class Reporter:
@@ -427,7 +428,7 @@ class Executor:
             try:
                 mover.move_slots(masters[source], slot_targets, batch=self.options.batch,
                                  parallel=self.options.parallel, timeout_ms=self.options.migrate_timeout_ms,
-                                 progress=progress, on_batch=on_batch)
+                                 progress=progress, on_batch=on_batch, password=self.options.password)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 errors.append(exc)
 
@@ -481,7 +482,7 @@ class Executor:
         for source, slots in by_source.items():
             g = groups.get(source)
             if g is not None:
-                self.result.deleted_keys += mover.delete_slots(g.master, slots)
+                self.result.deleted_keys += mover.delete_slots(g.master, slots, password=self.options.password)
         self.result.slots += sum(m.size for m in state.current)
         self.result.steps += 1
 

@@ -26,7 +26,8 @@ def _node_health(group: Group, probe: dict[str, Any]) -> dict[str, Any]:
     return {**probe, "expected_role": expected, "ok": problem is None, "problem": problem}
 
 
-def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT) -> dict[str, Any]:
+def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT,
+            password: str | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as plain JSON-able data."""
     meta = store.read_meta()
     groups = store.read_groups()
@@ -35,7 +36,8 @@ def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT) -> di
     sentinels = store.sentinels()
     addresses = [a for g in groups.value for a in g.nodes]
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(addresses)))) as pool:
-        probes = dict(zip(addresses, pool.map(lambda a: nodes.probe(a, node_timeout), addresses), strict=True))
+        found = pool.map(lambda a: nodes.probe(a, node_timeout, password), addresses)
+        probes = dict(zip(addresses, found, strict=True))
     counts = slots.value.counts()
     problems: list[str] = []
     group_rows = []

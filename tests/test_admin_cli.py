@@ -212,6 +212,107 @@ def test_add_replica_makes_the_node_replicate_the_group_master(zk_hosts: str, re
     assert groups_json(zk_hosts)[0]["replicas"] == [replica.address]
 
 
+def config_file(node) -> str:  # type: ignore[no-untyped-def]
+    """The node's redis.conf (start_redis writes it next to the log), as CONFIG REWRITE left it."""
+    return (Path(node.log).parent / "redis.conf").read_text()
+
+
+def test_remove_replica_takes_a_live_replica_out_and_stops_its_replication(zk_hosts: str, redis_factory) -> None:  # type: ignore[no-untyped-def]
+    master, r1, r2 = (start_node(redis_factory) for _ in range(3))
+    ok(zk_hosts, "init", "--mode", "datastore")
+    ok(zk_hosts, "group", "add", "--master", master.address, "--replica", r1.address, "--replica", r2.address)
+    redis.Redis(port=master.port).set("k", "v")
+    wait_until(lambda: redis.Redis(port=r1.port).get("k") == b"v", 10, "the write to reach r1")
+    assert f"replicaof 127.0.0.1 {master.port}" in config_file(r1)
+
+    result = ok(zk_hosts, "group", "remove-replica", "g1", r1.address)
+
+    assert result.stdout.strip() == (f"removed replica {r1.address} from group g1; it no longer replicates "
+                                     f"{master.address} (REPLICAOF NO ONE) and keeps running with its data")
+    assert result.stderr == ""
+    assert groups_json(zk_hosts)[0]["replicas"] == [r2.address]
+    assert replication(r1.port)["role"] == "master" and r1.alive()
+    assert redis.Redis(port=r1.port).get("k") == b"v"  # it keeps its data
+    assert "replicaof" not in config_file(r1)  # and a restart does not attach it again
+    assert replication(r2.port)["master_link_status"] == "up"  # the other replica is untouched
+
+
+def test_remove_replica_removes_a_dead_replica_and_says_it_could_not_be_reached(zk_hosts: str, redis_factory) -> None:  # type: ignore[no-untyped-def]
+    master, dead, live = (start_node(redis_factory) for _ in range(3))
+    ok(zk_hosts, "init", "--mode", "datastore")
+    ok(zk_hosts, "group", "add", "--master", master.address, "--replica", dead.address, "--replica", live.address)
+    dead.stop()
+    started = time.monotonic()
+
+    result = ok(zk_hosts, "group", "remove-replica", "g1", dead.address)
+
+    assert time.monotonic() - started < 5
+    assert result.stdout.strip() == (f"removed replica {dead.address} from group g1; it could not be reached, "
+                                     f"so it was not told to stop replicating {master.address}")
+    (warning,) = result.stderr.strip().splitlines()
+    assert warning.startswith(f"warning: node {dead.address} does not answer REPLICAOF NO ONE (")
+    assert f"if {dead.address} comes back it still replicates {master.address}" in warning
+    assert groups_json(zk_hosts)[0]["replicas"] == [live.address]
+
+
+def test_remove_replica_warns_when_a_datastore_group_is_left_without_replica(zk_hosts: str, redis_factory) -> None:  # type: ignore[no-untyped-def]
+    master, replica = start_node(redis_factory), start_node(redis_factory)
+    ok(zk_hosts, "init", "--mode", "datastore")
+    ok(zk_hosts, "group", "add", "--master", master.address, "--replica", replica.address)
+    result = ok(zk_hosts, "group", "remove-replica", "g1", replica.address)
+    assert "warning: group g1 has no replica left, so it cannot fail over" in result.stderr
+    assert groups_json(zk_hosts)[0]["replicas"] == []
+
+
+def test_remove_replica_refuses_the_master_strangers_and_unknown_groups(zk_hosts: str, zk: KazooClient,
+                                                                        redis_factory) -> None:  # type: ignore[no-untyped-def]
+    m1, r1, m2 = (start_node(redis_factory) for _ in range(3))
+    ok(zk_hosts, "init", "--mode", "datastore")
+    ok(zk_hosts, "group", "add", "--master", m1.address, "--replica", r1.address)
+    ok(zk_hosts, "group", "add", "--master", m2.address)
+    fails(zk_hosts, 1, f"node {m1.address} is the master of group g1; use 'kvstore-admin failover g1' first",
+          "group", "remove-replica", "g1", m1.address)
+    fails(zk_hosts, 1, "unknown group 'g9' (groups: g1, g2)", "group", "remove-replica", "g9", r1.address)
+    fails(zk_hosts, 1, f"node {m2.address} is not a replica of group g1 (replicas: {r1.address}); it is in group g2",
+          "group", "remove-replica", "g1", m2.address)
+    fails(zk_hosts, 1, f"node {r1.address} is not a replica of group g2 (replicas: none); it is in group g1",
+          "group", "remove-replica", "g2", r1.address)
+    fails(zk_hosts, 1, "node 127.0.0.1:1 is not a replica of group g1", "group", "remove-replica", "g1", "127.0.0.1:1")
+    fails(zk_hosts, 1, "bad address 'nonsense'", "group", "remove-replica", "g1", "nonsense")
+    # While a failover rewrites the group, the replica stays.
+    store = ClusterStore(zk, "c1")
+    groups = store.read_groups()
+    store.set_groups(groups.value.put(Group("g1", m1.address, (r1.address,), "failing_over")), groups.version)
+    fails(zk_hosts, 1, "group g1 is failing over; remove the replica once it is done",
+          "group", "remove-replica", "g1", r1.address)
+    assert groups_json(zk_hosts)[0]["replicas"] == [r1.address]
+    # Nothing was sent to any node: r1 still replicates m1, m1 is still a master.
+    assert replication(r1.port)["master_port"] == m1.port and replication(m1.port)["role"] == "master"
+
+
+def test_remove_replica_is_version_checked(zk_hosts: str, zk: KazooClient, redis_factory,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from kvstore_admin import groups as ops
+
+    master, replica = start_node(redis_factory), start_node(redis_factory)
+    ok(zk_hosts, "init", "--mode", "datastore")
+    ok(zk_hosts, "group", "add", "--master", master.address, "--replica", replica.address)
+    store = ClusterStore(zk, "c1")
+    real_get = ops._get_group
+
+    def get_and_race(groups, group_id):  # type: ignore[no-untyped-def]
+        # Another admin writes the groups between our read and our commit.
+        current = store.read_groups()
+        store.set_groups(current.value, current.version)
+        return real_get(groups, group_id)
+
+    monkeypatch.setattr(ops, "_get_group", get_and_race)
+    fails(zk_hosts, 5, "was changed by someone else meanwhile; nothing was written",
+          "group", "remove-replica", "g1", replica.address)
+    assert groups_json(zk_hosts)[0]["replicas"] == [replica.address]
+    assert replication(replica.port)["role"] == "slave"
+
+
 def test_cache_mode_accepts_replicas(zk_hosts: str, redis_factory) -> None:  # type: ignore[no-untyped-def]
     master, replica = start_node(redis_factory), start_node(redis_factory)
     ok(zk_hosts, "init", "--mode", "cache")
@@ -311,11 +412,11 @@ def test_a_concurrent_change_makes_group_add_fail_with_exit_5(zk_hosts: str, zk:
     store = ClusterStore(zk, "c1")
     real_ping = nodes.ping
 
-    def ping_and_race(address: str, timeout: float = nodes.NODE_TIMEOUT) -> None:
+    def ping_and_race(address: str, timeout: float = nodes.NODE_TIMEOUT, password: str | None = None) -> None:
         # Another admin writes the groups between our read and our commit.
         groups = store.read_groups()
         store.set_groups(groups.value, groups.version)
-        real_ping(address, timeout)
+        real_ping(address, timeout, password)
 
     monkeypatch.setattr(nodes, "ping", ping_and_race)
     fails(zk_hosts, 5, "was changed by someone else meanwhile; nothing was written",
