@@ -69,7 +69,7 @@ def check(store: ClusterStore, password: str | None = None) -> dict[str, Any]:
                         found["examples"].append({"key": _show(k), "slot": s, "owner": owners[s]})
         except redis.RedisError as exc:
             if isinstance(exc, redis.AuthenticationError):
-                raise NodeError(failure(g.master, "SCAN", exc)) from None
+                raise NodeError(failure(g.master, "SCAN", exc, password)) from None
             raise NodeError(f"cannot scan {g.master} of group {g.id} ({exc or type(exc).__name__})") from None
         finally:
             conn.close()

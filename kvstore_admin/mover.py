@@ -128,7 +128,7 @@ def migrate(conn: redis.Redis, source: str, target: str, keys: list[bytes], time
                         "which the next attempt reports as BUSYKEY)") from None
     except redis.RedisError as exc:
         if isinstance(exc, redis.AuthenticationError):
-            raise MoveError(f"{failure(source, 'MIGRATE', exc)}; the reshard stopped, resume it with "
+            raise MoveError(f"{failure(source, 'MIGRATE', exc, password)}; the reshard stopped, resume it with "
                             "'kvstore-admin reshard --resume'") from None
         raise MoveError(f"MIGRATE {source} -> {target} failed: {exc or type(exc).__name__}. The reshard "
                         "stopped; run 'kvstore-admin reshard --resume' once the nodes answer") from None
@@ -194,7 +194,7 @@ def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, 
                     work.put((t, _unique(buf)))
         except redis.RedisError as exc:
             if isinstance(exc, redis.AuthenticationError):
-                raise NodeError(f"{failure(source, 'SCAN', exc)}; the reshard stopped, resume it with "
+                raise NodeError(f"{failure(source, 'SCAN', exc, password)}; the reshard stopped, resume it with "
                                 "'kvstore-admin reshard --resume'") from None
             raise NodeError(f"SCAN on {source} failed ({exc or type(exc).__name__}); the reshard stopped, "
                             "run 'kvstore-admin reshard --resume' once it answers") from None
@@ -241,7 +241,7 @@ def delete_slots(address: str, slots: set[int], batch: int = 500, password: str 
             for i in range(0, len(doomed), batch):
                 deleted += int(conn.unlink(*doomed[i: i + batch]))
     except redis.RedisError as exc:
-        reason = failure(address, "SCAN", exc) if isinstance(exc, redis.AuthenticationError) \
+        reason = failure(address, "SCAN", exc, password) if isinstance(exc, redis.AuthenticationError) \
             else f"{exc or type(exc).__name__}"
         raise NodeError(f"deleting the keys of moved slots on {address} failed ({reason})") from None
     finally:

@@ -53,11 +53,16 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def failure(address: str, what: str, exc: Exception) -> str:
+def failure(address: str, what: str, exc: Exception, password: str | None = None) -> str:
     """``node A does not answer WHAT (reason)``, or, for a password problem, what to do about it."""
     if isinstance(exc, redis.AuthenticationError):
-        # NOAUTH (no password given), WRONGPASS, or a password given to a node without one.
-        return f"node {address} refused the connection: {_reason(exc)} ({PASSWORD_HINT})"
+        text = _reason(exc)
+        if not password:
+            return f"node {address} requires a password ({PASSWORD_HINT})"
+        if "without any password configured" in text or "no password is set" in text:
+            return (f"node {address} has no password, but one was given (--redis-password or "
+                    "KVSTORE_REDIS_PASSWORD); every node of the cluster must have the same one")
+        return f"node {address} refused the password ({text})"
     return f"node {address} does not answer {what} ({_reason(exc)})"
 
 
@@ -68,7 +73,7 @@ def ping(address: str, timeout: float = NODE_TIMEOUT, password: str | None = Non
         if not conn.ping():
             raise NodeError(f"node {address} does not answer PING")
     except redis.RedisError as exc:
-        raise NodeError(failure(address, "PING", exc)) from None
+        raise NodeError(failure(address, "PING", exc, password)) from None
     finally:
         conn.close()
 
@@ -79,7 +84,7 @@ def info(address: str, timeout: float = NODE_TIMEOUT, password: str | None = Non
     try:
         raw = conn.info("replication")
     except redis.RedisError as exc:
-        raise NodeError(failure(address, "INFO", exc)) from None
+        raise NodeError(failure(address, "INFO", exc, password)) from None
     finally:
         conn.close()
     return _node_info(address, raw)
@@ -124,7 +129,7 @@ def set_replication(address: str, master: str | None, timeout: float = NODE_TIME
             conn.execute_command(*args)
         except redis.RedisError as exc:
             if isinstance(exc, redis.AuthenticationError | redis.ConnectionError | redis.TimeoutError):
-                raise NodeError(failure(address, " ".join(args), exc)) from None
+                raise NodeError(failure(address, " ".join(args), exc, password)) from None
             raise NodeError(f"{' '.join(args)} failed on {address} ({_reason(exc)})") from None
         try:
             conn.execute_command(*CONFIG_REWRITE)

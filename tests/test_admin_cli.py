@@ -19,6 +19,7 @@ from kvstore_admin.cli import cli
 from kvstore_admin.processes import free_port, wait_until
 from kvstore_cluster import paths
 from kvstore_cluster.model import Group, Groups
+from kvstore_cluster.slots import key_slot
 from kvstore_cluster.store import ClusterStore
 
 FAST_SYNC = {"repl-diskless-sync-delay": "0"}
@@ -422,6 +423,64 @@ def test_a_concurrent_change_makes_group_add_fail_with_exit_5(zk_hosts: str, zk:
     fails(zk_hosts, 5, "was changed by someone else meanwhile; nothing was written",
           "group", "add", "--master", node.address)
     assert store.read_groups().value == Groups()
+
+
+# --- nodes with a password (requirepass) ---------------------------------------------------------------
+
+PASSWORD = "s3cret-pw"
+
+
+def test_every_admin_redis_call_uses_the_redis_password(zk_hosts: str, redis_factory) -> None:  # type: ignore[no-untyped-def]
+    """group add (with replication), status, reshard with keys (MIGRATE ... AUTH), check, remove-replica,
+    failover, all against nodes with requirepass; the password from --redis-password or the environment."""
+    m1, r1, m2, r2 = (redis_factory.start(password=PASSWORD, extra=FAST_SYNC) for _ in range(4))
+    pw = ("--redis-password", PASSWORD)
+    ok(zk_hosts, "init", "--mode", "datastore")
+    # Without the password: one clear line saying what to do, nothing written.
+    fails(zk_hosts, 6, f"node {m1.address} requires a password (give the nodes' password with --redis-password "
+          "or KVSTORE_REDIS_PASSWORD)", "group", "add", "--master", m1.address)
+    fails(zk_hosts, 6, f"node {m1.address} refused the password (", "--redis-password", "wrong",
+          "group", "add", "--master", m1.address)
+    assert groups_json(zk_hosts) == []
+
+    ok(zk_hosts, *pw, "group", "add", "--id", "g1", "--master", m1.address, "--replica", r1.address)
+    added = CliRunner(env={"KVSTORE_REDIS_PASSWORD": PASSWORD}).invoke(
+        cli, ["--zk", zk_hosts, "--cluster", "c1", "group", "add", "--id", "g2", "--master", m2.address,
+              "--replica", r2.address])
+    assert added.exit_code == 0, added.output
+    for master, replica in ((m1, r1), (m2, r2)):
+        info = redis.Redis(port=replica.port, password=PASSWORD).info("replication")
+        assert (info["role"], info["master_port"], info["master_link_status"]) == ("slave", master.port, "up")
+    ok(zk_hosts, *pw, "rebalance")
+
+    status = json.loads(ok(zk_hosts, *pw, "status", "--json").stdout)
+    assert status["healthy"] is True, status["problems"]
+    assert [n["up"] for g in status["groups"] for n in g["nodes"]] == [True] * 4
+    blind = json.loads(ok(zk_hosts, "status", "--json").stdout)
+    assert blind["healthy"] is False
+    assert all("--redis-password" in n["error"] for g in blind["groups"] for n in g["nodes"])
+
+    g1 = redis.Redis(port=m1.port, password=PASSWORD)
+    keys = [k for k in (f"key:{i}".encode() for i in range(20000)) if key_slot(k) < 2000][:500]
+    assert len(keys) == 500
+    pipe = g1.pipeline(transaction=False)
+    for k in keys:
+        pipe.set(k, k, ex=1000)
+    pipe.execute()
+    fails(zk_hosts, 6, f"node {m1.address} requires a password", "check")
+    moved = json.loads(ok(zk_hosts, *pw, "reshard", "--slots", "0-1999", "--to", "g2", "--json").stdout)
+    assert (moved["slots_moved"], moved["keys_moved"]) == (2000, 500)
+    g2 = redis.Redis(port=m2.port, password=PASSWORD)
+    assert g1.exists(*keys) == 0 and g2.exists(*keys) == 500 and 900 < g2.ttl(keys[0]) <= 1000
+    checked = json.loads(ok(zk_hosts, *pw, "check", "--json").stdout)
+    assert checked["ok"] is True and checked["misplaced"] == 0
+    assert sum(g["keys"] for g in checked["groups"]) == 500
+
+    ok(zk_hosts, *pw, "failover", "g2")
+    assert groups_json(zk_hosts)[1]["master"] == r2.address
+    out = ok(zk_hosts, *pw, "group", "remove-replica", "g1", r1.address).stdout
+    assert "it no longer replicates" in out
+    assert redis.Redis(port=r1.port, password=PASSWORD).info("replication")["role"] == "master"
 
 
 # --- status and proxies ------------------------------------------------------------------------------
