@@ -142,6 +142,16 @@ class State:
             raise CorruptData(f"the reshard znode holds malformed state: step {state.step}, phase {state.phase!r}")
         return state
 
+    def summary(self) -> dict[str, Any]:
+        """What ``status`` shows of a reshard in progress (JSON-able)."""
+        return {
+            "request": self.request, "request_text": _request_text(self.request),
+            "phase": self.phase, "step": self.step + 1, "steps": len(self.steps),
+            "moving": [{"lo": m.lo, "hi": m.hi, "from": m.source, "to": m.target} for m in self.current],
+            "slots_done": self.slots_done, "slots_total": self.total_slots, "keys_moved": self.keys_moved,
+            "aborting": self.aborting, "no_data": self.no_data, "started_at": self.started_at,
+        }
+
     def describe(self) -> str:
         what = ", ".join(f"{format_slot_ranges([(m.lo, m.hi)])} {m.source}->{m.target}" for m in self.current)
         return f"step {self.step + 1}/{len(self.steps)} ({what}), phase {self.phase}"

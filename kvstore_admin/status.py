@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kvstore_admin import nodes
+from kvstore_admin import nodes, reshard
 from kvstore_cluster.model import Group
 from kvstore_cluster.slots import SLOT_COUNT, format_slot_ranges
-from kvstore_cluster.store import ClusterStore
+from kvstore_cluster.store import ClusterStore, CorruptData
 
 
 def _node_health(group: Group, probe: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +57,9 @@ def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT,
         problems.append(f"{unowned} slots have no owner (run 'kvstore-admin rebalance')")
     view = _sentinel_view(store)
     problems += [f"failover of group {gid} in progress" for gid in view.get("failovers", {})]
+    in_progress = _reshard(store)
+    if in_progress is not None and "error" in in_progress:
+        problems.append(in_progress["error"])
     return {
         "cluster": store.cluster,
         "mode": meta.value.mode,
@@ -71,6 +74,7 @@ def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT,
             ],
         },
         "groups": group_rows,
+        "reshard": in_progress,
         "proxies": {"count": len(proxies), "items": [{"id": k, **_as_dict(v)} for k, v in proxies.items()]},
         "sentinels": {"count": len(sentinels), "items": [{"id": k, **_as_dict(v)} for k, v in sentinels.items()]},
         "sentinel_view": view,
@@ -90,6 +94,28 @@ def _sentinel_view(store: ClusterStore) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         # Extra information only: a failure reading it must not hide the cluster's own status.
         return {"error": f"cannot read the sentinels' view ({exc})"}
+
+
+def _reshard(store: ClusterStore) -> dict[str, Any] | None:
+    """The reshard in progress (``reshard`` znode), ``None`` if there is none."""
+    try:
+        current = reshard.read_state(store)
+    except CorruptData as exc:
+        return {"error": str(exc)}
+    return None if current is None else current.value.summary()
+
+
+def reshard_text(r: dict[str, Any]) -> list[str]:
+    if "error" in r:
+        return [f"reshard: {r['error']}"]
+    moving = ", ".join(f"{format_slot_ranges([(m['lo'], m['hi'])])} {m['from']}->{m['to']}" for m in r["moving"])
+    flags = "".join(f", {f}" for f in ("aborting", "no_data") if r[f]).replace("no_data", "--no-data")
+    return [
+        f"reshard in progress: step {r['step']}/{r['steps']}, phase {r['phase']}{flags}: slots {moving}; "
+        f"{r['slots_done']}/{r['slots_total']} slots done, {r['keys_moved']} keys moved",
+        f"  request: {r['request_text']}; if no kvstore-admin runs it any more: "
+        "'kvstore-admin reshard --resume' (or --abort)",
+    ]
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -117,8 +143,10 @@ def render(status: dict[str, Any]) -> str:
         f"cluster {status['cluster']} ({status['mode']} mode)  "
         f"groups v{status['versions']['groups']}  slots v{status['versions']['slots']}",
         f"slots: {s['owned']}/{s['total']} owned, {s['unowned']} unowned, {len(s['migrating'])} migrating",
-        "",
     ]
+    if status.get("reshard"):
+        lines += reshard_text(status["reshard"])
+    lines.append("")
     rows = []
     for g in status["groups"]:
         for i, n in enumerate(g["nodes"]):

@@ -103,6 +103,36 @@ def test_abort_finishes_the_marked_step_and_leaves_the_rest_with_its_owner(clust
     assert "no reshard in progress" in c.admin("reshard", "--abort").stdout
 
 
+def test_status_shows_a_reshard_stopped_part_way(cluster) -> None:  # type: ignore[no-untyped-def]
+    c = cluster(groups=2)
+    keys = keys_in_slots(0, 2999, 3000)
+    load_keys(c.master("g1"), keys)
+    args = ("reshard", "--slots", "0-2999", "--to", "g2", "--slots-per-step", "1000")
+    # Stopped twice: after step 1's commit, then once step 2's mark is applied by every proxy.
+    for step in ("committed", "acked"):
+        crashed = c.admin_process(*args, env={CRASH_HOOK_ENV: step})
+        assert crashed.returncode == CRASH_HOOK_EXIT, crashed.stderr
+    first_step_keys = sum(1 for k in keys if key_slot(k) < 1000)
+
+    data = json.loads(c.admin("status", "--json").stdout)
+    r = data["reshard"]
+    assert (r["phase"], r["step"], r["steps"]) == ("moving", 2, 3)
+    assert r["moving"] == [{"lo": 1000, "hi": 1999, "from": "g1", "to": "g2"}]
+    assert (r["slots_done"], r["slots_total"], r["keys_moved"]) == (1000, 3000, first_step_keys)
+    assert r["request"] == {"command": "reshard", "slots": "0-2999", "to": "g2"}
+    assert (r["aborting"], r["no_data"]) == (False, False)
+    assert data["slots"]["migrating"] == [{"lo": 1000, "hi": 1999, "from": "g1", "to": "g2"}]
+    text = c.admin("status").stdout
+    assert (f"reshard in progress: step 2/3, phase moving: slots 1000-1999 g1->g2; 1000/3000 slots done, "
+            f"{first_step_keys} keys moved") in text
+    assert "request: command=reshard slots=0-2999 to=g2" in text and "'kvstore-admin reshard --resume'" in text
+
+    resumed = c.admin("reshard", "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(c.admin("status", "--json").stdout)["reshard"] is None
+    assert "reshard" not in c.admin("status").stdout
+
+
 def test_a_proxy_that_does_not_ack_stops_the_reshard_by_name(cluster) -> None:  # type: ignore[no-untyped-def]
     c = cluster(groups=2)
     load_keys(c.master("g1"), keys_in_slots(0, 99, 100))
