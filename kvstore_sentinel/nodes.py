@@ -1,4 +1,8 @@
-"""Control commands on one Redis node (REPLICAOF, FLUSHALL, CLIENT PAUSE, offsets) with timeouts."""
+"""Control commands on one Redis node (REPLICAOF, FLUSHALL, CLIENT PAUSE, offsets) with timeouts.
+
+REPLICAOF is always followed by CONFIG REWRITE (``kvstore_cluster.replication``), so a node
+restarted from its config file keeps the role the failover gave it.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,17 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
+import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from kvstore_cluster.model import parse_address
+from kvstore_cluster.replication import CONFIG_REWRITE, replicaof_args, rewrite_error_matters
 from kvstore_sentinel.probe import ProbeResult, parse_info, result_from_info
 
 T = TypeVar("T")
+
+log = structlog.get_logger("kvstore.sentinel.nodes")
 
 
 class NodeError(Exception):
@@ -70,12 +78,21 @@ class Node:
         except Exception as exc:  # noqa: BLE001 - ProbeError, but keep NodeError the one type callers see
             raise NodeError(f"{self.address}: INFO replication unusable: {exc}") from None
 
+    async def set_replication(self, master: str | None) -> None:
+        """``REPLICAOF master`` (``None``: ``NO ONE``), then CONFIG REWRITE; only REPLICAOF failing raises."""
+        await self.execute(*replicaof_args(master))
+        try:
+            await self.execute(*CONFIG_REWRITE)
+        except NodeError as exc:
+            if rewrite_error_matters(exc):
+                # The role is in effect; only a restart from the config file would lose it.
+                log.warning("config_rewrite_failed", node=self.address, error=str(exc))
+
     async def promote(self) -> None:
-        await self.execute("REPLICAOF", "NO", "ONE")
+        await self.set_replication(None)
 
     async def follow(self, master: str) -> None:
-        host, port = parse_address(master)
-        await self.execute("REPLICAOF", host, str(port))
+        await self.set_replication(master)
 
     async def flushall(self) -> None:
         await self.execute("FLUSHALL", "SYNC", timeout=max(10.0, self.timeout))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 from click.testing import CliRunner, Result
 
@@ -47,6 +49,9 @@ def test_failover_promotes_the_replica_and_keeps_every_acknowledged_write(make_c
     assert promoted.mget([f"k{i}" for i in range(500)]) == [str(i).encode() for i in range(500)]
     wait_until(lambda: master.info("replication").get("master_port") == replica.port, 10,
                "the old master to follow the new one")
+    # Both config files were rewritten: restarted, each node keeps its new role.
+    assert "replicaof" not in (Path(replica.log).parent / "redis.conf").read_text()
+    assert f"replicaof 127.0.0.1 {replica.port}" in (Path(old.log).parent / "redis.conf").read_text()
 
 
 def test_failover_to_a_node_outside_the_group_is_refused_and_changes_nothing(make_cluster) -> None:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import signal
+from pathlib import Path
 
 import redis
 from sentinel_helpers import FAST, restart_redis, wait_for
+from structlog.testing import capture_logs
+
+from kvstore_admin.processes import free_port, redis_ping, spawn, wait_until
+from kvstore_sentinel.nodes import Node
 
 
 def _master(store, gid):  # type: ignore[no-untyped-def]
@@ -74,3 +81,66 @@ def test_group_without_healthy_replica_is_marked_down_not_promoted_until_its_mas
     sentinel.wait_event("group_recovered", group="g1")
     assert _master(store, "g1").state == "ok"
     assert sentinel.alive()
+
+
+def _replicaof_lines(node) -> list[str]:  # type: ignore[no-untyped-def]
+    """The ``replicaof`` lines of the node's config file (make_cluster's nodes run from <dir>/redis.conf)."""
+    conf = Path(node.log).parent / "redis.conf"
+    return [line for line in conf.read_text().splitlines() if line.startswith("replicaof")]
+
+
+def test_failover_rewrites_the_config_files_so_restarted_nodes_keep_their_roles(
+        make_cluster, sentinels, store, redis_factory):
+    cluster = make_cluster(groups=1, replicas=2, mode="datastore")
+    master, *replicas = cluster.nodes["g1"]
+    assert all(_replicaof_lines(r) == [f"replicaof 127.0.0.1 {master.port}"] for r in replicas)
+    sentinel = sentinels.start(cluster.zk_hosts, cluster.name, *FAST)
+
+    master.signal(signal.SIGKILL)
+    done = sentinel.wait_event("failover_done", group="g1")
+    promoted = next(r for r in replicas if r.address == done["master"])
+    other = next(r for r in replicas if r is not promoted)
+    # REPLICAOF NO ONE then CONFIG REWRITE: restarted, the promoted node would still be a master.
+    assert _replicaof_lines(promoted) == []
+    # The repointed replica's file names the new master, not the dead one.
+    assert _replicaof_lines(other) == [f"replicaof 127.0.0.1 {promoted.port}"]
+
+    # The old master comes back (with a file of its own saying nothing about replication): the
+    # reconciler repoints it, and its file says so too.
+    old = restart_redis(redis_factory, master)
+    sentinel.wait_event("replica_repointed", node=master.address)
+    assert _replicaof_lines(old) == [f"replicaof 127.0.0.1 {promoted.port}"]
+
+    # Restarted from their own files (not rewritten by the test), both keep their roles.
+    sentinel.stop()
+    for node in (promoted, other):
+        node.stop()
+        again = spawn(node.name, node.argv, node.port, Path(node.log))
+        redis_factory.procs.append(again)
+        wait_until(lambda n=node: redis_ping(n.port), 10, f"{node.address} to restart")
+    assert redis.Redis(port=promoted.port).info("replication")["role"] == "master"
+    follows = redis.Redis(port=other.port).info("replication")
+    assert (follows["role"], follows["master_port"]) == ("slave", promoted.port)
+    assert not sentinel.events("config_rewrite_failed")
+
+
+def test_replicaof_on_a_node_without_a_config_file_needs_no_rewrite(tmp_path):
+    binary = shutil.which("redis-server")
+    assert binary
+    port = free_port()
+    proc = spawn("redis-noconf", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""], port,
+                 tmp_path / "redis.log")
+    try:
+        wait_until(lambda: redis_ping(port), 10, "redis without a config file")
+
+        async def run() -> None:
+            async with Node(f"127.0.0.1:{port}") as node:
+                await node.follow("127.0.0.1:1")
+                await node.promote()
+
+        with capture_logs() as logs:
+            asyncio.run(run())
+        assert redis.Redis(port=port).info("replication")["role"] == "master"
+        assert [e for e in logs if e["event"] == "config_rewrite_failed"] == []
+    finally:
+        proc.stop()
