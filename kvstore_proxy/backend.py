@@ -176,6 +176,14 @@ class Backend(asyncio.Protocol):
     here the :class:`Resp3Backend` twin; a :class:`Refuser` is its own.
     """
 
+    # Slots: the hot path reads these attributes for every reply, and CPython 3.11 gives up its
+    # fast attribute access on instances with 30 or more attributes in a __dict__. A new
+    # attribute must be added here.
+    __slots__ = ("resp3", 'group', 'address', 'host', 'port', 'outbox', 'loop', 'password',
+                 'connect_timeout', 'state', 'up', 'transport', 'fifo', 'out', 'dirty', 'retired',
+                 'reason', 'error', 'backoff', 'connects', 'failures', 'sent', '_carry', '_stack', '_scan',
+                 '_retry', '_aux', '_aux_pos', '_value', '_value_end', '_parser', '_connect_task')
+
     def __init__(self, group: str, address: str, outbox: Outbox, password: str | None = None,
                  connect_timeout: float = 2.0):
         self._setup(group, address, outbox, password, connect_timeout)
@@ -211,7 +219,9 @@ class Backend(asyncio.Protocol):
         self._retry: asyncio.TimerHandle | None = None
         self._aux: hiredis.Reader | None = None  # see _array_end
         self._aux_pos = -1
-        self._value: Any = None  # what _aggregate_end parsed, for a Part
+        self._value: Any = None  # the parsed reply ending at _value_end, for a Part
+        self._value_end = -1
+        self._parser = hiredis.Reader(notEnoughData=_NOT_ENOUGH)  # always left empty
         self._connect_task: asyncio.Task[Any] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -430,9 +440,10 @@ class Backend(asyncio.Protocol):
                         if end < 2:
                             break
                     else:
-                        end = -1
-                        if c == 42 and fifo[0].__class__ is Reply:  # forwarded raw: no value needed
-                            end = uniform_bulk_array_end(buf, p, n)
+                        end = uniform_bulk_array_end(buf, p, n) if c == 42 else -1
+                        if end >= 0 and fifo[0].__class__ is not Reply:
+                            # A Part (MGET) wants the value: its exact bytes, one reusable reader.
+                            end = self._parse_exact(buf, p, end)
                         if end < 0 and (c == 42 or c == 37 or c == 126):
                             end = self._aggregate_end(buf, p, n, c)
                         if end < 0:
@@ -449,7 +460,7 @@ class Backend(asyncio.Protocol):
                 if r.__class__ is Reply:
                     r.data = raw
                 else:
-                    if r.__class__ is Part and self._aux_pos == end:
+                    if r.__class__ is Part and self._value_end == end:
                         r = r.parent.part_done(r.index, self._value)  # already parsed
                     else:
                         r = r.done(raw)
@@ -465,7 +476,7 @@ class Backend(asyncio.Protocol):
             log.error("backend_protocol_error", group=self.group, addr=self.address, error=str(exc))
             self.abort(f"protocol error from Redis: {exc}")
             return
-        self._aux_pos = -1  # buf is rebased on the next read
+        self._aux_pos = self._value_end = -1  # buf is rebased on the next read
         if p >= n:
             self._carry = None
         elif carry is None:
@@ -522,8 +533,24 @@ class Backend(asyncio.Protocol):
         if end < 0:
             self._aux_pos = -1
             return -1
-        self._aux_pos = end
+        self._aux_pos = self._value_end = end
         self._value = value
+        return end
+
+    def _parse_exact(self, buf: bytes | bytearray, p: int, end: int) -> int:
+        """Parse the reply known to span ``buf[p:end]`` into ``_value``; ``end``, or -1 if hiredis
+        does not agree (then the caller's general path decides)."""
+        parser = self._parser
+        parser.feed(buf, p, end - p)
+        try:
+            value = parser.gets()
+        except hiredis.ProtocolError:
+            value = _NOT_ENOUGH
+        if value is _NOT_ENOUGH or parser.has_data():
+            self._parser = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
+            return -1
+        self._value = value
+        self._value_end = end
         return end
 
     def _drop_push(self, buf: bytes | bytearray, p: int, end: int) -> int:
@@ -547,6 +574,8 @@ class Resp3Backend(Backend):
     RESP3 type; a push (``>``) answers no request and is dropped (pub/sub and tracking are
     refused, so Redis should never send one).
     """
+
+    __slots__ = ("primary",)
 
     def __init__(self, primary: Backend):
         self._setup(primary.group, primary.address, primary.outbox, primary.password, primary.connect_timeout)

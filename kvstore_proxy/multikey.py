@@ -5,6 +5,8 @@ from __future__ import annotations
 from binascii import crc_hqx
 from typing import TYPE_CHECKING, Any
 
+import hiredis
+
 from kvstore_proxy import resp
 from kvstore_proxy.commands import CommandSpec, Merge
 from kvstore_proxy.request import CommandStat, Part, Reply, SplitReply
@@ -21,8 +23,8 @@ def dispatch(session: Session, spec: CommandSpec, stat: CommandStat, args: list[
     by: dict[Any, list[int]] = {}
     for i in range(1, len(args), step):
         key = args[i]
-        s = key.find(b"{")
-        if s >= 0:
+        if 123 in key:  # '{'
+            s = key.find(b"{")
             e = key.find(b"}", s + 1)
             if e > s + 1:
                 key = key[s + 1 : e]
@@ -60,11 +62,14 @@ def _merger(merge: Merge | None, parts: list[tuple[Any, list[int]]], nargs: int,
         def ordered(results: list[Any]) -> bytes:
             values: list[Any] = [None] * (nargs + 1)
             for (_, positions), got in zip(parts, results, strict=True):
-                if not isinstance(got, list) or len(got) != len(positions):
+                if got.__class__ is not list or len(got) != len(positions):
                     raise ValueError(f"expected {len(positions)} values from a group, got {got!r:.80}")
-                for i, v in zip(positions, got, strict=True):
+                for i, v in zip(positions, got, strict=False):  # lengths checked above
                     values[i] = v
-            return bulk_array(values[1:])
+            del values[0]
+            if None in values:
+                return bulk_array(values)
+            return hiredis.pack_command(tuple(values))  # no nulls: an array of bulk strings, in C
         return ordered
     if merge is Merge.SUM:
         def summed(results: list[Any]) -> bytes:

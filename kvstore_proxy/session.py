@@ -63,6 +63,12 @@ _BIG_COUNT = re.compile(rb"\*[0-9]{7}")
 class Session(asyncio.Protocol):
     """One client connection (an ``asyncio.Protocol``: no task per request, ever)."""
 
+    # Slots: fast attribute access whatever their number (see Backend); add new ones here.
+    __slots__ = ('worker', 'router', 'outbox', 'id', 'addr', 'laddr', 'name', 'protocol', 'enc',
+                 'lib_name', 'lib_ver', 'created', 'last_active', 'last_cmd', 'transport', 'fifo', 'dirty',
+                 'authenticated', 'routes', '_reader', '_carry', '_vpos', '_vleft', '_tail', '_closing',
+                 '_close_after', '_paused_writing', '_paused_pending')
+
     def __init__(self, worker: Worker):
         self.worker = worker
         self.router = worker.router
@@ -216,8 +222,8 @@ class Session(asyncio.Protocol):
                 if route is not None and route.nmin <= len(args) <= route.nmax:
                     # KEYED fast path: one key at a fixed position.
                     key = args[route.key]
-                    s = key.find(b"{")
-                    if s >= 0:
+                    if 123 in key:  # '{' (an int is a memchr; b"{" in key costs twice key.find)
+                        s = key.find(b"{")
                         e = key.find(b"}", s + 1)
                         if e > s + 1:
                             key = key[s + 1 : e]
