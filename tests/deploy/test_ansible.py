@@ -229,9 +229,15 @@ def test_replace_node_puts_a_new_replica_in_the_failed_nodes_group(deployed: Dep
     assert g1["master"] == d.address("r1m")
     assert d.address("r1n") in g1["replicas"]
     wait_until(lambda: replica_caught_up(d, "r1m", "r1n"), 15, "the new replica to catch up")
-    can_remove = d.admin("group", "remove-replica", "--help").returncode == 0
-    # Until kvstore-admin can remove one replica, the failed node stays listed (and shows as down).
-    assert (failed in g1["replicas"]) != can_remove
+    # The failed node left its group ('group remove-replica'; it did not answer, so it was only told so).
+    assert failed not in g1["replicas"]
+    assert f"removed replica {failed} from group g1; it could not be reached" in replace.output
+    assert all(n["up"] for g in status(d)["groups"] for n in g["nodes"])  # no dead node left listed
+    # Running it again for the same failed node changes nothing.
+    again = run(d, "replace-node.yml", "-e", f"failed_node={failed}", "--limit", "r1n:kvstore_proxy[0]")
+    assert_ran(again, "replace-node.yml (again)")
+    assert again.total("changed") == 0, "the second run changed:\n" + "\n".join(again.changed_tasks())
+    assert groups(d)["g1"]["replicas"] == g1["replicas"]
     # min-replicas-to-write 1: g1 takes writes again now that it has a live replica.
     mset_keys(d.proxy_port)
     all_keys_served(d)
