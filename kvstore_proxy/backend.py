@@ -468,6 +468,8 @@ class Backend(asyncio.Protocol):
                         continue
                 s = r.session
                 if s is not None and not s.dirty:
+                    if len(s.fifo) == 1 and s.fifo[0] is r and s.deliver(r):
+                        continue  # the client's only request (pipeline depth 1): written now
                     s.dirty = True
                     dirty.append(s)
                     notified = True
