@@ -20,9 +20,12 @@
     Backend.send: request bytes to its write buffer; Outbox flushes once per loop iteration
       │                                                                     (backend.py, outbox.py)
       ▼
-    Backend.data_received ─► resp.scan_reply ─► fifo.popleft().data = raw reply
-      │                      (Part: parse, SplitReply.merge once every part is in)
+    Backend.data_received ─► reply bounds ─► fifo.popleft().data = raw reply
+      │   (one-line types: find CRLF; arrays: uniform_bulk_array_end / hiredis + bulk_array_end,
+      │    in C; anything else: resp.scan_reply)
+      │   (Part: the parsed value, SplitReply.merge once every part is in)
       ▼
+    Session.deliver: the client's only pending request, written at once; otherwise
     Session.flush: write every finished reply at the head of the FIFO, in order; stats, slowlog
 """
 
