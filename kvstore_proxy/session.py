@@ -212,10 +212,14 @@ class Session(asyncio.Protocol):
                 if not args:  # "*0" / "*-1": Redis skips these silently
                     pos += 4 if args is not None else 5
                     continue
-                # Clients send canonical RESP, so the re-encoded request has the length of the
-                # bytes it came from: that is how we know where the next one starts in ``buf``.
-                # Encoding also rejects (TypeError) anything but bulk strings inside the request.
+                # Clients send canonical RESP, so the re-encoded request is the bytes it came
+                # from: that is how we know where the next one starts in ``buf``. Encoding
+                # rejects (TypeError) integers, errors and nested arrays inside the request;
+                # the byte comparison the elements hiredis also reads as strings (``+foo``,
+                # ``=``, ``(``), which would otherwise shift every later request.
                 raw = command(args)
+                if not buf.startswith(raw, pos):
+                    raise resp.ProtocolError("request is not canonical multibulk")
                 size = len(raw)
                 pos += size
                 if size > max_bulk and max(map(_BLEN, args)) > max_bulk:

@@ -53,6 +53,21 @@ def test_malformed_requests_get_a_protocol_error_and_the_connection_closes(share
     assert shared_cluster.proxy.client().ping()
 
 
+@pytest.mark.parametrize("element", [b"+foo\r\n", b":5\r\n", b"*1\r\n$3\r\nfoo\r\n", b"-foo\r\n",
+                                     b"=7\r\ntxt:foo\r\n", b"(123\r\n"])
+def test_request_elements_that_are_not_bulk_strings_are_refused_like_redis(shared_cluster, model_server, element):
+    # hiredis reads "+foo" (and RESP3's "=" and "(") as a string: re-encoded as "$3 foo", the
+    # request would lose its boundary and the bytes after it would be parsed as requests.
+    payload = b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n" + element + b"*1\r\n$4\r\nPING\r\n"
+    want = b"+PONG\r\n-ERR Protocol error: expected '$', got '%c'\r\n" % element[0]
+    for port in (model_server.port, shared_cluster.proxy.port):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(payload)
+        assert read_until_closed(s) == want, port
+        s.close()
+    assert shared_cluster.proxy.client().ping()
+
+
 def test_inline_commands_like_telnet(shared_cluster):
     s = conn(shared_cluster)
     s.sendall(b"PING\r\nset inl \"a b\"\r\nget inl\nPING hello\r\n")
