@@ -336,6 +336,27 @@ class Backend(asyncio.Protocol):
         if not self.fifo and not self.resp3.fifo:
             self.close()
 
+    def abandon(self, why: str) -> None:
+        """The group's master moved elsewhere: fail what is pending here now, drop both connections.
+
+        Waiting for the old master's replies is unsafe: a frozen master (SIGSTOP, a long pause)
+        that wakes executes the writes in its socket buffer and acknowledges them, then is
+        demoted and loses them. So the requests in flight on this Backend and its RESP3 twin
+        get an error saying their outcome is unknown, and the connections are aborted (not
+        closed: a stopped peer would never drain the write buffer).
+        """
+        text = f"ERR backend {self.group} {self.address} {why} while the request was in flight; outcome unknown"
+        for b in (self, self.resp3) if self.resp3 is not self else (self,):
+            b.retired = True
+            b.state = CLOSED
+            b.up = False
+            if b._retry is not None:
+                b._retry.cancel()
+                b._retry = None
+            b._fail_all(text)
+            if b.transport is not None:
+                b.transport.abort()  # connection_lost finds nothing left to fail
+
     def _retired_down(self) -> None:
         # The old master is gone: nothing in flight on the twin will be answered either.
         self.close()

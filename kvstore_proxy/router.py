@@ -54,17 +54,27 @@ class Router:
     # --- applying ZooKeeper's tables ----------------------------------------------------------
 
     def apply(self, groups: Groups, groups_version: int, slots: SlotTable, slots_version: int) -> None:
-        """Switch to these tables: new masters get new backends; requests in flight finish on the old."""
+        """Switch to these tables: new masters get new backends.
+
+        A group whose master changed fails the requests in flight on the old one at once, as
+        of unknown outcome (``Backend.abandon``): the old master may still apply and acknowledge
+        them, then be demoted and lose them. A group that left the table lets them finish.
+        """
         self.groups, self.groups_version = groups, groups_version
         self.slots, self.slots_version = slots, slots_version
         wanted = {g.id: g.master for g in groups}
         for gid, backend in list(self.backends.items()):
             if wanted.get(gid) != backend.address:
                 del self.backends[gid]
-                backend.retire()
-                if backend.state != "closed":
-                    self.retired.append(backend)
-                log.info("backend_retired", group=gid, addr=backend.address, pending=len(backend.fifo))
+                pending = len(backend.fifo) + len(backend.resp3.fifo)
+                if gid in wanted:
+                    backend.abandon("master changed")
+                else:
+                    backend.retire()
+                    if backend.state != "closed":
+                        self.retired.append(backend)
+                log.info("backend_retired", group=gid, addr=backend.address, pending=pending,
+                         master_changed=gid in wanted)
         for gid, master in wanted.items():
             if gid not in self.backends:
                 b = Backend(gid, master, self.outbox, self.backend_password, self.connect_timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -14,6 +15,7 @@ from kvstore_cluster import paths
 from kvstore_cluster.model import Group, SlotTable
 from kvstore_cluster.slots import key_slot
 from kvstore_cluster.store import ClusterStore
+from kvstore_proxy.resp import command
 
 
 class Load:
@@ -121,7 +123,7 @@ def test_new_master_under_load_changes_routing_without_a_wrong_reply(proxy_clust
             v = store.read_groups()
             store.set_groups(v.value.put(Group("g1", new.address)), v.version)
             wait_until(lambda: registration(zk, "test")["groups_version"] == v.version + 1, 10, "apply")
-            # writes paused on the old master must fail (in doubt), never land there
+            # writes paused on the old master fail at once (in doubt), never acknowledged from there
             old_c.replicaof("127.0.0.1", new.port)
             old_c.execute_command("CLIENT", "UNPAUSE")
             ok_before = load.ok
@@ -131,7 +133,7 @@ def test_new_master_under_load_changes_routing_without_a_wrong_reply(proxy_clust
         assert any(b["group"] == "g1" and b["addr"] == new.address and b["state"] == b["resp3_state"] == "up"
                    for b in backends)
         assert "backend_retired" in cluster.proxy.output()
-        # both of the proxy's connections to the old master are closed once drained
+        # both of the proxy's connections to the old master are closed (at once: the master changed)
         wait_until(lambda: [c for c in old_c.client_list(_type="normal") if c["cmd"] != "client|list"] == [],
                    10, "the old master's proxy connections to close")
     finally:
@@ -199,4 +201,83 @@ def test_cut_off_from_zookeeper_answers_tryagain_until_reconnected(proxy_cluster
     try:
         wait_until(lambda: registration(zk, "test")["fenced"] is False, 10, "re-registration")
     finally:
+        zk.stop()
+
+
+def _lines(s: socket.socket, count: int, timeout: float) -> list[bytes]:
+    """``count`` one-line replies from a raw socket (TimeoutError if they take longer)."""
+    s.settimeout(timeout)
+    out = b""
+    while out.count(b"\r\n") < count:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out.split(b"\r\n")[:-1]
+
+
+def test_frozen_master_replaced_fails_its_pending_requests_at_once(proxy_cluster):
+    # A master frozen with writes in its socket buffer must never acknowledge them once its
+    # group has a new master: it would apply them on waking, answer +OK, then be demoted and
+    # lose them. The proxy fails them at once as of unknown outcome (both connections).
+    cluster = proxy_cluster(2, "--timeout", "20")
+    zk = cluster.zk()
+    store = ClusterStore(zk, "test")
+    old = cluster.nodes["g1"]
+    owners = store.read_slots().value.owners()
+    keys = [k for k in (b"fz:%d" % i for i in range(200)) if owners[key_slot(k)] == "g1"][:6]
+    new = cluster.start_redis()
+    new_c = redis.Redis(port=new.port, socket_timeout=10)
+    new_c.replicaof("127.0.0.1", old.port)
+    wait_until(lambda: new_c.info("replication")["master_link_status"] == "up", 15, "replica sync")
+    socks = []
+    try:
+        for protocol in (2, 3):
+            s = socket.create_connection(("127.0.0.1", cluster.proxy.port), timeout=10)
+            if protocol == 3:
+                s.sendall(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+                s.settimeout(10)
+                hello = s.recv(65536)
+                assert hello.startswith(b"%")
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$5\r\nfz:up\r\n$1\r\n0\r\n")  # both backends connected
+            assert _lines(s, 1, 10) == [b"+OK"]
+            socks.append(s)
+        old.signal(signal.SIGSTOP)
+        try:
+            for s in socks:
+                s.sendall(b"".join(command([b"SET", k, b"lost"]) for k in keys[:3]))
+            time.sleep(0.5)  # the SETs are in the frozen master's socket buffer
+            new_c.replicaof("NO", "ONE")
+            v = store.read_groups()
+            t0 = time.monotonic()
+            store.set_groups(v.value.put(Group("g1", new.address)), v.version)
+            for s in socks:
+                got = _lines(s, 3, 5)
+                assert len(got) == 3 and all(
+                    line == b"-ERR backend g1 %s master changed while the request was in flight; "
+                            b"outcome unknown" % old.address.encode() for line in got), got
+            assert time.monotonic() - t0 < 5  # well before the per-request timeout (20 s)
+        finally:
+            old.signal(signal.SIGCONT)
+        # the old master wakes: nothing more reaches the clients, never a +OK for those SETs
+        time.sleep(1.0)
+        for s in socks:
+            s.settimeout(0.5)
+            try:
+                late = s.recv(65536)
+            except TimeoutError:
+                late = b""
+            assert late == b""
+        # later SETs go to the new master
+        c = cluster.proxy.client()
+        for k in keys[3:]:
+            assert c.set(k, b"new")
+            assert new_c.get(k) == b"new"
+        for s in socks:
+            s.sendall(command([b"SET", keys[0], b"again"]))
+            assert _lines(s, 1, 10) == [b"+OK"]
+        assert new_c.get(keys[0]) == b"again"
+    finally:
+        for s in socks:
+            s.close()
         zk.stop()
