@@ -142,7 +142,7 @@ def _unique(keys: list[bytes]) -> list[bytes]:
 
 def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, parallel: int,
               timeout_ms: int, progress: Progress, on_batch: Callable[[], None] | None,
-              password: str | None) -> int:
+              password: str | None, still_allowed: Callable[[], None] | None = None) -> int:
     """One SCAN over ``source`` moving what it finds; returns how many keys of moving slots it saw."""
     work: queue.Queue[tuple[int, list[bytes]] | None] = queue.Queue(maxsize=parallel * 4)
     failed = threading.Event()
@@ -159,6 +159,8 @@ def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, 
                     continue  # drain the queue so the scanner never blocks
                 t, keys = item
                 try:
+                    if still_allowed is not None:
+                        still_allowed()  # raises once these slots may no longer move
                     migrate(conn, source, target_addrs[t - 1], keys, timeout_ms, password)
                 except BaseException as exc:  # noqa: BLE001 - reported by the caller
                     errors.append(exc)
@@ -212,17 +214,20 @@ def _one_pass(source: str, slots: SlotMap, target_addrs: list[str], batch: int, 
 
 def move_slots(source: str, slot_targets: dict[int, str], *, batch: int = 100, parallel: int = 4,
                timeout_ms: int = MIGRATE_TIMEOUT_MS, progress: Progress | None = None,
-               on_batch: Callable[[], None] | None = None, password: str | None = None) -> int:
+               on_batch: Callable[[], None] | None = None, password: str | None = None,
+               still_allowed: Callable[[], None] | None = None) -> int:
     """Move every key of ``slot_targets``'s slots from ``source`` to their target address.
 
     Repeats full SCAN passes until one finds no key of those slots (a pass may miss keys written
-    meanwhile); returns the number of keys moved.
+    meanwhile); returns the number of keys moved. ``still_allowed`` runs before every MIGRATE and
+    stops the move by raising.
     """
     progress = progress if progress is not None else Progress()
     slots = SlotMap(slot_targets)
     before = progress.keys
     for _ in range(MAX_PASSES):
-        if _one_pass(source, slots, slots.targets, batch, parallel, timeout_ms, progress, on_batch, password) == 0:
+        if _one_pass(source, slots, slots.targets, batch, parallel, timeout_ms, progress, on_batch, password,
+                     still_allowed) == 0:
             return progress.keys - before
     raise MoveError(f"keys of the moving slots keep appearing on {source} after {MAX_PASSES} passes; is a "
                     "proxy still writing there without the migrating mark? The reshard stopped (resumable)")

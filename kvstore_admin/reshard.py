@@ -417,7 +417,22 @@ class Executor:
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
 
+    def _check_marks(self, state: State) -> None:
+        """Stop unless the slot table still marks every migration of this step.
+
+        The sentinel drops the marks of a failed cache group's migrations (and the reshard znode);
+        keys moved after that would land in a group that does not own their slot.
+        """
+        table = self.store.read_slots().value
+        for m in state.current:
+            if Migration(m.lo, m.hi, m.source, m.target) not in table.migrating:
+                raise ReshardStopped(
+                    f"slots {m.lo}-{m.hi} are no longer marked migrating {m.source}->{m.target} (a group "
+                    "failed and its slots were reassigned); run 'kvstore-admin reshard --abort', then "
+                    "rebalance again")
+
     def _move(self, state: State) -> int:
+        self._check_marks(state)
         masters = self._check_groups(state.current)
         by_source: dict[str, dict[int, str]] = {}
         for m in state.current:
@@ -426,6 +441,11 @@ class Executor:
                 targets[s] = masters[m.target]
         progress = mover.Progress()
         first_batch = threading.Event()
+        dropped: list[BaseException] = []
+
+        def still_allowed() -> None:
+            if dropped:
+                raise dropped[0]
 
         def on_batch() -> None:
             if not first_batch.is_set():
@@ -438,7 +458,8 @@ class Executor:
             try:
                 mover.move_slots(masters[source], slot_targets, batch=self.options.batch,
                                  parallel=self.options.parallel, timeout_ms=self.options.migrate_timeout_ms,
-                                 progress=progress, on_batch=on_batch, password=self.options.password)
+                                 progress=progress, on_batch=on_batch, password=self.options.password,
+                                 still_allowed=still_allowed)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 errors.append(exc)
 
@@ -452,6 +473,11 @@ class Executor:
             while th.is_alive():
                 th.join(0.2)
                 self.reporter.update(done, state.keys_moved + progress.keys)
+                if not dropped:
+                    try:
+                        self._check_marks(state)
+                    except ReshardStopped as exc:
+                        dropped.append(exc)
         self.result.move_seconds += time.monotonic() - began
         self.result.keys += progress.keys
         self.reporter.update(done, state.keys_moved + progress.keys)

@@ -8,7 +8,7 @@ import structlog
 
 from kvstore_cluster import paths
 from kvstore_cluster.model import ModelError
-from kvstore_cluster.store import ClusterStore, Set, StoreError
+from kvstore_cluster.store import ClusterStore, Delete, Set, StoreError
 from kvstore_sentinel.context import Context
 from kvstore_sentinel.nodes import NodeError
 from kvstore_sentinel.plans import drop_group, rejoin_plan
@@ -35,17 +35,21 @@ async def remove_group(ctx: Context, group_id: str, down: set[str]) -> bool:
     if not healthy:
         return False
     new_groups, new_slots, dropped = drop_group(groups_v.value, slots_v.value, group_id, healthy)
+    # A reshard whose marks are dropped cannot go on (its slots were just reassigned): its record
+    # goes in the same transaction, so no admin resumes it and moves keys where no owner is.
+    reshard = await ctx.zk(ctx.store.client.exists, paths.reshard(ctx.store.cluster)) if dropped else None
     ctx.fence.check()
     await ctx.zk(ctx.store.commit, [
         Set(paths.groups(ctx.store.cluster), new_groups.encode(), groups_v.version),
         Set(paths.slots(ctx.store.cluster), new_slots.encode(), slots_v.version),
+        *([Delete(paths.reshard(ctx.store.cluster), reshard.version)] if reshard is not None else []),
         *ctx.fence.zk_checks(),
     ])
     moved = slots_v.value.counts().get(group_id, 0)
     log.warning("group_removed", group=group_id, master=group.master, slots_moved=moved, to=healthy)
     for m in dropped:
         log.warning("migration_dropped", lo=m.lo, hi=m.hi, source=m.source, target=m.target,
-                    reason=f"group {group_id} failed; restart the reshard")
+                    reason=f"group {group_id} failed; the reshard was cancelled, run rebalance again")
     return True
 
 

@@ -14,6 +14,7 @@ from kvstore_sentinel.cache_failover import RejoinError, rejoin, remove_group
 from kvstore_sentinel.context import Context
 from kvstore_sentinel.datastore_failover import read_record, resume_failover, start_failover
 from kvstore_sentinel.probe import Prober
+from kvstore_sentinel.rebalancer import Rebalancer
 from kvstore_sentinel.reconcile import Reconciler
 from kvstore_sentinel.switchover import recover_stale
 
@@ -23,8 +24,10 @@ log = structlog.get_logger("kvstore.sentinel.leader")
 class Leader:
     """Acts on objectively-down nodes; every side effect goes through ``ctx.fence``."""
 
-    def __init__(self, ctx: Context, prober: Prober, mode: str, auto_rejoin: bool, stable_for: float):
+    def __init__(self, ctx: Context, prober: Prober, mode: str, auto_rejoin: bool, stable_for: float,
+                 rebalancer: Rebalancer | None = None):
         self.ctx = ctx
+        self.rebalancer = rebalancer
         self.prober = prober
         self.mode = mode
         self.auto_rejoin = auto_rejoin
@@ -113,6 +116,10 @@ class Leader:
                 await rejoin(self.ctx, group.id)
             except RejoinError as exc:
                 self._once("rejoin_failed", group.id, "error", group=group.id, error=str(exc))
+                return
+            if self.rebalancer is not None:
+                self.ctx.fence.check()
+                self.rebalancer.start(f"group {group.id} rejoined")
             return
         if group.state == "ok":
             await self.reconciler.group(group)

@@ -28,6 +28,7 @@ from kvstore_sentinel.context import Context
 from kvstore_sentinel.election import Leadership, NotLeader
 from kvstore_sentinel.leader import Leader
 from kvstore_sentinel.probe import Prober
+from kvstore_sentinel.rebalancer import Rebalancer
 from kvstore_sentinel.view import build_view, fresh_views, objectively_down
 
 log = structlog.get_logger("kvstore.sentinel")
@@ -91,7 +92,9 @@ class Sentinel:
         meta = await self._wait_for_meta()
         self.leadership = Leadership(self.client, paths.sentinel_leader(cfg.cluster), self.id, loop)
         self.ctx.fence = self.leadership.fence
-        self.leader = Leader(self.ctx, self.prober, meta.mode, cfg.auto_rejoin, stable_for=cfg.down_after)
+        self.rebalancer = Rebalancer(cfg.zk, cfg.cluster, cfg.password) if cfg.auto_rejoin else None
+        self.leader = Leader(self.ctx, self.prober, meta.mode, cfg.auto_rejoin, stable_for=cfg.down_after,
+                             rebalancer=self.rebalancer)
         log.info("sentinel_started", id=self.id, cluster=cfg.cluster, mode=meta.mode, interval=cfg.interval,
                  down_after=cfg.down_after, quorum=cfg.quorum, auto_rejoin=cfg.auto_rejoin)
         stop = asyncio.Event()
@@ -109,6 +112,8 @@ class Sentinel:
                 t.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
             self.prober.close()
+            if self.rebalancer is not None:
+                await self.rebalancer.close()
             await self.leadership.resign()
             await loop.run_in_executor(None, self._close_zk)
             log.info("sentinel_stopped", id=self.id)

@@ -285,3 +285,21 @@ def test_bad_reshard_requests_are_refused_with_exit_1(cluster) -> None:  # type:
     assert "no reshard in progress; nothing to resume" in c.admin("reshard", "--resume").stdout
     drain = c.admin("rebalance", "--drain", "g7")
     assert drain.exit_code == 1 and "unknown group 'g7'" in drain.stderr
+
+
+def test_a_reshard_whose_marks_were_dropped_stops_before_moving_a_key(cluster) -> None:  # type: ignore[no-untyped-def]
+    """What a sentinel does when a cache group of a migration fails: the marks go; no key may move then."""
+    c = cluster(groups=2)
+    keys = keys_in_slots(0, 999, 2000)
+    load_keys(c.master("g1"), keys)
+    args = ("reshard", "--slots", "0-999", "--to", "g2")
+    crashed = c.admin_process(*args, env={CRASH_HOOK_ENV: "acked"})
+    assert crashed.returncode == CRASH_HOOK_EXIT, crashed.stderr
+    slots = c.store.read_slots()
+    c.store.set_slots(slots.value.with_migrating(()), slots.version)  # the marks are dropped
+
+    resumed = c.admin("reshard", "--resume")
+
+    assert resumed.exit_code == 11, resumed.output
+    assert "no longer marked migrating g1->g2" in resumed.stderr
+    assert c.all_keys() == {"g1": set(keys), "g2": set()}  # nothing moved to a group not owning the slots

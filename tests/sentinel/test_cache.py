@@ -36,7 +36,7 @@ def test_killed_cache_node_slots_spread_over_the_others_in_one_transaction(make_
     assert sentinel.alive()
 
 
-def test_auto_rejoin_flushes_the_returning_node_and_takes_no_slot_from_others(
+def test_auto_rejoin_flushes_the_node_then_rebalances_it_a_fair_share_with_the_keys(
         make_cluster, sentinels, store, redis_factory):
     cluster = make_cluster(groups=2, mode="cache")
     node = cluster.nodes["g1"][0]
@@ -44,14 +44,19 @@ def test_auto_rejoin_flushes_the_returning_node_and_takes_no_slot_from_others(
     node.signal(signal.SIGKILL)
     wait_for(lambda: _state(store, "g1") == "down", 15, "g1 to be marked down")
     assert store.read_slots().value.counts() == {"g2": SLOT_COUNT}
+    survivor = redis.Redis(port=cluster.nodes["g2"][0].port)
+    survivor.mset({f"k{i}": i for i in range(2000)})  # written while g2 served every slot
     back = restart_redis(redis_factory, node)
     stale = redis.Redis(port=back.port)
     stale.set("stale-key", "old")  # what a node may hold when it comes back
     wait_for(lambda: _state(store, "g1") == "ok", 15, "g1 to rejoin")
-    assert stale.dbsize() == 0
-    # Slots (with keys) come back only through the data-moving `kvstore-admin rebalance`.
-    assert store.read_slots().value.counts() == {"g2": SLOT_COUNT}
+    # Slots come back with their keys, through the data-moving rebalance the leader starts.
+    wait_for(lambda: store.read_slots().value.counts() == {"g1": SLOT_COUNT // 2, "g2": SLOT_COUNT // 2}
+             and store.client.exists(paths.reshard(cluster.name)) is None, 60, "the rebalance to finish")
+    assert stale.get("stale-key") is None
+    assert stale.dbsize() > 0 and stale.dbsize() + survivor.dbsize() == 2000  # moved, none lost
     sentinel.wait_event("group_rejoined", group="g1")
+    sentinel.wait_event("rebalance_done")
 
 
 def test_without_auto_rejoin_the_node_waits_for_rejoin_group(make_cluster, sentinels, store, redis_factory):
