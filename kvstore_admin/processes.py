@@ -72,6 +72,10 @@ class LocalProcess:
     argv: list[str]
     log: str
     started: int = 0  # kernel start time of the pid, to tell our process from a recycled pid
+    # The Popen of a process this interpreter spawned (not a field: never serialised); it keeps the
+    # exit status, which reaping by pid would lose.
+    _popen = None
+
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,8 +93,25 @@ class LocalProcess:
         stat = _proc_stat(self.pid)
         return stat is not None and stat[0] != "Z" and stat[1] == self.started
 
+    def _collect(self) -> None:
+        if self._popen is not None:
+            self._popen.poll()
+        else:
+            _reap(self.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code of a child ``spawn`` started here, once it exited; None otherwise."""
+        return None if self._popen is None else self._popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for a child ``spawn`` started here and return its exit code (``subprocess.TimeoutExpired``)."""
+        if self._popen is None:
+            raise ProcessError(f"{self.name} (pid {self.pid}) is not a child of this process")
+        return self._popen.wait(timeout)
+
     def signal(self, sig: int) -> None:
-        _reap(self.pid)
+        self._collect()
         if self.alive():
             os.kill(self.pid, sig)
 
@@ -102,7 +123,7 @@ class LocalProcess:
         after the leader is verified to be our process (pid + start time), and while the group is
         non-empty its id cannot be reused by an unrelated process.
         """
-        _reap(self.pid)
+        self._collect()
         if not self.alive():
             return
         try:
@@ -112,7 +133,7 @@ class LocalProcess:
         kill = os.killpg if leader else os.kill
 
         def gone() -> bool:
-            _reap(self.pid)
+            self._collect()
             return not _group_members(self.pid) if leader else not self.alive()
 
         try:
@@ -174,8 +195,10 @@ def spawn(name: str, argv: list[str], port: int, log: Path, cwd: Path | None = N
             cwd=cwd, env=env, start_new_session=True,
         )
     stat = _proc_stat(proc.pid)
-    return LocalProcess(name=name, pid=proc.pid, port=port, argv=argv, log=str(log),
-                        started=stat[1] if stat else 0)
+    local = LocalProcess(name=name, pid=proc.pid, port=port, argv=argv, log=str(log),
+                         started=stat[1] if stat else 0)
+    setattr(local, "_popen", proc)  # noqa: B010 - not a dataclass field
+    return local
 
 
 def require_binary(name: str, package: str) -> str:

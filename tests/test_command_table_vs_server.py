@@ -3,18 +3,16 @@ COMMAND GETKEYS for hundreds of real invocations and for random argument lists."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from repo_tools import ROOT, load_tool
 
 from kvstore_proxy.commands import (
     CommandError,
@@ -27,18 +25,7 @@ from kvstore_proxy.commands import (
     unknown_command_error,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_kvstore_tool_{name}", ROOT / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen_commands = _tool("gen_commands")
+gen_commands = load_tool("gen_commands")
 
 
 @pytest.fixture(scope="module")

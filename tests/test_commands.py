@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-from types import ModuleType
 
 import pytest
+from repo_tools import ROOT, load_tool
 
 from kvstore_proxy import commands
 from kvstore_proxy.commands import (
@@ -23,16 +21,6 @@ from kvstore_proxy.commands import (
     lookup,
     unknown_command_error,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_kvstore_tool_{name}", ROOT / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _spec(name: str) -> CommandSpec:
@@ -327,11 +315,11 @@ def test_keyword_search_matches_like_strcasecmp() -> None:
 
 def test_readme_command_list_is_up_to_date() -> None:
     """README.md's supported-commands list is regenerated with tools/gen_readme_commands.py too."""
-    tool = _tool("gen_readme_commands")
+    tool = load_tool("gen_readme_commands")
     readme = (ROOT / "README.md").read_text()
     assert tool.readme_with_block(readme) == readme
 
 
 def test_docs_commands_md_is_up_to_date() -> None:
     """docs/commands.md is regenerated with tools/gen_readme_commands.py whenever the table changes."""
-    assert (ROOT / "docs" / "commands.md").read_text() == _tool("gen_readme_commands").render()
+    assert (ROOT / "docs" / "commands.md").read_text() == load_tool("gen_readme_commands").render()

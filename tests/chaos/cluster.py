@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from chaos.faultlink import FaultLink
-from chaos.processes import spawn_proxy, spawn_sentinel, wait_proxy, wait_sentinel
+from chaos.processes import spawn_sentinel, start_chaos_proxy, wait_sentinel
 from kvstore_admin.processes import LocalProcess, redis_ping, spawn, start_redis, wait_until
 from kvstore_cluster import paths
 from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split
@@ -109,10 +109,9 @@ class ChaosCluster:
         model = Groups(tuple(group_list))
         self.store.create(Meta(mode=self.mode, created_at=time.time()), model,
                           SlotTable(tuple(even_split(model.ids()))))
-        procs = [self.spawn_proxy() for _ in range(self.n_proxies)]
+        for _ in range(self.n_proxies):
+            self.start_proxy()
         sents = [self.spawn_sentinel(f"s{i}") for i in range(1, self.n_sentinels + 1)]
-        for p in procs:
-            wait_proxy(p)
         for s in sents:
             wait_sentinel(s)
         self.wait_settled(20)
@@ -125,9 +124,10 @@ class ChaosCluster:
         self.all_redis.append(proc)
         return proc
 
-    def spawn_proxy(self, port: int | None = None) -> LocalProcess:
-        proc = spawn_proxy(self.zk_hosts, self.name, self.base, *self.proxy_args, port=port)
-        self.all_services.append(proc)
+    def start_proxy(self, port: int | None = None) -> LocalProcess:
+        """Start a proxy (on ``port``: in place of the one that had it) and wait until it answers PING."""
+        proc = start_chaos_proxy(self.zk_hosts, self.name, self.base, *self.proxy_args, port=port,
+                                 record=self.all_services.append)
         if port is None:
             self.proxies.append(proc)
         else:
@@ -274,9 +274,7 @@ class ChaosCluster:
         return proc
 
     def restart_proxy(self, port: int) -> LocalProcess:
-        proc = self.spawn_proxy(port)
-        wait_proxy(proc)
-        return proc
+        return self.start_proxy(port)
 
     def restart_sentinel(self, sentinel_id: str) -> LocalProcess:
         proc = self.spawn_sentinel(sentinel_id)

@@ -1,38 +1,32 @@
 """The one place the chaos suite starts kvstore-proxy and kvstore-sentinel processes.
 
-Same command lines as ``tests/proxy/conftest.py``'s ``ProxyProcess`` and ``tests/sentinel``'s
-``SentinelFactory``; when those become one shared helper, only this module changes.
+Built on ``kvstore_admin.processes`` (``start_proxy``, ``sentinel_argv`` and ``spawn``), the code behind
+``kvstore-admin local up`` that the other suites start their processes with too.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kvstore_admin.processes import LocalProcess, free_port, redis_ping, spawn, wait_until
+from kvstore_admin.processes import LocalProcess, free_port, sentinel_argv, spawn, start_proxy, wait_until
 
 
-def spawn_proxy(zk_hosts: str, cluster: str, log_dir: Path, *args: str, port: int | None = None) -> LocalProcess:
-    """Start a kvstore-proxy (one worker) on ``port`` (a free one if None); does not wait."""
+def start_chaos_proxy(zk_hosts: str, cluster: str, log_dir: Path, *args: str, port: int | None = None,
+                      record: Callable[[LocalProcess], object] | None = None) -> LocalProcess:
+    """Start a kvstore-proxy (one worker, JSON logs) on ``port`` (a free one if None) and wait for PING."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk_hosts, "--cluster", cluster,
-            "--listen", f"127.0.0.1:{port}", "--workers", "1", "--log-format", "json", "--log-level", "info",
-            *args]
-    return spawn(f"proxy-{port}", argv, port, log_dir / f"proxy-{port}.log")
-
-
-def wait_proxy(proc: LocalProcess, timeout: float = 30.0) -> None:
-    wait_until(lambda: redis_ping(proc.port) or not proc.alive(), timeout, f"proxy on port {proc.port}")
-    if not proc.alive():
-        raise RuntimeError(f"proxy exited at start; see {proc.log}")
+    proc = start_proxy(zk_hosts, cluster, log_dir / f"proxy-{port}.log", "--log-format", "json",
+                       "--log-level", "info", *args, port=port, record=record)
+    proc.name = f"proxy-{port}"
+    return proc
 
 
 def spawn_sentinel(zk_hosts: str, cluster: str, log_dir: Path, sentinel_id: str, *args: str) -> LocalProcess:
     """Start a kvstore-sentinel with JSON logs; does not wait (see ``wait_sentinel``)."""
-    argv = [sys.executable, "-m", "kvstore_sentinel", "--zk", zk_hosts, "--cluster", cluster, "--id", sentinel_id,
-            "--log-format", "json", "--log-level", "info", *args]
+    argv = sentinel_argv(zk_hosts, cluster, "--id", sentinel_id, "--log-format", "json", "--log-level", "info", *args)
     return spawn(f"sentinel-{sentinel_id}", argv, 0, log_dir / f"sentinel-{sentinel_id}.log")
 
 

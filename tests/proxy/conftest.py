@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,44 +12,21 @@ from pathlib import Path
 import pytest
 import redis
 
-from kvstore_admin.processes import LocalProcess, free_port, start_redis, wait_until
+from kvstore_admin.processes import LocalProcess, start_proxy, start_redis
 from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split
 from kvstore_cluster.store import ClusterStore, connect
 
 
 class ProxyProcess:
-    """A ``python -m kvstore_proxy`` subprocess; always stopped by the fixture that made it."""
+    """A kvstore-proxy from ``start_proxy`` (waits for PING); always stopped by the fixture that made it."""
 
     def __init__(self, zk_hosts: str, cluster: str, log: Path, *extra: str, workers: int = 1,
-                 wait: bool = True, password: str | None = None):
-        self.port = free_port()
+                 password: str | None = None):
         self.log = log
         self.password = password
-        self.argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk_hosts, "--cluster", cluster,
-                     "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers),
-                     "--log-level", "info", *extra]
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kvstore-proxy exited with {self.proc.returncode}:\n{self.output()}")
-            client = self.client(socket_timeout=1)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-
-        try:
-            wait_until(ready, timeout, f"kvstore-proxy on port {self.port}")
-        except RuntimeError:
-            raise
-        except TimeoutError:
-            raise TimeoutError(f"kvstore-proxy did not answer PING:\n{self.output()}") from None
+        self.proc = start_proxy(zk_hosts, cluster, log, "--log-level", "info", *extra, workers=workers,
+                                timeout=20.0)
+        self.port = self.proc.port
 
     def client(self, **kwargs) -> redis.Redis:  # type: ignore[no-untyped-def]
         kwargs.setdefault("socket_timeout", 20)
@@ -66,13 +41,13 @@ class ProxyProcess:
         return self.log.read_text(errors="replace")[-6000:]
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM to the proxy, then its exit code (SIGKILL to its process group after ``timeout``)."""
+        if self.proc.returncode is None:
+            self.proc.signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+                self.proc.stop(timeout=0)
         return self.proc.returncode
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,34 +10,23 @@ import pytest
 import redis
 from reshard_helpers import admin_process
 
-from kvstore_admin.processes import free_port, wait_until
+from kvstore_admin.processes import start_proxy
 
 COUNTERS = 64
 
 
 class Proxy:
+    """A kvstore-proxy (one worker) from ``start_proxy``, which waits until it answers PING."""
+
     def __init__(self, zk_hosts: str, cluster: str, log: Path):
-        self.port = free_port()
-        self.log = log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kvstore_proxy", "--zk", zk_hosts, "--cluster", cluster,
-                 "--listen", f"127.0.0.1:{self.port}", "--workers", "1"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                cwd=log.parent)
-        wait_until(lambda: self.client().ping(), 20, f"kvstore-proxy on {self.port}")
+        self.proc = start_proxy(zk_hosts, cluster, log, timeout=20.0)
+        self.port = self.proc.port
 
     def client(self, protocol: int = 2) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=20, protocol=protocol)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.proc.stop(timeout=15)
 
 
 class Workload(threading.Thread):
