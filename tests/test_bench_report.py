@@ -155,7 +155,6 @@ def test_summary_reports_rss_and_idle_connections():
 
 
 def test_nutcracker_config_mirrors_the_kvstore_setup():
-    pytest.importorskip("psutil")
     from bench.cluster import nutcracker_config
 
     conf = nutcracker_config(7000, ["127.0.0.1:7001", "127.0.0.1:7002"])
