@@ -27,22 +27,25 @@ def key_on(group_index: int, prefix: bytes = b"k") -> bytes:
         i += 1
 
 
-def test_backend_killed_mid_pipeline_fails_its_requests_and_others_keep_working(proxy_cluster):
-    cluster = proxy_cluster(3, "--timeout", "5")
-    c = cluster.proxy.client()
+# A script that keeps its group busy for 0.5 s, so a pipeline behind it is in flight when the group dies.
+_BUSY_SCRIPT = ("local t=redis.call('time'); local s=t[1]*1e6+t[2]; while true do local n=redis.call('time');"
+                " if n[1]*1e6+n[2]-s > 500000 then break end end return 1")
+
+
+def kill_g2_mid_pipeline(cluster, client: redis.Redis, read_g2) -> tuple[list[object], list[object]]:  # type: ignore[no-untyped-def]
+    """Pipeline 2000 × (``read_g2(pipe, k2)``, GET k1), SIGKILL g2 while it is in flight.
+
+    Asserts the pending g2 requests fail at once (not at the request timeout) and every g1 reply
+    is right; returns (g2 replies, g1 replies). k1 must hold "1", k2 must be ``key_on(1)``.
+    """
     k1, k2 = key_on(0), key_on(1)
-    c.set(k1, "1")
-    c.set(k2, "2")
-    # a slow script keeps g2 busy so that the pipeline is in flight when g2 dies
     results: list[object] = []
 
     def pipeline() -> None:
-        cl = cluster.proxy.client()
-        pipe = cl.pipeline(transaction=False)
-        pipe.eval("local t=redis.call('time'); local s=t[1]*1e6+t[2]; while true do local n=redis.call('time');"
-                  " if n[1]*1e6+n[2]-s > 500000 then break end end return 1", 1, k2)
+        pipe = client.pipeline(transaction=False)
+        pipe.eval(_BUSY_SCRIPT, 1, k2)
         for _ in range(2000):
-            pipe.get(k2)
+            read_g2(pipe, k2)
             pipe.get(k1)
         t0 = time.monotonic()
         results.extend(pipe.execute(raise_on_error=False))
@@ -50,7 +53,7 @@ def test_backend_killed_mid_pipeline_fails_its_requests_and_others_keep_working(
 
     t = threading.Thread(target=pipeline)
     t.start()
-    time.sleep(0.2)
+    time.sleep(0.2)  # the kill must land while the script runs; there is no state to poll for that
     cluster.nodes["g2"].signal(signal.SIGKILL)
     t.join(15)
     assert not t.is_alive()
@@ -59,6 +62,16 @@ def test_backend_killed_mid_pipeline_fails_its_requests_and_others_keep_working(
     g2_replies, g1_replies = results[1::2], results[2::2]
     assert all(r == b"1" for r in g1_replies)
     assert all(isinstance(r, redis.ResponseError) and "g2" in str(r) for r in g2_replies)
+    return g2_replies, g1_replies
+
+
+def test_backend_killed_mid_pipeline_fails_its_requests_and_others_keep_working(proxy_cluster):
+    cluster = proxy_cluster(3, "--timeout", "5")
+    c = cluster.proxy.client()
+    k1, k2 = key_on(0), key_on(1)
+    c.set(k1, "1")
+    c.set(k2, "2")
+    g2_replies, _ = kill_g2_mid_pipeline(cluster, cluster.proxy.client(), lambda pipe, k: pipe.get(k))
     assert "connection lost" in str(g2_replies[0]) or "closed" in str(g2_replies[0])
     # while g2 is down: its keys fail fast with a clear error, g1 is served
     with pytest.raises(redis.ResponseError, match="backend g2 .* down"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -23,7 +22,7 @@ from kvstore_proxy.outbox import Outbox
 from kvstore_proxy.request import CommandStat, Reply
 
 from .test_commands import keys_on_every_group
-from .test_failures import key_on
+from .test_failures import key_on, kill_g2_mid_pipeline
 
 # --- the reply scanner, without servers -------------------------------------------------------------
 
@@ -470,31 +469,8 @@ def test_backend_killed_with_resp3_requests_pending_answers_errors_at_once(proxy
     k1, k2 = key_on(0), key_on(1)
     c.set(k1, "1")
     c.hset(k2, "f", "2")
-    results: list[object] = []
-
-    def pipeline() -> None:
-        cl = redis.Redis(port=cluster.proxy.port, socket_timeout=20)
-        pipe = cl.pipeline(transaction=False)
-        pipe.eval("local t=redis.call('time'); local s=t[1]*1e6+t[2]; while true do local n=redis.call('time');"
-                  " if n[1]*1e6+n[2]-s > 500000 then break end end return 1", 1, k2)
-        for _ in range(2000):
-            pipe.hgetall(k2)
-            pipe.get(k1)
-        t0 = time.monotonic()
-        results.extend(pipe.execute(raise_on_error=False))
-        results.append(time.monotonic() - t0)
-
-    t = threading.Thread(target=pipeline)
-    t.start()
-    time.sleep(0.2)
-    cluster.nodes["g2"].signal(signal.SIGKILL)
-    t.join(15)
-    assert not t.is_alive()
-    elapsed = results.pop()
-    assert elapsed < 3, "pending requests must fail at once, not wait for the timeout"
-    g2_replies, g1_replies = results[1::2], results[2::2]
-    assert all(r == b"1" for r in g1_replies)
-    assert all(isinstance(r, redis.ResponseError) and "g2" in str(r) for r in g2_replies)
+    kill_g2_mid_pipeline(cluster, redis.Redis(port=cluster.proxy.port, socket_timeout=20),
+                         lambda pipe, k: pipe.hgetall(k))
     with pytest.raises(redis.ResponseError, match="backend g2 .* down"):
         c.hgetall(k2)
     assert c.get(k1) == b"1"
