@@ -569,6 +569,12 @@ def _classify(name: str, entry: dict[str, Any], fixed: tuple[int, ...] | None, h
 _UNDECIDED: set[str] = set()
 
 
+def _from_data(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The CommandSpec fields that come straight from the server's COMMAND data."""
+    return {"name": name.encode(), "arity": entry["arity"], "flags": frozenset(entry["flags"]),
+            "acl_categories": frozenset(entry["acl"]), "group": entry["group"], "summary": entry["summary"]}
+
+
 def _build(data: dict[str, Any]) -> dict[str, CommandSpec]:
     commands: dict[str, dict[str, Any]] = data["commands"]
     specs: dict[str, CommandSpec] = {}
@@ -577,17 +583,8 @@ def _build(data: dict[str, Any]) -> dict[str, CommandSpec]:
             continue
         fixed, keys = _make_keys(name, entry)
         has_keys = fixed != () or keys is not None
-        specs[name] = CommandSpec(
-            name=name.encode(),
-            arity=entry["arity"],
-            flags=frozenset(entry["flags"]),
-            acl_categories=frozenset(entry["acl"]),
-            group=entry["group"],
-            summary=entry["summary"],
-            _fixed=fixed,
-            _keys=keys,
-            **_classify(name, entry, fixed, has_keys),
-        )
+        specs[name] = CommandSpec(**_from_data(name, entry), _fixed=fixed, _keys=keys,
+                                  **_classify(name, entry, fixed, has_keys))
     for name, entry in commands.items():
         if "subcommands" not in entry:
             continue
@@ -599,16 +596,7 @@ def _build(data: dict[str, Any]) -> dict[str, CommandSpec]:
         else:
             # Bare, it fails the arity check; should kind be checked first, the reply is the same.
             cls = {"kind": Kind.REFUSED, "reason": f"wrong number of arguments for '{name}' command"}
-        specs[name] = CommandSpec(
-            name=name.encode(),
-            arity=entry["arity"],
-            flags=frozenset(entry["flags"]),
-            acl_categories=frozenset(entry["acl"]),
-            group=entry["group"],
-            summary=entry["summary"],
-            _fixed=(),
-            **cls,
-        )
+        specs[name] = CommandSpec(**_from_data(name, entry), _fixed=(), **cls)
     return specs
 
 
