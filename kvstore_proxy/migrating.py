@@ -29,7 +29,7 @@ from typing import Any
 import hiredis
 
 from kvstore_proxy import commands, resp
-from kvstore_proxy.backend import _notify
+from kvstore_proxy.datapath import notify
 
 MIGRATE_TIMEOUT_MS = 5000
 GONE_MAX = 100_000  # keys remembered per migration as already moved (beyond: forget, MIGRATE again)
@@ -118,7 +118,7 @@ class Migrating:
         if not self.router.migration_released:
             done = r.fail(HELD_ERROR)
             if done is not None:
-                _notify(done, self.outbox)
+                notify(done, self.outbox)
             return
         gone = self.gone
         keys = [k for k in _keys(r, raw) if k not in gone]

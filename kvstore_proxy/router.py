@@ -7,11 +7,11 @@ from typing import Any
 import structlog
 
 from kvstore_cluster.model import Groups, SlotTable
-from kvstore_cluster.slots import SLOT_COUNT
+from kvstore_cluster.slots import SLOT_COUNT, Slotter
 from kvstore_proxy import resp
 from kvstore_proxy.backend import Backend, Refuser
+from kvstore_proxy.datapath import Outbox
 from kvstore_proxy.migrating import Migrating, released
-from kvstore_proxy.outbox import Outbox
 
 log = structlog.get_logger("kvstore.proxy.router")
 
@@ -21,7 +21,8 @@ NO_TABLE_ERROR = resp.error("TRYAGAIN kvstore-proxy has not read the cluster tab
 
 
 class Router:
-    """Owns the backends of the current masters and ``slot_backend``, the table the hot path indexes.
+    """Owns the backends of the current masters, ``slot_backend`` (the table the compiled path indexes)
+    and ``slotter`` (the cluster's slot function with its key rules, which it calls).
 
     Every entry of ``slot_backend`` answers ``up``/``send``/``refuse``: a :class:`Backend`, or a
     :class:`Refuser` for slots nobody may serve right now (unowned, group down, proxy fenced), so
@@ -46,6 +47,7 @@ class Router:
         self._fence = Refuser(FENCED_ERROR, outbox)
         self._no_table = Refuser(NO_TABLE_ERROR, outbox)
         self.slot_backend: list[Any] = [self._no_table] * SLOT_COUNT
+        self.slotter = Slotter()  # no key rules
         self.owners: tuple[str | None, ...] = (None,) * SLOT_COUNT
         self.group_order: list[Any] = []  # one entry per group, for fan-out commands
         self.reshard_data: bytes | None = None  # the reshard znode, for holding newly marked slots

@@ -11,10 +11,9 @@ from typing import Any
 import structlog
 
 from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
-from kvstore_proxy.commands import CommandSpec, Kind
+from kvstore_proxy.commands import CommandSpec
 from kvstore_proxy.config import ProxyConfig
-from kvstore_proxy.outbox import Outbox
-from kvstore_proxy.request import CommandStat
+from kvstore_proxy.datapath import CommandStat, Outbox, Route
 from kvstore_proxy.router import Router
 from kvstore_proxy.router3 import Resp3Router
 from kvstore_proxy.session import Session
@@ -28,22 +27,6 @@ _MAX_LEARNED = 4096  # distinct spellings of command names in the fast-route cac
 
 class StartupError(Exception):
     """The proxy cannot start; the message is one line for the user."""
-
-
-class Route:
-    """How one command spec is served, with its stats; ``fast`` routes skip lookup entirely."""
-
-    __slots__ = ("spec", "stat", "fast", "key", "nmin", "nmax")
-
-    def __init__(self, spec: CommandSpec, stat: CommandStat):
-        self.spec = spec
-        self.stat = stat
-        # KEYED commands have their one key at a fixed position (commands.py computes it).
-        fixed = getattr(spec, "_fixed", None)
-        self.fast = spec.kind is Kind.KEYED and b"|" not in spec.name and fixed is not None and len(fixed) == 1
-        self.key = fixed[0] if self.fast else 0
-        self.nmin = spec.arity if spec.arity > 0 else -spec.arity
-        self.nmax = spec.arity if spec.arity > 0 else 1 << 62
 
 
 class Worker:
@@ -63,7 +46,7 @@ class Worker:
         self.slow_threshold = (config.slowlog_slower_than / 1e6
                                if config.slowlog_slower_than >= 0 and config.slowlog_max_len > 0 else math.inf)
         self.commandstats: dict[str, CommandStat] = {}
-        self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route
+        self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route (datapath.Route)
         self._spec_routes: dict[bytes, Route] = {}
         self.clients: dict[int, Session] = {}
         self._next_id = 0
@@ -72,6 +55,15 @@ class Worker:
         self.server: asyncio.base_events.Server | None = None
         self._stop = asyncio.Event()
         self._zk: Any = None
+
+    @property
+    def slow_threshold(self) -> float:
+        """SLOWLOG's threshold in seconds (math.inf: off); kept where the compiled path counts replies."""
+        return self.outbox.slow_threshold
+
+    @slow_threshold.setter
+    def slow_threshold(self, seconds: float) -> None:
+        self.outbox.slow_threshold = seconds
 
     # --- sessions ---------------------------------------------------------------------------------
 
