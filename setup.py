@@ -32,7 +32,11 @@ class BuildExt(build_ext):
 
 
 def extensions() -> list[Extension]:
-    from Cython.Build import cythonize
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        raise SystemExit("kvstore's build needs Cython>=3.0; pip installs it for the build unless "
+                         "--no-build-isolation is given (then: pip install 'Cython>=3.0')") from None
 
     modules = [
         Extension("kvstore_cluster.keyslot", ["kvstore_cluster/keyslot.pyx"]),

@@ -182,21 +182,24 @@ def kvstore_runnable() -> bool:
 
 
 def start_kvstore(stack: contextlib.ExitStack, tmp: Path, zk: LocalProcess,
-                  extra_args: list[str] | None = None) -> Target:
+                  extra_args: list[str] | None = None, name: str = "kvstore", workers: int = 1) -> Target:
     if not kvstore_runnable():
         raise ProcessError("kvstore_proxy has no __main__.py yet: run with --targets direct,nutcracker")
-    d = tmp / "kvstore-proxy"
+    d = tmp / f"{name}-proxy"
     d.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk.address, "--cluster", CLUSTER,
-            "--listen", f"127.0.0.1:{port}", "--workers", "1",
+            "--listen", f"127.0.0.1:{port}", "--workers", str(workers),
             # like nutcracker here: no client limit, logs warnings only
             "--max-clients", "100000", "--log-level", "warning", *(extra_args or [])]
-    proc = spawn("kvstore-proxy", argv, port, d / "kvstore-proxy.log", cwd=ROOT)
+    proc = spawn(f"{name}-proxy", argv, port, d / "kvstore-proxy.log", cwd=ROOT)
     tree = ProcTree(proc.pid)
     _stop_later(stack, proc, tree)
     _wait_ping(proc, port, 30, d / "kvstore-proxy.log")
-    return Target("kvstore", port, proc, tree, " ".join(argv[argv.index("--workers"):]))
+    if workers > 1:  # every worker must be serving before it is measured
+        wait_until(lambda: len(tree.processes()) > workers and all(resp_ping(port) for _ in range(4 * workers)),
+                   30, f"{workers} kvstore-proxy workers on port {port}")
+    return Target(name, port, proc, tree, " ".join(argv[argv.index("--workers"):]))
 
 
 PING = b"*1\r\n$4\r\nPING\r\n"  # multibulk: twemproxy does not parse inline commands

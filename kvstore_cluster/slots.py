@@ -7,7 +7,11 @@ proxy's request path calls from C.
 
 from __future__ import annotations
 
-from kvstore_cluster.keyslot import SLOT_COUNT, Slotter, key_slot
+try:
+    from kvstore_cluster.keyslot import SLOT_COUNT, Slotter, key_slot
+except ImportError as exc:  # a checkout used without installing it
+    raise ImportError("kvstore's compiled modules are not built: run 'make test' or pip install -e . "
+                      "(README: Building from source)") from exc
 
 __all__ = ["SLOT_COUNT", "Slotter", "format_slot_ranges", "key_slot", "merge_ranges", "parse_slot_ranges",
            "slots_to_ranges"]

@@ -26,6 +26,13 @@ cdef struct Stack:
     Py_ssize_t cap
 
 
+cdef class SlotMap:
+    cdef unsigned char idx[16384]
+    cdef readonly list entries
+    cdef readonly list table
+    cdef bint wide              # more than 256 distinct entries: index ``table`` itself
+
+
 cdef class Fifo:
     cdef list items
     cdef Py_ssize_t head, count, mask
@@ -138,9 +145,9 @@ cdef class SessionCore:
     cdef int deliver(self, Reply r, const char *p, Py_ssize_t n, double now) except -1
     cdef int count(self, Reply r, char first, double now) except -1
     cdef int dispatch(self, Route route, object src, const char *base, Py_ssize_t size, double t0,
-                      list slot_backend, Slotter slotter) except -1
+                      SlotMap slots, Slotter slotter) except -1
     cdef int split(self, Route route, object src, const char *base, Py_ssize_t size, double t0,
-                   list slot_backend, Slotter slotter) except -1
+                   SlotMap slots, Slotter slotter) except -1
     cdef int dispatch_whole(self, object e, Route route, object src, const char *base, Py_ssize_t size,
                             double t0) except -1
     cdef int write_out(self) except -1

@@ -10,7 +10,7 @@ from kvstore_cluster.model import Groups, SlotTable
 from kvstore_cluster.slots import SLOT_COUNT, Slotter
 from kvstore_proxy import resp
 from kvstore_proxy.backend import Backend, Refuser
-from kvstore_proxy.datapath import Outbox
+from kvstore_proxy.datapath import Outbox, SlotMap
 from kvstore_proxy.migrating import Migrating, released
 
 log = structlog.get_logger("kvstore.proxy.router")
@@ -21,8 +21,9 @@ NO_TABLE_ERROR = resp.error("TRYAGAIN kvstore-proxy has not read the cluster tab
 
 
 class Router:
-    """Owns the backends of the current masters, ``slot_backend`` (the table the compiled path indexes)
-    and ``slotter`` (the cluster's slot function with its key rules, which it calls).
+    """Owns the backends of the current masters, ``slot_backend`` (slot -> entry; the compiled path
+    reads it as ``slot_map``, rebuilt whenever a new table is assigned: never change one in place)
+    and ``slotter`` (the cluster's slot function with its key rules, which the compiled path calls).
 
     Every entry of ``slot_backend`` answers ``up``/``send``/``refuse``: a :class:`Backend`, or a
     :class:`Refuser` for slots nobody may serve right now (unowned, group down, proxy fenced), so
@@ -52,6 +53,15 @@ class Router:
         self.group_order: list[Any] = []  # one entry per group, for fan-out commands
         self.reshard_data: bytes | None = None  # the reshard znode, for holding newly marked slots
         self.migration_released = True
+
+    @property
+    def slot_backend(self) -> list[Any]:
+        return self._slot_backend
+
+    @slot_backend.setter
+    def slot_backend(self, table: list[Any]) -> None:
+        self._slot_backend = table
+        self.slot_map = SlotMap(table)
 
     # --- applying ZooKeeper's tables ----------------------------------------------------------
 
