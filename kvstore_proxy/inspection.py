@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger("kvstore.proxy.inspection")
 
 
+def complete(r: Reply, data: bytes) -> None:
+    """``r``, queued earlier, gets its reply now; its session writes it in turn this loop iteration."""
+    if r.data is None:
+        r.data = data
+        _notify(r, r.session.outbox)
+
+
 def answer_later(s: Session, stat: CommandStat, args: list[bytes], t0: float,
                  work: Coroutine[Any, Any, bytes]) -> None:
     """Queue ``args``'s reply now (it keeps its place in the pipeline) and fill it when ``work`` ends."""
@@ -37,9 +44,7 @@ def answer_later(s: Session, stat: CommandStat, args: list[bytes], t0: float,
         except Exception as exc:  # noqa: BLE001 - the client gets an error, the worker keeps serving
             log.exception("inspection_failed", command=stat.name, error=str(exc))
             data = resp.error(f"ERR kvstore-proxy could not answer {stat.name.upper()}: {exc}")
-        if r.data is None:
-            r.data = data
-            _notify(r, s.outbox)
+        complete(r, data)
 
     task.add_done_callback(finished)
 
@@ -128,9 +133,11 @@ def _latency_reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) 
         request = b"latency-reset " + json.dumps(names).encode()
         for raw in (await siblings.ask(w.family, request)).values():
             try:
-                had.update(json.loads(raw or b"[]"))
-            except (ValueError, TypeError):
-                pass
+                theirs = json.loads(raw or b"[]")
+            except ValueError:
+                continue
+            if isinstance(theirs, list):
+                had.update(n for n in theirs if isinstance(n, str))
         return resp.integer(len(had))
 
     answer_later(s, stat, args, t0, build())

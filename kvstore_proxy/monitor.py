@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from kvstore_proxy import resp
-from kvstore_proxy.backend import _notify
 from kvstore_proxy.commands import CommandSpec
+from kvstore_proxy.inspection import complete
 
 if TYPE_CHECKING:
     from kvstore_proxy.request import Reply
@@ -162,6 +162,7 @@ class Hub:
         self._out: list[bytes] = []
         self._scheduled = False
         self._linking: asyncio.Task[None] | None = None
+        self._link_lock = asyncio.Lock()
 
     # --- this worker's monitors -------------------------------------------------------------------
 
@@ -178,7 +179,7 @@ class Hub:
             self._answer(reply)
             return
         task = self.loop.create_task(self._link_all())
-        task.add_done_callback(lambda t: self._answer(reply))
+        task.add_done_callback(lambda t: self._linked(t, reply))
 
     def detach(self, session: Session) -> None:
         """``session`` left MONITOR mode (RESET) or closed."""
@@ -195,10 +196,13 @@ class Hub:
     def is_monitor(self, session: Session) -> bool:
         return session in self.clients
 
+    def _linked(self, task: asyncio.Task[None], reply: Reply) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("monitor_link_failed", error=str(task.exception()))
+        self._answer(reply)
+
     def _answer(self, reply: Reply) -> None:
-        if reply.data is None:
-            reply.data = resp.OK
-            _notify(reply, self.worker.outbox)
+        complete(reply, resp.OK)
         self.loop.call_soon(self._release, reply.session)
 
     def _release(self, session: Session) -> None:
@@ -281,22 +285,29 @@ class Hub:
         return ended
 
     async def _link_all(self) -> None:
-        """Subscribe to every sibling not linked yet; wait (bounded) until each confirmed."""
-        pending = []
-        for index in self.family.siblings():
-            if index in self.links:
-                continue
-            link = _Link(self, index)
-            try:
-                await asyncio.wait_for(
-                    self.loop.create_unix_connection(link, self.family.path(index)), LINK_TIMEOUT)
-            except (OSError, TimeoutError) as exc:
-                log.info("monitor_sibling_unreachable", worker=index, error=str(exc) or type(exc).__name__)
-                continue
-            self.links[index] = link
-            pending.append(link.confirmed)
-        if pending:
-            await asyncio.wait(pending, timeout=LINK_TIMEOUT)
+        """Subscribe to every sibling not linked yet; wait (bounded) until each link is confirmed.
+
+        One at a time (the lock): two monitors attaching together must not link a sibling twice,
+        which would show its commands twice.
+        """
+        async with self._link_lock:
+            for index in self.family.siblings():
+                if index in self.links or not self.clients:
+                    continue
+                link = _Link(self, index)
+                try:
+                    await asyncio.wait_for(
+                        self.loop.create_unix_connection(link, self.family.path(index)), LINK_TIMEOUT)
+                except (OSError, TimeoutError) as exc:
+                    log.info("monitor_sibling_unreachable", worker=index, error=str(exc) or type(exc).__name__)
+                    continue
+                if not self.clients:  # the last monitor left meanwhile
+                    link.close()
+                    continue
+                self.links[index] = link
+            pending = [link.confirmed for link in self.links.values() if not link.confirmed.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=LINK_TIMEOUT)
 
     def relink(self) -> None:
         """While monitors are attached, link siblings that were not reachable (restarted, late)."""

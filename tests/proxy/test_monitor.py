@@ -259,3 +259,24 @@ def test_a_sibling_that_dies_disconnects_monitors_and_monitoring_resumes_after_i
     finally:
         mon.close()
         client.close()
+
+
+def test_two_monitors_attaching_together_each_see_every_command_once(mc):
+    port = mc.proxy.port
+    first, mine = connect_to_worker(port)
+    second, _ = connect_to_worker(port, mine)
+    others = {i: connect_to_worker(port, i)[0] for i in (0, 1)}
+    try:
+        first.send("MONITOR")
+        second.send("MONITOR")  # while the first one's links to the sibling are being made
+        assert first.read() == b"OK" and second.read() == b"OK"
+        for i, c in others.items():
+            c.call("SET", f"twice-{i}", "v")
+        others[0].call("ECHO", "end-of-twice")
+        for mon in (first, second):
+            text = b"\n".join(lines_until(mon, b"end-of-twice"))
+            for i in (0, 1):
+                assert text.count(b'"twice-%d"' % i) == 1
+    finally:
+        for raw in (first, second, *others.values()):
+            raw.close()
