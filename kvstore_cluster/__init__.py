@@ -1,1 +1,1 @@
-"""What every kvstore process shares: slot hash, cluster model, ZooKeeper layout and store."""
+"""What every kvstore process shares: the slot function, the ZooKeeper records and their store, the node client, ops."""

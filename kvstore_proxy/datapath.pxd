@@ -143,7 +143,7 @@ cdef class SessionCore:
 
     cpdef flush(self)
     cdef int deliver(self, Reply r, const char *p, Py_ssize_t n, double now) except -1
-    cdef int count(self, Reply r, char first, double now) except -1
+    cdef int count(self, Reply r, const char *p, Py_ssize_t n, double now) except -1
     cdef int dispatch(self, Route route, object src, const char *base, Py_ssize_t size, double t0,
                       SlotMap slots, Slotter slotter) except -1
     cdef int split(self, Route route, object src, const char *base, Py_ssize_t size, double t0,

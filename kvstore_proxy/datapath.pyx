@@ -106,16 +106,6 @@ cdef inline int buf_put(Buf *b, const char *p, Py_ssize_t n) except -1:
     return 0
 
 
-cdef int buf_put_obj(Buf *b, object o) except -1:
-    cdef const unsigned char[:] view
-    if PyBytes_CheckExact(o):
-        return buf_put(b, PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o))
-    view = o
-    if view.shape[0]:
-        buf_put(b, <const char *>&view[0], view.shape[0])
-    return 0
-
-
 cdef void buf_empty(Buf *b, Py_ssize_t keep) noexcept:
     """Forget the contents; give the memory back if a burst grew it past ``keep``."""
     b.len = 0
@@ -657,6 +647,13 @@ cdef class Fifo:
     def __iter__(self):
         return iter([self.items[(self.head + i) & self.mask] for i in range(self.count)])
 
+    def __contains__(self, o):
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            if self.items[(self.head + i) & self.mask] is o:
+                return True
+        return False
+
     def __repr__(self):
         return f"Fifo({list(self)!r})"
 
@@ -1188,6 +1185,11 @@ cdef class SessionCore:
         if self.rq.own:
             PyMem_Free(self.rq.el)
 
+    @property
+    def pending_input(self):
+        """Bytes of a partial request kept until the rest arrives (Redis's query buffer)."""
+        return self.inbuf.len
+
     def data_received(self, object data):
         cdef const char *buf
         cdef const char *nl
@@ -1451,15 +1453,17 @@ cdef class SessionCore:
         finally:
             req_done(&self.rq)
 
-    cdef int count(self, Reply r, char first, double now) except -1:
-        """A reply leaves for the client: INFO commandstats and SLOWLOG."""
+    cdef int count(self, Reply r, const char *p, Py_ssize_t n, double now) except -1:
+        """A reply ``p[:n]`` leaves for the client: INFO commandstats and errorstats, SLOWLOG."""
         cdef CommandStat st = r.stat
         cdef double dt = now - r.t0
         if st is not None:
             st.calls += 1
             st.usec += dt
-            if first == 45:  # '-'
+        if n and p[0] == 45:  # '-'
+            if st is not None:
                 st.errors += 1
+            self.worker.stats.count_error(PyBytes_FromStringAndSize(p, n if n < 40 else 40))
         if dt > self.outbox.slow_threshold:
             self.worker.slowlog.add(r, dt, self)
         return 0
@@ -1473,7 +1477,7 @@ cdef class SessionCore:
             return 0  # the client is gone; nobody reads it
         if fifo.count and <PyObject *>fifo.items[fifo.head] == <PyObject *>r:
             fifo.pop()
-            self.count(r, p[0] if n else 0, now)
+            self.count(r, p, n, now)
             if not fifo.count and self._close_after is None and not self._paused_pending:
                 if self.obuf.len:
                     buf_put(&self.obuf, p, n)
@@ -1503,7 +1507,6 @@ cdef class SessionCore:
         cdef double now
         cdef bint closing = False
         cdef object d
-        cdef char first
         self.dirty = False
         transport = self.transport
         if transport is None:
@@ -1518,12 +1521,10 @@ cdef class SessionCore:
             if d is None:
                 break
             fifo.pop()
-            buf_put_obj(&self.obuf, d)
-            if PyBytes_CheckExact(d):
-                first = PyBytes_AS_STRING(d)[0] if PyBytes_GET_SIZE(d) else 0
-            else:
-                first = d[0] if len(d) else 0
-            self.count(r, first, now)
+            if not PyBytes_CheckExact(d):
+                d = bytes(d)
+            buf_put(&self.obuf, PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
+            self.count(r, PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d), now)
             if r is close_after:
                 closing = True
                 break

@@ -160,6 +160,11 @@ class Session(SessionCore, asyncio.Protocol):
         if not self.authenticated and spec.name not in answers.BEFORE_AUTH:
             self.answer(route.stat, args, t0, _NOAUTH)
             return
+        if worker.monitoring:  # every request comes here while a monitor is attached (monitor.py)
+            refusal = worker.monitor.feed(self, spec, args)
+            if refusal is not None:
+                self.answer(route.stat, args, t0, refusal)
+                return
         kind = spec.kind
         if kind is Kind.KEYED or kind is Kind.SAME_SLOT:
             try:
