@@ -11,27 +11,38 @@ from libc.string cimport memchr
 
 SLOT_COUNT = 16384
 
-# CRC16/XMODEM (poly 0x1021), as Redis Cluster's crc16.c
-cdef unsigned short CRC16_TABLE[256]
+# CRC16/XMODEM (poly 0x1021), as Redis Cluster's crc16.c, eight bytes per step ("slicing by 8"):
+# T[k][x] is the CRC of byte x followed by k zero bytes, and the CRC is linear, so eight bytes
+# b0..b7 taken from state c give T[7][c >> 8 ^ b0] ^ T[6][c & 0xFF ^ b1] ^ T[5][b2] ^ ... ^ T[0][b7].
+cdef unsigned short T[8][256]
 
 
-cdef void _init_table() noexcept:
-    cdef unsigned int crc, i, j
+cdef void _init_tables() noexcept:
+    cdef unsigned int crc, i, j, k
     for i in range(256):
         crc = i << 8
         for j in range(8):
             crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        CRC16_TABLE[i] = crc & 0xFFFF
+        T[0][i] = crc & 0xFFFF
+    for k in range(1, 8):
+        for i in range(256):
+            T[k][i] = ((T[k - 1][i] << 8) & 0xFFFF) ^ T[0][T[k - 1][i] >> 8]
 
 
-_init_table()
+_init_tables()
 
 
 cdef inline unsigned int crc16(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     cdef unsigned int crc = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        crc = ((crc << 8) & 0xFFFF) ^ CRC16_TABLE[((crc >> 8) ^ p[i]) & 0xFF]
+    while n >= 8:
+        crc = (T[7][(crc >> 8) ^ p[0]] ^ T[6][(crc & 0xFF) ^ p[1]] ^ T[5][p[2]] ^ T[4][p[3]]
+               ^ T[3][p[4]] ^ T[2][p[5]] ^ T[1][p[6]] ^ T[0][p[7]])
+        p += 8
+        n -= 8
+    while n > 0:
+        crc = ((crc << 8) & 0xFFFF) ^ T[0][(crc >> 8) ^ p[0]]
+        p += 1
+        n -= 1
     return crc
 
 

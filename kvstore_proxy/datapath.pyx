@@ -31,8 +31,8 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
+from libc.limits cimport LLONG_MIN
 from libc.math cimport INFINITY
-from libc.stdio cimport snprintf
 from libc.string cimport memchr, memcmp, memcpy, memmove
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -121,6 +121,31 @@ cdef void buf_free(Buf *b) noexcept:
     b.len = b.cap = 0
 
 
+cdef inline Py_ssize_t put_header(char *out, char tag, long long v) noexcept nogil:
+    """``tag``, ``v`` in decimal and CRLF at ``out`` (room for 24 bytes); the length written."""
+    cdef char digits[20]
+    cdef Py_ssize_t k = 0, i = 1
+    cdef bint neg = v < 0
+    cdef unsigned long long u = <unsigned long long>(-v if neg else v)
+    out[0] = tag
+    if neg:
+        out[1] = 45
+        i = 2
+    while True:
+        digits[k] = 48 + <char>(u % 10)
+        k += 1
+        u //= 10
+        if u == 0:
+            break
+    while k:
+        k -= 1
+        out[i] = digits[k]
+        i += 1
+    out[i] = 13
+    out[i + 1] = 10
+    return i + 2
+
+
 # --- small parsers --------------------------------------------------------------------------------
 
 cdef inline Py_ssize_t find_crlf(const char *buf, Py_ssize_t p, Py_ssize_t n) noexcept nogil:
@@ -137,6 +162,23 @@ cdef inline Py_ssize_t find_crlf(const char *buf, Py_ssize_t p, Py_ssize_t n) no
             return p
         p += 1
     return -1
+
+
+cdef inline Py_ssize_t length_line(const char *buf, Py_ssize_t p, Py_ssize_t n, long long *out) noexcept nogil:
+    """The common case of a length line at ``buf[p]`` (a type byte, then digits, CRLF, written
+    canonically): the position of its CRLF, with the value in ``out``; -1 for anything else (a sign,
+    a leading zero, garbage, or not all there yet), which the caller takes the general way."""
+    cdef Py_ssize_t q = p + 1, end = p + 19
+    cdef long long v = 0
+    if end > n:
+        end = n
+    while q < end and 48 <= buf[q] <= 57:
+        v = v * 10 + (buf[q] - 48)
+        q += 1
+    if q + 1 >= n or q == p + 1 or buf[q] != 13 or buf[q + 1] != 10 or (buf[p + 1] == 48 and q > p + 2):
+        return -1
+    out[0] = v
+    return q
 
 
 cdef inline bint string2ll(const char *s, Py_ssize_t n, long long *out) noexcept nogil:
@@ -254,13 +296,18 @@ cdef int parse_request(Req *rq, const char *buf, Py_ssize_t start, Py_ssize_t n,
     cdef long long v
     cdef Py_ssize_t *el
     if rq.argc == 0:
-        nl = find_crlf(buf, start, n)
+        nl = length_line(buf, start, n, &v)
         if nl < 0:
-            if n - start > INLINE_MAX:
-                problem[0] = E_BIG_MBULK
+            nl = find_crlf(buf, start, n)
+            if nl < 0:
+                if n - start > INLINE_MAX:
+                    problem[0] = E_BIG_MBULK
+                    return -1
+                return 0
+            if not string2ll(buf + start + 1, nl - start - 1, &v):
+                problem[0] = E_MBULK_LEN
                 return -1
-            return 0
-        if not string2ll(buf + start + 1, nl - start - 1, &v) or v > MAX_MULTIBULK:
+        if v > MAX_MULTIBULK:
             problem[0] = E_MBULK_LEN
             return -1
         rq.next = nl + 2 - start
@@ -275,13 +322,18 @@ cdef int parse_request(Req *rq, const char *buf, Py_ssize_t start, Py_ssize_t n,
         if buf[p] != 36:  # '$'
             problem[0] = E_DOLLAR
             return -1
-        nl = find_crlf(buf, p, n)
+        nl = length_line(buf, p, n, &v)
         if nl < 0:
-            if n - p > INLINE_MAX:
-                problem[0] = E_BIG_BULK
+            nl = find_crlf(buf, p, n)
+            if nl < 0:
+                if n - p > INLINE_MAX:
+                    problem[0] = E_BIG_BULK
+                    return -1
+                return 0
+            if not string2ll(buf + p + 1, nl - p - 1, &v):
+                problem[0] = E_BULK_LEN
                 return -1
-            return 0
-        if not string2ll(buf + p + 1, nl - p - 1, &v) or v < 0 or v > max_bulk:
+        if v < 0 or v > max_bulk:
             problem[0] = E_BULK_LEN
             return -1
         e = nl + 2 + v + 2  # Redis skips the two bytes after the payload without looking at them
@@ -378,6 +430,12 @@ cdef object route_name(const char *p, Py_ssize_t n):
     return o
 
 
+def command_name(bytes name not None) -> bytes:
+    """The one bytes object the compiled path looks ``name`` up with: routes dicts keyed by it are
+    hit on identity, without comparing bytes."""
+    return route_name(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+
+
 # --- backend replies ------------------------------------------------------------------------------
 
 cdef int stack_push(Stack *st, long long v) except -1:
@@ -410,12 +468,16 @@ cdef int scan_reply(const char *buf, Py_ssize_t p, Py_ssize_t n, Stack *st, Py_s
             out[0] = p
             return 0
         c = buf[p]
-        nl = find_crlf(buf, p, n)
+        nl = length_line(buf, p, n, &v)
         if nl < 0:
-            out[0] = p
-            return 0
-        if c == 36 or c == 61 or c == 33:  # $ = !  (bulk, verbatim, blob error)
+            nl = find_crlf(buf, p, n)
+            if nl < 0:
+                out[0] = p
+                return 0
             if not reply_ll(buf + p + 1, nl - p - 1, &v):
+                v = LLONG_MIN  # not a number: only a one-line type or a streamed form may have that
+        if c == 36 or c == 61 or c == 33:  # $ = !  (bulk, verbatim, blob error)
+            if v == LLONG_MIN:
                 if c == 36 and nl == p + 2 and buf[p + 1] == 63:  # "$?"
                     stack_push(st, CHUNKS)
                     p = nl + 2
@@ -430,7 +492,7 @@ cdef int scan_reply(const char *buf, Py_ssize_t p, Py_ssize_t n, Stack *st, Py_s
             else:
                 p = nl + 2
         elif c == 42 or c == 37 or c == 126 or c == 62 or c == 124:  # * % ~ > |
-            if not reply_ll(buf + p + 1, nl - p - 1, &v):
+            if v == LLONG_MIN:
                 if nl == p + 2 and buf[p + 1] == 63 and c != 124:  # "*?"
                     stack_push(st, STREAMED)
                     p = nl + 2
@@ -449,7 +511,7 @@ cdef int scan_reply(const char *buf, Py_ssize_t p, Py_ssize_t n, Stack *st, Py_s
         elif c == 59:  # ; a chunk of a streamed string
             if not st.depth or st.items[st.depth - 1] != CHUNKS:
                 raise ProtocolError("string chunk outside a streamed string")
-            if not reply_ll(buf + p + 1, nl - p - 1, &v) or v < 0:
+            if v == LLONG_MIN or v < 0:
                 raise ProtocolError("bad string chunk length")
             if v > 0:
                 e = nl + v + 4
@@ -491,12 +553,9 @@ cdef inline int reply_bounds(const char *buf, Py_ssize_t p, Py_ssize_t n, Stack 
         out[0] = nl + 2
         return 1
     if c == 36:  # $
-        nl = find_crlf(buf, p, n)
-        if nl < 0:
-            out[0] = p
-            return 0
-        if reply_ll(buf + p + 1, nl - p - 1, &v):
-            e = nl + v + 4 if v >= 0 else nl + 2
+        nl = length_line(buf, p, n, &v)
+        if nl >= 0:
+            e = nl + v + 4
             if e > n:
                 out[0] = p
                 return 0
@@ -770,73 +829,83 @@ cdef class MultiReply(Reply):
         cdef bytes raw
         cdef const char *b
         cdef Py_ssize_t n
-        cdef char head[32]
+        cdef char head[24]
         for raw in self.results:
             b = PyBytes_AS_STRING(raw)
             n = PyBytes_GET_SIZE(raw)
             if n < 4 or b[0] != 58 or not reply_ll(b + 1, n - 3, &v):
                 raise ValueError(f"expected an integer from a group, got {raw[:80]!r}")
             total += v
-        n = snprintf(head, 32, ":%lld\r\n", total)
+        n = put_header(head, 58, total)
         return PyBytes_FromStringAndSize(head, n)
 
     cdef bytes ordered(self):
         """MGET: each part is an array of one bulk string or null per key it was sent; the merged
         reply takes them in request order (nulls as the group sent them: $-1 in RESP2, _ in RESP3)."""
-        cdef Py_ssize_t g, k, p, nl, e, total, np = self.nparts
-        cdef Py_ssize_t *cur = <Py_ssize_t *>PyMem_Malloc(2 * np * sizeof(Py_ssize_t))
-        cdef Py_ssize_t *want = cur + np
+        cdef Py_ssize_t g, k, p, nl, e, total, np = self.nparts, nk = self.nkeys, i
+        # per part: the next of its values to take, and where its values start in span
+        cdef Py_ssize_t *at = <Py_ssize_t *>PyMem_Malloc((2 * np + 2 * nk) * sizeof(Py_ssize_t))
+        cdef Py_ssize_t *first = at + np
+        cdef Py_ssize_t *span = first + np  # per value, grouped by part: start, end in its part's reply
         cdef const char *b
         cdef char *o
         cdef long long v
         cdef bytes raw, out
-        cdef char head[32]
-        cdef Py_ssize_t hn
-        if cur == NULL:
+        cdef char head[24]
+        if at == NULL:
             raise MemoryError()
         try:
             for g in range(np):
-                want[g] = 0
-            for k in range(self.nkeys):
-                want[self.part_of[k]] += 1
-            # check every part and size the result
-            total = hn = snprintf(head, 32, "*%zd\r\n", self.nkeys)
+                at[g] = 0
+            for k in range(nk):
+                at[self.part_of[k]] += 1
+            i = 0
+            for g in range(np):
+                first[g] = i
+                i += at[g]
+            total = put_header(head, 42, nk)
             for g in range(np):
                 raw = self.results[g]
                 b = PyBytes_AS_STRING(raw)
                 e = PyBytes_GET_SIZE(raw)
-                nl = find_crlf(b, 0, e)
-                if nl < 0 or b[0] != 42 or not reply_ll(b + 1, nl - 1, &v) or v != want[g]:
-                    raise ValueError(f"expected {want[g]} values from a group, got {raw[:80]!r}")
-                p = cur[g] = nl + 2
+                nl = length_line(b, 0, e, &v)
+                if nl < 0 or b[0] != 42 or v != at[g]:
+                    raise ValueError(f"expected {at[g]} values from a group, got {raw[:80]!r}")
+                p = nl + 2
                 for k in range(v):
+                    i = 2 * (first[g] + k)
+                    span[i] = p
                     p = bulk_or_null_end(b, p, e)
                     if p < 0:
-                        raise ValueError(f"expected {want[g]} values from a group, got {raw[:80]!r}")
+                        raise ValueError(f"expected {at[g]} values from a group, got {raw[:80]!r}")
+                    span[i + 1] = p
                 if p != e:
-                    raise ValueError(f"expected {want[g]} values from a group, got {raw[:80]!r}")
-                total += e - cur[g]
+                    raise ValueError(f"expected {at[g]} values from a group, got {raw[:80]!r}")
+                total += e - (nl + 2)
+                at[g] = first[g]
             out = PyBytes_FromStringAndSize(NULL, total)
             o = PyBytes_AS_STRING(out)
-            memcpy(o, head, hn)
-            o += hn
-            for k in range(self.nkeys):
+            i = put_header(o, 42, nk)
+            o += i
+            for k in range(nk):
                 g = self.part_of[k]
-                raw = <bytes>PyList_GET_ITEM(self.results, g)
-                b = PyBytes_AS_STRING(raw)
-                e = bulk_or_null_end(b, cur[g], PyBytes_GET_SIZE(raw))
-                memcpy(o, b + cur[g], e - cur[g])
-                o += e - cur[g]
-                cur[g] = e
+                b = PyBytes_AS_STRING(<bytes>PyList_GET_ITEM(self.results, g))
+                i = 2 * at[g]
+                at[g] += 1
+                memcpy(o, b + span[i], span[i + 1] - span[i])
+                o += span[i + 1] - span[i]
             return out
         finally:
-            PyMem_Free(cur)
+            PyMem_Free(at)
 
 
 cdef inline Py_ssize_t bulk_or_null_end(const char *b, Py_ssize_t p, Py_ssize_t n) noexcept:
     """End of the bulk string or null ($-1, _, *-1) at ``p``, or -1."""
-    cdef Py_ssize_t nl = find_crlf(b, p, n)
     cdef long long v
+    cdef Py_ssize_t nl = length_line(b, p, n, &v)
+    if nl >= 0 and b[p] == 36:
+        return nl + v + 4 if nl + v + 4 <= n else -1
+    nl = find_crlf(b, p, n)
     if nl < 0:
         return -1
     if b[p] == 36 and reply_ll(b + p + 1, nl - p - 1, &v):
@@ -1344,9 +1413,9 @@ cdef class SessionCore:
         cdef MultiReply mr
         cdef KeyPart part
         cdef BackendCore be
-        cdef Buf tmp
-        cdef Buf *o
-        cdef char head[32]
+        cdef Buf **bufs
+        cdef int *pk
+        cdef char head[24]
         cdef Py_ssize_t hn
         if part_of == NULL:
             raise MemoryError()
@@ -1390,41 +1459,62 @@ cdef class SessionCore:
             if route.merge == MERGE_ORDERED:
                 mr.part_of = part_of  # the merge puts the values back in request order
                 part_of = NULL
-            tmp.data = NULL
-            tmp.len = tmp.cap = 0
+            bufs = <Buf **>PyMem_Malloc(ng * sizeof(Buf *))
+            if bufs == NULL:
+                raise MemoryError()
+            for g in range(ng):
+                bufs[g] = NULL
             try:
+                # Each group's sub-request: straight into its backend's buffer, or into one of its
+                # own for an entry that is not a connected Backend (sent through Python below).
                 for g in range(ng):
                     e = groups[g]
-                    part = KeyPart.__new__(KeyPart)
-                    part.parent = mr
-                    part.index = g
-                    part.t0 = t0
                     if isinstance(e, BackendCore) and (<BackendCore>e).up:
-                        be = <BackendCore>e
-                        o = &be.out
+                        bufs[g] = &(<BackendCore>e).out
                     else:
-                        be = None
-                        tmp.len = 0
-                        o = &tmp
-                    hn = snprintf(head, 32, "*%zd\r\n", 1 + counts[g] * step)
-                    buf_put(o, head, hn)
-                    buf_put(o, base + el[0], el[1] + el[2] + 2 - el[0])  # the command name
-                    for k in range(nkeys):
-                        if (mr.part_of[k] if part_of == NULL else part_of[k]) == g:
-                            i = 1 + k * step
-                            # the key (and its value): contiguous in the request, headers included
-                            buf_put(o, base + el[3 * i], el[3 * (i + step - 1) + 1] + el[3 * (i + step - 1) + 2] + 2 - el[3 * i])
-                    if be is not None:
+                        bufs[g] = <Buf *>PyMem_Malloc(sizeof(Buf))
+                        if bufs[g] == NULL:
+                            raise MemoryError()
+                        bufs[g].data = NULL
+                        bufs[g].len = bufs[g].cap = 0
+                        counts[g] = -1 - counts[g]  # marks a Python entry; the count is -1 - counts[g]
+                    hn = put_header(head, 42, 1 + (counts[g] if counts[g] >= 0 else -1 - counts[g]) * step)
+                    buf_put(bufs[g], head, hn)
+                    buf_put(bufs[g], base + el[0], el[1] + el[2] + 2 - el[0])  # the command name
+                pk = mr.part_of if part_of == NULL else part_of
+                for k in range(nkeys):
+                    i = 1 + k * step
+                    # the key (and its value): contiguous in the request, headers included
+                    buf_put(bufs[pk[k]], base + el[3 * i],
+                            el[3 * (i + step - 1) + 1] + el[3 * (i + step - 1) + 2] + 2 - el[3 * i])
+                # Every backend part is queued before any Python runs: what Python sends meanwhile
+                # must come after them in both the buffer and the FIFO.
+                for g in range(ng):
+                    if counts[g] >= 0:
+                        be = <BackendCore>groups[g]
+                        part = KeyPart.__new__(KeyPart)
+                        part.parent = mr
+                        part.index = g
+                        part.t0 = t0
                         be.fifo.push(part)
                         be.out_count += 1
                         if not be.dirty:
                             be.dirty = True
                             be.outbox.backends.append(be)
                             be.outbox.schedule()
-                    else:
-                        send_elsewhere(e, part, tmp.data, tmp.len)
+                for g in range(ng):
+                    if counts[g] < 0:
+                        part = KeyPart.__new__(KeyPart)
+                        part.parent = mr
+                        part.index = g
+                        part.t0 = t0
+                        send_elsewhere(groups[g], part, bufs[g].data, bufs[g].len)
             finally:
-                buf_free(&tmp)
+                for g in range(ng):
+                    if bufs[g] != NULL and counts[g] < 0:
+                        buf_free(bufs[g])
+                        PyMem_Free(bufs[g])
+                PyMem_Free(bufs)
         finally:
             PyMem_Free(part_of)
         return 0

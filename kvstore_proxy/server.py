@@ -16,7 +16,7 @@ from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, con
 from kvstore_proxy import inspection
 from kvstore_proxy.commands import CommandSpec
 from kvstore_proxy.config import ProxyConfig
-from kvstore_proxy.datapath import CommandStat, Outbox, Route
+from kvstore_proxy.datapath import CommandStat, Outbox, Route, command_name
 from kvstore_proxy.groupinfo import GroupInfo
 from kvstore_proxy.info import worker_snapshot
 from kvstore_proxy.latency import Histograms, LatencyEvents
@@ -122,7 +122,7 @@ class Worker:
 
     def learn_route(self, name: bytes, route: Route) -> None:
         if len(self.routes) < _MAX_LEARNED and not self.monitoring:
-            self.routes[name] = route
+            self.routes[command_name(name)] = route  # the object the compiled path looks names up with
 
     def set_monitoring(self, on: bool) -> None:
         """MONITOR's worker-wide switch: with ``routes`` empty (in place: every session holds this
