@@ -1047,13 +1047,12 @@ cdef int finished(object r, double now, Outbox outbox) except -1:
 # --- backend connections ------------------------------------------------------------------------------
 
 cdef int send_elsewhere(object e, object r, const char *p, Py_ssize_t n) except -1:
-    """``r`` for a slot table entry that is not a connected Backend (Refuser, Migrating, down backend)."""
+    """Request ``p[:n]`` for a slot table entry that is not a connected Backend (a Refuser, a
+    Migrating, a backend that is down): its ``send`` decides."""
     if isinstance(e, BackendCore):
-        (<BackendCore>e).refuse(r)
-    elif getattr(e, "up", False):
-        e.send(r, PyBytes_FromStringAndSize(p, n))
+        (<BackendCore>e).send(r, PyBytes_FromStringAndSize(p, n))
     else:
-        e.refuse(r)
+        e.send(r, PyBytes_FromStringAndSize(p, n))
     return 0
 
 

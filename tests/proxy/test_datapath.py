@@ -15,7 +15,7 @@ import hiredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvstore_cluster.model import Group, Groups, SlotTable, even_split
+from kvstore_cluster.model import Group, Groups, Migration, SlotTable, even_split
 from kvstore_proxy import commands
 from kvstore_proxy.config import ProxyConfig
 from kvstore_proxy.server import Worker
@@ -49,14 +49,24 @@ class FakeTransport:
 
 
 class FakeRedis:
-    """The replies one Redis would give for the commands of this test (RESP2)."""
+    """The replies one Redis would give for the commands of this test (RESP2); ``servers`` (by
+    port) are where MIGRATE moves keys."""
 
-    def __init__(self) -> None:
+    def __init__(self, servers: dict[int, FakeRedis] | None = None) -> None:
         self.data: dict[bytes, bytes] = {}
+        self.servers = servers if servers is not None else {}
 
     def call(self, args: list[bytes]) -> bytes:
         name, rest = args[0].upper(), args[1:]
         d = self.data
+        if name == b"MIGRATE":  # host port "" 0 timeout KEYS key...
+            target = self.servers[int(rest[1])].data
+            keys = [k for k in rest[6:] if k in d]
+            if any(k in target for k in keys):
+                return b"-BUSYKEY Target key name already exists.\r\n"
+            for k in keys:
+                target[k] = d.pop(k)
+            return b"+OK\r\n" if keys else b"+NOKEY\r\n"
         if name == b"GET":
             return _bulk(d.get(rest[0]))
         if name == b"SET":
@@ -93,10 +103,10 @@ def _bulk(v: bytes | None) -> bytes:
 class Server:
     """A fake backend: what the proxy wrote to it, answered by a FakeRedis."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, servers: dict[int, FakeRedis]) -> None:
         self.backend = backend
         self.transport = FakeTransport()
-        self.redis = FakeRedis()
+        self.redis = servers[backend.port] = FakeRedis(servers)
         self.reader = hiredis.Reader()
         self.replies = b""
         backend._connect_task.cancel()
@@ -128,13 +138,17 @@ command = st.one_of(
 )
 
 
-def _worker(loop: asyncio.AbstractEventLoop, groups: int = 3) -> tuple[Worker, list[Server]]:
+def _worker(loop: asyncio.AbstractEventLoop, groups: int = 3, migrating: bool = False) -> tuple[Worker, list[Server]]:
+    """``migrating``: g1's slots are moving to g2 (every key of g1 is MIGRATEd before it is used)."""
     worker = Worker(ProxyConfig(), loop)
     worker.listening = True
     ids = [f"g{i}" for i in range(1, groups + 1)]
     model = Groups(tuple(Group(g, f"127.0.0.1:{10000 + i}") for i, g in enumerate(ids)))
-    worker.router.apply(model, 1, SlotTable(tuple(even_split(ids))), 1)
-    return worker, [Server(worker.router.backends[g]) for g in ids]
+    ranges = tuple(even_split(ids))
+    moves = (Migration(ranges[0][0], ranges[0][1], "g1", "g2"),) if migrating else ()
+    worker.router.apply(model, 1, SlotTable(ranges, moves), 1)
+    servers: dict[int, FakeRedis] = {}
+    return worker, [Server(worker.router.backends[g], servers) for g in ids]
 
 
 def _session(worker: Worker) -> tuple[Session, FakeTransport]:
@@ -153,8 +167,9 @@ def _replies(raw: bytes) -> list[Any]:
     return out
 
 
-async def _run(cmds: list[tuple[bytes, ...]], data: st.DataObject, inline: bool) -> tuple[bytes, bytes]:
-    worker, servers = _worker(asyncio.get_running_loop())
+async def _run(cmds: list[tuple[bytes, ...]], data: st.DataObject, inline: bool,
+               migrating: bool = False) -> tuple[bytes, bytes]:
+    worker, servers = _worker(asyncio.get_running_loop(), migrating=migrating)
     session, client = _session(worker)
     if inline:
         stream = b"".join(b" ".join(c) + b"\r\n" for c in cmds)
@@ -168,7 +183,7 @@ async def _run(cmds: list[tuple[bytes, ...]], data: st.DataObject, inline: bool)
             at = cut
         if data.draw(st.booleans(), label="serve now"):
             await _serve(worker, servers, data)
-    for _ in range(4):  # a merged reply can need a round per group
+    for _ in range(6):  # a merged reply can need a round per group, a migrating key one more
         await _serve(worker, servers, data)
     model = FakeRedis()
     return bytes(client.out), b"".join(_expected(model, list(c)) for c in cmds)
@@ -200,6 +215,14 @@ async def _serve(worker: Worker, servers: list[Server], data: st.DataObject) -> 
 def test_replies_are_one_redis_s_in_request_order(cmds: list[tuple[bytes, ...]], data: st.DataObject) -> None:
     got, expected = asyncio.run(_run(cmds, data, inline=False))
     assert got == expected  # byte for byte
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(command, min_size=1, max_size=20), st.data())
+def test_keys_of_migrating_slots_move_first_single_and_split_requests_alike(
+        cmds: list[tuple[bytes, ...]], data: st.DataObject) -> None:
+    got, expected = asyncio.run(_run(cmds, data, inline=False, migrating=True))
+    assert got == expected
 
 
 @settings(max_examples=60, deadline=None)
