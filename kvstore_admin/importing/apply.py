@@ -126,6 +126,7 @@ class Applier:
         self.buffered = 0
         self.batch_started = 0.0
         self.last_heartbeat = time.monotonic()
+        self.offset = offset  # every command up to here is routed: in a batch, sent or applied
         self.applied = offset  # every command up to here is confirmed by every group
         self.sent = offset  # every command up to here has been sent
         self.stats = ApplyStats()
@@ -134,11 +135,6 @@ class Applier:
             b"flushall": self._flush_all, b"flushdb": self._flush_db, b"swapdb": self._swapdb,
             b"move": self._move, b"copy": self._copy,
         }
-
-    @property
-    def offset(self) -> int:
-        """Stream offset consumed (parsed and routed)."""
-        return self.parser.offset
 
     # --- feeding -----------------------------------------------------------------------------------
 
@@ -151,6 +147,8 @@ class Applier:
             if item is None:
                 return
             handle(*item)
+            # Only now is the command in a batch (or applied): a marker may cover it from here on.
+            self.offset = item[2]
             if self.buffered >= BATCH_COMMANDS and not self.in_multi:
                 self.flush()
 

@@ -37,7 +37,7 @@ from kvstore_admin.importing.groups import GroupError, GroupLink, Marker
 from kvstore_admin.importing.progress import Progress
 from kvstore_admin.importing.resp import Conn, LinkError, ReplyError
 from kvstore_admin.importing.routing import CommandTable, Router
-from kvstore_admin.importing.scratch import Scratch
+from kvstore_admin.importing.scratch import Scratch, stream_db
 from kvstore_admin.importing.snapshot import BIG_KEY_BYTES, Copier
 from kvstore_admin.importing.spool import Spool, SpoolClosed
 from kvstore_admin.importing.testhooks import crash_point
@@ -303,9 +303,9 @@ class Importer:
                                              "backlog no longer holds it, or it restarted)")
             if rec is not None:
                 self.progress.message(f"copying a fresh snapshot: {self.summary.start_reason}")
-            self._snapshot(sync, info, router, digest, resync=rec is not None)
+            selected = self._snapshot(sync, info, router, digest, resync=rec is not None)
             self.applier = apply.Applier(router, self.links, table, self.control, opts.db, sync.replid,
-                                         sync.offset, -1)
+                                         sync.offset, selected)
         else:
             assert resume is not None
             self.summary.start = "continue"
@@ -345,7 +345,8 @@ class Importer:
                              "cluster, so that what it copies is exactly the source's data", USER_ERROR)
 
     def _snapshot(self, sync: source.Sync, info: source.SourceInfo, router: Router, digest: str,
-                  resync: bool) -> None:
+                  resync: bool) -> int:
+        """Copy the snapshot; returns the database the stream after it starts in."""
         opts = self.opts
         assert self.link is not None and self.workdir is not None
         now = time.time()
@@ -358,6 +359,7 @@ class Importer:
         scratch = Scratch(self.workdir, databases=max(16, info.max_db + 1, opts.db + 1))
         rdb_size = self.link.receive_rdb(scratch.rdb, self.progress.rdb)
         self.link.start_stream()
+        selected = stream_db(scratch.rdb)
         t_rdb = time.monotonic()
         self.scratch = scratch
         scratch.start()
@@ -385,7 +387,7 @@ class Importer:
         scratch.stop()
         self.scratch = None
         for link in self.links:
-            link.write_marker(Marker(sync.replid, sync.offset, -1))
+            link.write_marker(Marker(sync.replid, sync.offset, selected))
         copied = time.monotonic() - t0
         self.summary.snapshot = {
             "keys": stats.keys, "big_keys": stats.big_keys, "rdb_bytes": rdb_size,
@@ -395,6 +397,7 @@ class Importer:
         }
         self._save(phase="streaming", snapshot_keys=stats.keys)
         self.progress.message(f"snapshot copied: {stats.keys:,} keys in {copied:.1f}s; following the source's writes")
+        return selected
 
     # --- following --------------------------------------------------------------------------------------
 

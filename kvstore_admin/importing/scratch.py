@@ -107,3 +107,66 @@ class Scratch:
             self.rdb.unlink()
         except OSError:
             pass
+
+
+def rdb_aux(path: Path) -> dict[bytes, bytes | int]:
+    """The auxiliary fields at the start of an RDB file (``repl-stream-db``, ``repl-id``, ``redis-ver``, ...).
+
+    A replica serving a snapshot cannot add a SELECT to the stream it passes on, so the database
+    the stream starts in is only in ``repl-stream-db``.
+    """
+    out: dict[bytes, bytes | int] = {}
+    with open(path, "rb") as f:
+        data = f.read(1 << 16)
+    if not data.startswith(b"REDIS"):
+        return out
+    pos = 9
+
+    def length() -> tuple[int, bool]:
+        nonlocal pos
+        first = data[pos]
+        kind = first >> 6
+        if kind == 0:
+            pos += 1
+            return first & 0x3F, False
+        if kind == 1:
+            pos += 2
+            return ((first & 0x3F) << 8) | data[pos - 1], False
+        if first == 0x80:
+            pos += 5
+            return int.from_bytes(data[pos - 4 : pos], "big"), False
+        if first == 0x81:
+            pos += 9
+            return int.from_bytes(data[pos - 8 : pos], "big"), False
+        pos += 1
+        return first & 0x3F, True
+
+    def string() -> bytes | int:
+        nonlocal pos
+        n, special = length()
+        if special:
+            size = {0: 1, 1: 2, 2: 4}.get(n)
+            if size is None:
+                raise ValueError("compressed aux field")
+            pos += size
+            return int.from_bytes(data[pos - size : pos], "little", signed=True)
+        pos += n
+        return data[pos - n : pos]
+
+    try:
+        while pos < len(data) and data[pos] == 0xFA:
+            pos += 1
+            key = string()
+            out[key if isinstance(key, bytes) else str(key).encode()] = string()
+    except (IndexError, ValueError):
+        pass
+    return out
+
+
+def stream_db(path: Path) -> int:
+    """The database the stream after this snapshot starts in (-1 if the snapshot does not say)."""
+    value = rdb_aux(path).get(b"repl-stream-db", -1)
+    try:
+        return int(value)
+    except ValueError:
+        return -1

@@ -159,16 +159,18 @@ class Copier:
     # --- after a resync: keys the source no longer has ------------------------------------------------
 
     def drop_stale(self) -> int:
-        """Delete from the groups the keys the snapshot does not hold (left by an earlier, interrupted copy)."""
+        """Delete from the groups the keys the snapshot does not hold (left by an earlier, interrupted copy), and
+        copies left in a group that no longer owns their slot (slot owners changed between two runs)."""
         deleted = 0
-        for link in self.links:
+        group = self.router.group
+        for g, link in enumerate(self.links):
             link.drain()
             cursor = b"0"
             while True:
                 cursor, keys = link.call("SCAN", cursor, "COUNT", SCAN_COUNT)
                 if keys:
                     exists = self.side.call_many([("EXISTS", k) for k in keys])
-                    gone = [k for k, e in zip(keys, exists, strict=True) if e == 0]
+                    gone = [k for k, e in zip(keys, exists, strict=True) if e == 0 or group(k) != g]
                     if gone:
                         deleted += int(link.call("UNLINK", *gone))
                 if cursor == b"0":
