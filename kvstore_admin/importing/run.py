@@ -424,7 +424,12 @@ class Importer:
                 raise ImportStopped(f"the import stopped: {exc.reason}; everything received was applied "
                                     f"(offset {applier.applied:,}). Run the same command again to resume") from None
             if data:
-                applier.feed(data)
+                try:
+                    applier.feed(data)
+                except apply.StreamError:
+                    applier.sync()  # what came before the bad part is applied and recorded
+                    self._save()
+                    raise
             now = time.monotonic()
             if applier.due(now):
                 applier.flush()

@@ -69,11 +69,11 @@ class Scratch:
         while not redis_ping(self.port, self.password):
             if self.proc.poll() is not None:
                 raise ScratchError(f"the snapshot from the source could not be loaded by a local redis-server "
-                                   f"({self._last_error()}); its log is {self.log}")
+                                   f"({self._last_error()})")
             if time.monotonic() > deadline:
                 self.stop()
-                raise ScratchError(f"the local redis-server did not load the snapshot ({size:,} bytes) in time; "
-                                   f"see {self.log}")
+                raise ScratchError(f"the local redis-server did not load the snapshot ({size:,} bytes) in time "
+                                   f"({self._last_error()})")
             time.sleep(0.05)
 
     def _last_error(self) -> str:

@@ -81,6 +81,12 @@ class Verifier:
         self.router = router
         self.ttl_tolerance_ms = ttl_tolerance_ms
         self.report = Report()
+        self.reported: set[bytes] = set()  # a key counts once, however many checks see it differ
+
+    def _differs(self, key: bytes, what: str, source: str, cluster: str) -> None:
+        if key not in self.reported:
+            self.reported.add(key)
+            self.report.add(Difference(_show(key), what, source=source, cluster=cluster))
 
     def run(self, sample: int | None) -> Report:
         """Compare counts per type, then ``sample`` random keys of the source (``None``: every key)."""
@@ -124,14 +130,14 @@ class Verifier:
                 self.report.expiring += 1
                 on_source.discard(key)
             else:
-                self.report.add(Difference(_show(key), "missing", source=kind, cluster="no such key"))
+                self._differs(key, "missing", source=kind, cluster="no such key")
         for key in sorted(on_cluster - on_source):
             conn = self.masters[self.router.group(key)]
             if self._expiring(conn, key, now):
                 self.report.expiring += 1
                 on_cluster.discard(key)
             else:
-                self.report.add(Difference(_show(key), "extra", source="no such key", cluster=kind))
+                self._differs(key, "extra", source="no such key", cluster=kind)
         return len(on_source), len(on_cluster)
 
     def _expiring(self, conn: Conn, key: bytes, now: int) -> bool:
@@ -161,19 +167,18 @@ class Verifier:
                     self.report.expiring += 1
                 else:
                     what = "extra" if s_payload is None else "missing"
-                    self.report.add(Difference(_show(key), what,
-                                               source="no such key" if s_payload is None else "present",
-                                               cluster="no such key" if c_payload is None else "present"))
+                    self._differs(key, what, source="no such key" if s_payload is None else "present",
+                                  cluster="no such key" if c_payload is None else "present")
                 continue
             if abs(s_at - c_at) > self.ttl_tolerance_ms or (s_at < 0) != (c_at < 0):
-                self.report.add(Difference(_show(key), "ttl", source=_ttl(s_at), cluster=_ttl(c_at)))
+                self._differs(key, "ttl", source=_ttl(s_at), cluster=_ttl(c_at))
                 continue
             if s_payload != c_payload:
                 s_value = value_of(self.source, key)
                 c_value = value_of(self.masters[group(key)], key)
                 if s_value != c_value:
                     what = "type" if s_value[0] != c_value[0] else "value"
-                    self.report.add(Difference(_show(key), what, source=_brief(s_value), cluster=_brief(c_value)))
+                    self._differs(key, what, source=_brief(s_value), cluster=_brief(c_value))
 
 
 def _now_ms() -> int:
