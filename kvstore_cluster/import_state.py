@@ -1,4 +1,7 @@
-"""The ``import`` znode: an import from a standalone Redis, and where it is (written by ``kvstore-admin import``).
+"""The ``import`` znode: an import from a standalone Redis, and where it is.
+
+Written by ``kvstore-admin import`` (kvstore_admin/importing/run.py), read through
+``ClusterStore.read_import``; docs/design.md ("Import") has the protocol.
 
 The exact position of each group is not here but in the group itself (a marker written in the
 same MULTI/EXEC as the commands it covers); this record names the source, the replication
@@ -14,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvstore_cluster import paths
-from kvstore_cluster.model import ModelError, SlotTable, _dump, _field, _load, parse_address
-from kvstore_cluster.store import ClusterStore, CorruptData, Create, Delete, Set, Versioned
+from kvstore_cluster import codec
+from kvstore_cluster.codec import ModelError
+from kvstore_cluster.model import SlotTable
 
 PHASES = ("snapshot", "streaming", "done")
 _REPLID = re.compile(r"^[0-9a-f]{40}$")
@@ -45,10 +48,7 @@ class ImportState:
     finished_at: float | None = None  # when the cutover found the cluster in sync
 
     def __post_init__(self) -> None:
-        try:
-            parse_address(self.source)
-        except ValueError as exc:
-            raise ModelError(f"{_WHAT}: {exc}") from None
+        codec.address(self.source, _WHAT)
         if self.phase not in PHASES:
             raise ModelError(f"{_WHAT}: phase must be one of {', '.join(PHASES)}, got {self.phase!r}")
         if not _REPLID.match(self.replid):
@@ -61,7 +61,7 @@ class ImportState:
             raise ModelError(f"{_WHAT}: slots_digest must be a non-empty string")
 
     def encode(self) -> bytes:
-        return _dump({
+        return codec.dump_object({
             "source": self.source, "db": self.db, "phase": self.phase, "replid": self.replid,
             "snapshot_offset": self.snapshot_offset, "offset": self.offset, "slots_digest": self.slots_digest,
             "snapshot_keys": self.snapshot_keys, "started_at": self.started_at, "updated_at": self.updated_at,
@@ -70,21 +70,19 @@ class ImportState:
 
     @classmethod
     def decode(cls, raw: bytes | str) -> ImportState:
-        obj = _load(raw, _WHAT)
-        finished = obj.get("finished_at")
-        if finished is not None and (isinstance(finished, bool) or not isinstance(finished, int | float)):
-            raise ModelError(f"{_WHAT}: field 'finished_at' has the wrong type ({type(finished).__name__})")
+        obj = codec.load_object(raw, _WHAT)
+        finished = codec.optional(obj, "finished_at", (int, float), _WHAT)
         return cls(
-            source=_field(obj, "source", str, _WHAT),
-            db=_field(obj, "db", int, _WHAT),
-            phase=_field(obj, "phase", str, _WHAT),
-            replid=_field(obj, "replid", str, _WHAT),
-            snapshot_offset=_field(obj, "snapshot_offset", int, _WHAT),
-            offset=_field(obj, "offset", int, _WHAT),
-            slots_digest=_field(obj, "slots_digest", str, _WHAT),
-            snapshot_keys=_field(obj, "snapshot_keys", int, _WHAT),
-            started_at=float(_field(obj, "started_at", (int, float), _WHAT)),
-            updated_at=float(_field(obj, "updated_at", (int, float), _WHAT)),
+            source=codec.field(obj, "source", str, _WHAT),
+            db=codec.field(obj, "db", int, _WHAT),
+            phase=codec.field(obj, "phase", str, _WHAT),
+            replid=codec.field(obj, "replid", str, _WHAT),
+            snapshot_offset=codec.field(obj, "snapshot_offset", int, _WHAT),
+            offset=codec.field(obj, "offset", int, _WHAT),
+            slots_digest=codec.field(obj, "slots_digest", str, _WHAT),
+            snapshot_keys=codec.field(obj, "snapshot_keys", int, _WHAT),
+            started_at=codec.number(obj, "started_at", _WHAT),
+            updated_at=codec.number(obj, "updated_at", _WHAT),
             finished_at=None if finished is None else float(finished),
         )
 
@@ -95,29 +93,3 @@ class ImportState:
             "started_at": self.started_at, "updated_at": self.updated_at, "finished_at": self.finished_at,
         }
 
-
-def read(store: ClusterStore) -> Versioned[ImportState] | None:
-    """The recorded import, or ``None``; ``CorruptData`` if the znode holds garbage."""
-    path = paths.import_state(store.cluster)
-    if store.client.exists(path) is None:
-        store.read_meta()  # a missing cluster is an error, not "no import"
-        return None
-    raw, version = store.read_raw(path)
-    try:
-        return Versioned(ImportState.decode(raw), version)
-    except ModelError as exc:
-        raise CorruptData(f"{path} holds malformed data: {exc}") from None
-
-
-def write(store: ClusterStore, state: ImportState, version: int | None) -> int:
-    """Create the record (``version=None``) or replace the one read at ``version``; returns the new version."""
-    path = paths.import_state(store.cluster)
-    if version is None:
-        store.commit([Create(path, state.encode())])
-        return 0
-    store.commit([Set(path, state.encode(), version)])
-    return version + 1
-
-
-def delete(store: ClusterStore, version: int = -1) -> None:
-    store.commit([Delete(paths.import_state(store.cluster), version)])

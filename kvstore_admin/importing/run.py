@@ -42,10 +42,10 @@ from kvstore_admin.importing.snapshot import BIG_KEY_BYTES, Copier
 from kvstore_admin.importing.spool import Spool, SpoolClosed
 from kvstore_admin.importing.testhooks import crash_point
 from kvstore_admin.importing.verify import Report, Verifier
-from kvstore_cluster import import_state, paths
+from kvstore_cluster import paths
 from kvstore_cluster.import_state import ImportState, slots_digest
 from kvstore_cluster.model import Groups, ModelError, SlotTable
-from kvstore_cluster.store import ClusterStore, Versioned
+from kvstore_cluster.store import ClusterStore, Create, Delete, Set, Versioned
 
 log = structlog.get_logger("kvstore.admin.import")
 
@@ -273,7 +273,7 @@ class Importer:
 
     def _run_locked(self, info: source.SourceInfo, groups: Groups, slots: SlotTable, router: Router) -> None:
         opts = self.opts
-        self.record = import_state.read(self.store)
+        self.record = self.store.read_import()
         rec = self.record.value if self.record else None
         if rec is not None and (rec.source, rec.db) != (opts.source, opts.db):
             raise AdminError(f"an import from {rec.source} (db {rec.db}) is recorded on this cluster; finish it, "
@@ -549,8 +549,13 @@ class Importer:
     # --- the record ----------------------------------------------------------------------------------------
 
     def _write(self, state: ImportState) -> None:
-        version = import_state.write(self.store, state, self.record.version if self.record else None)
-        self.record = Versioned(state, version)
+        path = paths.import_state(self.store.cluster)
+        if self.record is None:
+            self.store.commit([Create(path, state.encode())])
+            self.record = Versioned(state, 0)
+        else:
+            self.store.commit([Set(path, state.encode(), self.record.version)])
+            self.record = Versioned(state, self.record.version + 1)
 
     def _save(self, **changes: Any) -> None:
         if self.record is None:
@@ -634,7 +639,7 @@ def run_verify(store: ClusterStore, opts: Options) -> Report:
 def forget(store: ClusterStore, cluster_password: str | None) -> ImportState | None:
     """Drop the import's record and the groups' markers (the imported keys stay)."""
     with import_lock(store):
-        current = import_state.read(store)
+        current = store.read_import()
         groups = store.read_groups().value
         for g in groups:
             if g.state != "ok":
@@ -645,5 +650,5 @@ def forget(store: ClusterStore, cluster_password: str | None) -> ImportState | N
             finally:
                 link.close()
         if current is not None:
-            import_state.delete(store, current.version)
+            store.commit([Delete(paths.import_state(store.cluster), current.version)])
         return current.value if current else None

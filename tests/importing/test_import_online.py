@@ -11,7 +11,7 @@ from import_helpers import Writer, admin_process, fill, start_admin, summary
 from kvstore_admin.importing import testhooks
 from kvstore_admin.importing.groups import MARKER_DB, MARKER_KEY
 from kvstore_admin.processes import wait_until
-from kvstore_cluster import import_state, paths
+from kvstore_cluster import paths
 from kvstore_cluster.store import ClusterStore
 
 
@@ -55,7 +55,7 @@ def test_import_with_writer_cutover_and_verify(cluster, source, proxy_factory, z
     for procs in cluster.nodes.values():
         node = redis.Redis(port=procs[0].port, db=MARKER_DB)
         assert node.get(MARKER_KEY) is None
-    record = import_state.read(ClusterStore(zk, cluster.name))
+    record = ClusterStore(zk, cluster.name).read_import()
     assert record is not None and record.value.phase == "done"
     writer.finish()  # returns once the pause is over
     # A finished import is not run again by mistake.
@@ -111,7 +111,7 @@ def test_killed_while_copying_the_snapshot_starts_over(cluster, source, zk) -> N
     crashed = admin_process(cluster.zk_hosts, cluster.name, "import", "--from", source.address,
                             env={testhooks.ENV: "snapshot"})
     assert crashed.returncode == testhooks.EXIT_CODE, crashed.stderr
-    record = import_state.read(ClusterStore(zk, cluster.name))
+    record = ClusterStore(zk, cluster.name).read_import()
     assert record is not None and record.value.phase == "snapshot"
     # Keys copied by the dead run that the source deletes meanwhile must not survive the next run.
     copied = [k for procs in cluster.nodes.values() for k in redis.Redis(port=procs[0].port).scan_iter(count=1000)]
