@@ -181,41 +181,37 @@ class TopologyWatch:
         self.masters = dict(zip(router.ids, router.masters, strict=True))
         self.ranges = slots.ranges
         self.active = True
-        store.client.DataWatch(paths.slots(store.cluster), self._slots)
-        store.client.DataWatch(paths.groups(store.cluster), self._groups)
+        self._watch(store, paths.slots(store.cluster), "slot table", SlotTable.decode, self._slots_changed)
+        self._watch(store, paths.groups(store.cluster), "groups", Groups.decode, self._groups_changed)
 
-    def _slots(self, data: bytes | None, stat: Any, event: Any = None) -> bool | None:
-        if not self.active:
-            return False
-        if data is None:
-            self.reason = "the cluster's slot table disappeared"
+    def _watch(self, store: ClusterStore, path: str, what: str, decode: Any, changed: Any) -> None:
+        def on_data(data: bytes | None, stat: Any, event: Any = None) -> bool | None:
+            if not self.active:
+                return False
+            if data is None:
+                self.reason = f"the cluster's {what} disappeared"
+                return None
+            try:
+                reason = changed(decode(data))
+            except ModelError as exc:
+                log.error("import_bad_record", record=what, error=str(exc))  # keep going on what we had
+                return None
+            if reason is not None:
+                self.reason = reason
             return None
-        try:
-            table = SlotTable.decode(data)
-        except ModelError as exc:
-            log.error("import_bad_slot_table", error=str(exc))
-            return None
+
+        store.client.DataWatch(path, on_data)
+
+    def _slots_changed(self, table: SlotTable) -> str | None:
         if table.migrating:
-            self.reason = "a reshard started (slots are migrating)"
-        elif table.ranges != self.ranges:
-            self.reason = "slot owners changed"
-        return None
+            return "a reshard started (slots are migrating)"
+        return "slot owners changed" if table.ranges != self.ranges else None
 
-    def _groups(self, data: bytes | None, stat: Any, event: Any = None) -> bool | None:
-        if not self.active:
-            return False
-        if data is None:
-            self.reason = "the cluster's groups disappeared"
-            return None
-        try:
-            groups = Groups.decode(data)
-        except ModelError as exc:
-            log.error("import_bad_groups", error=str(exc))
-            return None
+    def _groups_changed(self, groups: Groups) -> str | None:
         for gid, master in self.masters.items():
             g = groups.get(gid)
             if g is None or g.master != master or g.state != "ok":
-                self.reason = f"group {gid} changed (master or state)"
+                return f"group {gid} changed (master or state)"
         return None
 
     def close(self) -> None:
