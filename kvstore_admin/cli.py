@@ -137,10 +137,9 @@ def group_add(settings: Settings, group_id: str | None, master: str, replicas: t
     The new group owns no slot until 'rebalance' gives it unowned ones.
     """
     with open_store(settings) as store:
-        added = ops.add_group(store, master, list(replicas), group_id=group_id, repl_timeout=repl_timeout,
-                              password=settings.redis_password)
+        g = ops.add_group(store, master, list(replicas), group_id=group_id, repl_timeout=repl_timeout,
+                          password=settings.redis_password)
         mode = store.read_meta().value.mode
-    g = added.group
     reps = f", replicas {', '.join(g.replicas)} (replicating)" if g.replicas else ""
     click.echo(f"added group {g.id}: master {g.master}{reps}; it owns no slots yet ('kvstore-admin rebalance')")
     if mode == "datastore" and not g.replicas:

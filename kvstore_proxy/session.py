@@ -424,7 +424,7 @@ class Session(asyncio.Protocol):
         """
         self.protocol = version
         self.enc = resp.PROTOCOLS[version]
-        self.router = self.worker.router3 if version == 3 else self.worker.router
+        self.router = self.worker.router3 if version == 3 else self.worker.router  # type: ignore[assignment]
 
     # --- replies --------------------------------------------------------------------------------
 
