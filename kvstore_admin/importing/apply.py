@@ -262,8 +262,10 @@ class Applier:
                     n += 1
                     payload, expire_at = self._fetch(k)
                     if payload is not None:
-                        ttl = [expire_at, payload, "REPLACE", "ABSTTL"] if expire_at > 0 else [0, payload, "REPLACE"]
-                        pre += pack("RESTORE", k, *ttl)
+                        if expire_at > 0:
+                            pre += pack("RESTORE", k, expire_at, payload, "REPLACE", "ABSTTL")
+                        else:
+                            pre += pack("RESTORE", k, 0, payload, "REPLACE")
                         n += 1
             post = b"".join(pack("DEL", k) for k in foreign)
             link = self.links[g]
@@ -321,7 +323,7 @@ class Applier:
             self._moved_in("MOVE", end)
 
     def _copy(self, args: list[bytes], raw: bytes, end: int) -> None:
-        target = self.selected
+        target: int | None = self.selected
         upper = [a.upper() for a in args]
         if b"DB" in upper[3:]:
             i = upper.index(b"DB", 3)

@@ -11,6 +11,7 @@ import os
 import threading
 from collections import deque
 from pathlib import Path
+from typing import BinaryIO
 
 MEMORY_LIMIT = 64 << 20
 
@@ -32,8 +33,8 @@ class Spool:
         self.in_memory = 0
         self.file_written = 0  # bytes in the spill file
         self.file_read = 0
-        self.writer = None  # type: ignore[var-annotated]
-        self.reader = None  # type: ignore[var-annotated]
+        self.writer: BinaryIO | None = None
+        self.reader: BinaryIO | None = None
         self.closed: str | None = None
         self.appended = 0  # every byte ever appended
 
