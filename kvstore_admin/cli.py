@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -447,6 +448,8 @@ def import_cmd(settings: Settings, source: str | None, password: str | None, db:
                forget: bool, as_json: bool) -> None:
     """Copy a running standalone Redis into the cluster, then follow its writes until --cutover (or Ctrl-C).
 
+    On a terminal, once the cluster has caught up, Enter starts the cutover.
+
     Every key goes to the group owning its slot, with its TTL, by writing to the groups' masters.
     The import follows the source as a replica (PSYNC): a snapshot (loaded by a scratch
     redis-server), then the stream of writes. Interrupted or crashed, the same command resumes
@@ -482,7 +485,8 @@ def import_cmd(settings: Settings, source: str | None, password: str | None, db:
         stop = threading.Event()
         with _stop_on_signals(stop):
             progress = Progress() if as_json else Bar()
-            summary = importing.Importer(store, opts, progress, stop).run().to_json()
+            interactive = not as_json and sys.stdin.isatty() and sys.stderr.isatty()
+            summary = importing.Importer(store, opts, progress, stop, prompt=interactive).run().to_json()
     emit_json(summary) if as_json else click.echo(report.render(summary))
     if summary["exit_code"]:
         raise SystemExit(summary["exit_code"])

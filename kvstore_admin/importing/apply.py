@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import hiredis
 import structlog
@@ -69,6 +70,16 @@ class ApplyStats:
     unsupported: dict[str, int] = field(default_factory=dict)  # command name -> times skipped
 
 
+_FRAMING = [len(b"$%d\r\n\r\n" % n) for n in range(4096)]  # bytes RESP adds around a bulk of length n
+
+
+def _frame_sizes(lens: list[int]) -> int:
+    try:
+        return sum(map(_FRAMING.__getitem__, lens))
+    except IndexError:
+        return sum(len(b"$%d\r\n\r\n" % n) for n in lens)
+
+
 class StreamParser:
     """The commands of the raw stream, each with its exact bytes and the offset just after it."""
 
@@ -93,10 +104,11 @@ class StreamParser:
                 del self.buf[: self.pos]
                 self.pos = 0
             return None
-        if not (isinstance(cmd, list) and cmd and all(isinstance(a, bytes) for a in cmd)):
+        if type(cmd) is not list or not cmd or not all(map(isinstance, cmd, repeat(bytes))):
             raise StreamError(f"the source sent {cmd!r:.80} in its replication stream at offset {self.offset}, "
                               "not a command; the import stopped")
-        size = len(b"*%d\r\n" % len(cmd)) + sum(len(a) + len(b"$%d\r\n\r\n" % len(a)) for a in cmd)
+        lens = list(map(len, cmd))
+        size = _frame_sizes([len(cmd)]) - 2 + sum(lens) + _frame_sizes(lens)  # "*n\r\n" is "$n\r\n\r\n" - 2
         raw = bytes(self.buf[self.pos : self.pos + size])
         if raw[:1] != b"*" or raw[-2:] != b"\r\n":
             raise StreamError(f"the source's replication stream is not in canonical RESP at offset {self.offset}; "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -230,11 +231,17 @@ class Resume:
 
 
 class Importer:
-    def __init__(self, store: ClusterStore, options: Options, progress: Progress, stop: threading.Event):
+    def __init__(self, store: ClusterStore, options: Options, progress: Progress, stop: threading.Event,
+                 prompt: bool = False):
         self.store = store
         self.opts = options
         self.progress = progress
         self.stop = stop
+        # Interactive: once caught up, Enter on stdin asks for the cutover (read by a daemon thread).
+        self.prompt = prompt and not options.cutover
+        self.cutover_requested = threading.Event()
+        if self.prompt:
+            threading.Thread(target=self._read_enter, name="import-prompt", daemon=True).start()
         self.summary = Summary(source=options.source, db=options.db)
         self.record: Versioned[ImportState] | None = None
         self.links: list[GroupLink] = []
@@ -245,6 +252,13 @@ class Importer:
         self.workdir: Path | None = None
         self.watch: TopologyWatch | None = None
         self.applier: apply.Applier | None = None
+
+    def _read_enter(self) -> None:
+        try:
+            if sys.stdin.readline():
+                self.cutover_requested.set()
+        except (OSError, ValueError):
+            pass
 
     # entry points
 
@@ -376,10 +390,13 @@ class Importer:
             if resync:
                 copier.drop_stale()
             functions = _copy_functions(side, self.links)
+            side_info = side.call("INFO", "cpu")
         finally:
             self.progress.snapshot_done()
             conn.close()
             side.close()
+        cpu = {k: v for k, v in source.parse_info(side_info).items() if k in ("used_cpu_user", "used_cpu_sys")}
+        log.info("import_scratch_cpu", **cpu)  # the cost of loading and reading the snapshot, for tuning
         scratch.stop()
         self.scratch = None
         for link in self.links:
@@ -402,6 +419,7 @@ class Importer:
         assert applier is not None and link is not None and src is not None and self.watch is not None
         last_lag = last_record = 0.0
         source_offset = self._source_offset(src, applier.offset)
+        prompted = False
         while True:
             if self.stop.is_set():
                 applier.sync()
@@ -440,9 +458,15 @@ class Importer:
             if now - last_record >= RECORD_EVERY:
                 last_record = now
                 self._save()
-            if self.opts.cutover and spool.buffered == 0 and source_offset - applier.offset < self.opts.catchup_bytes:
+            caught_up = spool.buffered == 0 and source_offset - applier.offset < self.opts.catchup_bytes
+            if caught_up and (self.opts.cutover or self.cutover_requested.is_set()):
                 self._cutover(spool)
                 break
+            if caught_up and self.prompt and not prompted:
+                prompted = True
+                self.progress.message(f"caught up with the source (lag {max(0, source_offset - applier.offset):,} "
+                                      f"bytes). Press Enter to cut over (the source's writes pause for "
+                                      f"{self.opts.pause:g}s), Ctrl-C to stop here (resumable)")
         self._finish_stream()
 
     def _source_offset(self, src: Conn, previous: int) -> int:

@@ -186,3 +186,25 @@ def test_reshard_during_import_stops_it(cluster, source, zk) -> None:  # type: i
     res = summary(again)
     assert again.returncode == 0 and res["start"] == "resync" and "slot owners" in res["start_reason"]
     assert zk.exists(paths.import_lock(cluster.name)) is None
+
+
+def test_interactive_enter_cuts_over(cluster, source, zk, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """On a terminal, Enter once caught up starts the cutover (here stdin is a line already typed)."""
+    import io
+    import threading
+
+    from kvstore_admin.importing.progress import Progress
+    from kvstore_admin.importing.run import Importer, Options
+
+    fill(redis.Redis(port=source.port), 100)
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    messages: list[str] = []
+
+    class Recorder(Progress):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    summary_ = Importer(ClusterStore(zk, cluster.name), Options(source=source.address, pause=1), Recorder(),
+                        threading.Event(), prompt=True).run()
+    assert summary_.result.startswith("cut over"), summary_
+    assert any(m.startswith("IN SYNC") for m in messages), messages
