@@ -44,6 +44,7 @@ log = structlog.get_logger("kvstore.admin.import")
 
 BATCH_COMMANDS = 2000
 BATCH_BYTES = 4 << 20
+MAX_BATCH_IN_MULTI = 100_000  # a source transaction longer than this is not applied atomically per group
 BATCH_SECONDS = 0.005  # a batch waits at most this long for more commands
 HEARTBEAT_SECONDS = 1.0  # markers of idle groups move forward this often (shorter resumes)
 MAX_OUTSTANDING = 20_000  # replies a group may owe before the applier waits for them
@@ -130,7 +131,9 @@ class Applier:
         self.db = db
         self.replid = replid
         self.parser = StreamParser(offset)
-        self.selected = selected  # the source database the stream has selected (-1: none yet)
+        # The source database the stream has selected; like a replica's master client, database 0 until
+        # told otherwise (-1: the snapshot did not say).
+        self.selected = max(selected, 0)
         self.in_multi = False
         self.skip = skip or [0] * len(links)  # per group: commands ending at or below this were applied
         self.out: list[bytearray] = [bytearray() for _ in links]
@@ -161,8 +164,8 @@ class Applier:
             handle(*item)
             # Only now is the command in a batch (or applied): a marker may cover it from here on.
             self.offset = item[2]
-            if self.buffered >= BATCH_COMMANDS and not self.in_multi:
-                self.flush()
+            if self.buffered >= BATCH_COMMANDS and (not self.in_multi or self.buffered >= MAX_BATCH_IN_MULTI):
+                self.flush()  # a huge source transaction is cut: its commands still apply in order
 
     def handle(self, args: list[bytes], raw: bytes, end: int) -> None:
         name = args[0].lower()
