@@ -66,6 +66,11 @@ def reshard(cluster: str) -> str:
     return f"{cluster_root(cluster)}/reshard"
 
 
+def options(cluster: str) -> str:
+    """The cluster options record (``kvstore_cluster.options``); absent means every default."""
+    return f"{cluster_root(cluster)}/options"
+
+
 def containers(cluster: str) -> list[str]:
     """Persistent parent znodes created with the cluster."""
     return [proxies(cluster), sentinels(cluster), sentinel_leader(cluster), failovers(cluster)]

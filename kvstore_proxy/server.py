@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
 from kvstore_proxy.commands import CommandSpec, Kind
 from kvstore_proxy.config import ProxyConfig
@@ -18,6 +19,7 @@ from kvstore_proxy.request import CommandStat
 from kvstore_proxy.router import Router
 from kvstore_proxy.router3 import Resp3Router
 from kvstore_proxy.session import Session
+from kvstore_proxy.stateful import StatefulHub
 from kvstore_proxy.stats import SlowLog, Stats
 from kvstore_proxy.topology import Topology, proxy_id
 
@@ -69,6 +71,8 @@ class Worker:
         self._next_id = 0
         self.listening = False
         self.topology: Topology | None = None
+        self.options = ClusterOptions()  # the cluster options record, applied live (Topology)
+        self.stateful = StatefulHub(self)  # leases, transactions, blocked clients, subscriptions
         self.server: asyncio.base_events.Server | None = None
         self._stop = asyncio.Event()
         self._zk: Any = None
@@ -177,6 +181,7 @@ class Worker:
         if self.topology is not None:
             await self.loop.run_in_executor(None, self.topology.deregister)
             self.topology.bridge.close()
+        self.stateful.close()
         self.router.close()
         if self._zk is not None:
             zk = self._zk
