@@ -295,36 +295,41 @@ def _return_element(b: Blocked, raw: bytes) -> None:
     if raw[:1] not in (b"*", b">"):
         return  # an error, a timeout (*-1 or _), or nothing to return
     try:
-        value: Any = resp.parse_one(raw)
-        args = b.args
-        name = b.spec.name
-        if name in (b"blpop", b"brpop"):
-            key, element = value
-            cmd = [b"LPUSH" if name == b"blpop" else b"RPUSH", key, element]
-        elif name == b"blmpop":
-            key, elements = value
-            side = args[3 + int(args[2])].lower()
-            cmd = [b"LPUSH" if side == b"left" else b"RPUSH", key, *reversed(elements)]
-        elif name in (b"bzpopmin", b"bzpopmax"):
-            key, member, score = value
-            cmd = [b"ZADD", key, _score(score), member]
-        elif name == b"bzmpop":
-            key, pairs = value
-            cmd = [b"ZADD", key, *(x for member, score in pairs for x in (_score(score), member))]
-        else:
-            return  # BLMOVE/BRPOPLPUSH moved it into their destination; XREAD consumed nothing
+        cmd = pushback(b.spec.name, b.args, resp.parse_one(raw))
     except (ValueError, TypeError, IndexError, resp.ProtocolError) as exc:
         log.error("blocked_element_not_returned", client=b.st.session.id, error=str(exc), reply=raw[:120])
         return
-    router = b.st.session.worker.router
+    if cmd is None:
+        return
+    client = b.st.session.id
 
     def returned(reply: bytes) -> None:
-        event = log.error if reply[:1] == b"-" else log.warning
-        event("blocked_element_returned", client=b.st.session.id, command=b.spec.display_name, key=key,
-              reply=reply[:80])
+        event = log.error if reply[:1] == b"-" else log.info
+        event("blocked_element_returned", client=client, command=cmd[0], key=cmd[1], reply=reply[:80])
 
-    log.info("blocked_client_gone_with_element", client=b.st.session.id, key=key)
-    router.slot_backend[b.slot].send(Step(returned, returned, cmd), resp.command(cmd))
+    b.st.session.worker.router.slot_backend[b.slot].send(Step(returned, returned, cmd), resp.command(cmd))
+
+
+def pushback(name: bytes, args: list[bytes], value: Any) -> list[bytes] | None:
+    """The command that undoes a blocking pop's reply ``value`` (as parsed), or None if it needs none.
+
+    BLMOVE/BRPOPLPUSH moved the element into their destination list, where it stays; XREAD
+    consumed nothing; XREADGROUP left its entries pending for the consumer (XCLAIM recovers them).
+    """
+    if name in (b"blpop", b"brpop"):
+        key, element = value
+        return [b"LPUSH" if name == b"blpop" else b"RPUSH", key, element]
+    if name == b"blmpop":
+        key, elements = value
+        side = args[3 + int(args[2])].lower()
+        return [b"LPUSH" if side == b"left" else b"RPUSH", key, *reversed(elements)]
+    if name in (b"bzpopmin", b"bzpopmax"):
+        key, member, score = value
+        return [b"ZADD", key, _score(score), member]
+    if name == b"bzmpop":
+        key, pairs = value
+        return [b"ZADD", key, *(x for member, score in pairs for x in (_score(score), member))]
+    return None
 
 
 def _score(score: Any) -> bytes:

@@ -344,8 +344,9 @@ def _exec(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], r
     s.fifo.append(r)
     queued, watching, watch = txn.queued, txn.watching, txn.watch
     if txn.dirty or txn.broken or (not queued and not watching):
+        data = EXECABORT if txn.dirty else NULL_ARRAY[s.protocol] if txn.broken else _EMPTY
         discard(st)
-        finish(r, EXECABORT if txn.dirty else NULL_ARRAY[s.protocol] if txn.broken else _EMPTY)
+        finish(r, data)
         return
     if watch is not None and serving(s.worker.router, watch.slot) != watch.address:
         discard(st)  # moved since the WATCH, and routes_changed has not run yet
