@@ -90,7 +90,8 @@ def _make_cluster(zookeeper: LocalProcess, base: Path, groups: int, replicas: in
     admin.create(chroot)
     zk_hosts = f"{zookeeper.address}{chroot}"
     nodes = {f"g{i}": start_redis(base / f"redis-g{i}") for i in range(1, groups + 1)}
-    copies = {gid: [start_redis(base / f"redis-{gid}-r{j}", replicaof=m.address, extra={"repl-diskless-sync-delay": "0"})
+    fast_sync = {"repl-diskless-sync-delay": "0"}
+    copies = {gid: [start_redis(base / f"redis-{gid}-r{j}", replicaof=m.address, extra=fast_sync)
                     for j in range(1, replicas + 1)] for gid, m in nodes.items()}
     model = Groups(tuple(Group(gid, p.address, tuple(r.address for r in copies[gid])) for gid, p in nodes.items()))
     client = connect(zk_hosts)
