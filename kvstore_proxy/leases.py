@@ -243,7 +243,7 @@ class LeasePool:
         idle = self.idle.get((address, protocol))
         lease = idle.pop() if idle else None
         if lease is None:
-            if len(self.leases) >= self.max_total:
+            if len(self.leases) >= self.max_total and not self._evict_idle():
                 log.warning("lease_cap_reached", max_leases=self.max_total, group=group, addr=address)
                 return self.worker_error
             lease = Lease(self, group, address, protocol)
@@ -276,6 +276,14 @@ class LeasePool:
             if address not in masters:
                 for lease in list(idle):
                     lease.close()
+
+    def _evict_idle(self) -> bool:
+        """At the cap: close the longest-idle lease of the fullest idle list to make room."""
+        idle = max(self.idle.values(), key=len, default=None)
+        if not idle:
+            return False
+        idle[0].close()  # removes itself from the list and from ``leases``
+        return True
 
     def _unhold(self, lease: Lease) -> None:
         holder, lease.holder = lease.holder, None
