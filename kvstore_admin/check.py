@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-import redis
-
-from kvstore_admin import mover
-from kvstore_admin.errors import MISPLACED, NodeError
-from kvstore_admin.nodes import failure
+from kvstore_admin.errors import MISPLACED
+from kvstore_cluster.model import Group
+from kvstore_cluster.node import Node, NodeError
 from kvstore_cluster.slots import SLOT_COUNT, key_slot
 from kvstore_cluster.store import ClusterStore
+
+SCAN_COUNT = 1000
+SCAN_TIMEOUT = 10.0
 
 EXAMPLES = 5
 
@@ -23,6 +25,30 @@ Check exit codes (besides the ones of every command):
 
 def _show(key: bytes) -> str:
     return key.decode(errors="backslashreplace")
+
+
+async def _scan(group: Group, owners: tuple[str | None, ...], migrating: list[tuple[str, str] | None],
+                password: str | None) -> tuple[dict[str, Any], dict[bytes, str]]:
+    """Misplaced keys on ``group``'s master, and the keys of migrating slots it holds."""
+    found: dict[str, Any] = {"group": group.id, "master": group.master, "keys": 0, "misplaced": 0, "examples": []}
+    seen_here: dict[bytes, str] = {}
+    async with Node(group.master, SCAN_TIMEOUT, password) as node:
+        async for keys in node.scan(SCAN_COUNT):
+            found["keys"] += len(keys)
+            for k in keys:
+                s = key_slot(k)
+                if owners[s] == group.id:
+                    if migrating[s] is not None:
+                        seen_here[k] = group.id
+                    continue
+                mig = migrating[s]
+                if mig is not None and mig[1] == group.id:
+                    seen_here[k] = group.id
+                    continue
+                found["misplaced"] += 1
+                if len(found["examples"]) < EXAMPLES:
+                    found["examples"].append({"key": _show(k), "slot": s, "owner": owners[s]})
+    return found, seen_here
 
 
 def check(store: ClusterStore, password: str | None = None) -> dict[str, Any]:
@@ -44,35 +70,15 @@ def check(store: ClusterStore, password: str | None = None) -> dict[str, Any]:
     report = []
     total = 0
     for g in groups:
-        found = {"group": g.id, "master": g.master, "keys": 0, "misplaced": 0, "examples": []}
         if g.state == "down":
             # Its keys are not served (cache mode dropped them); its node may well be dead.
-            report.append({**found, "skipped": "group is down"})
+            report.append({"group": g.id, "master": g.master, "keys": 0, "misplaced": 0, "examples": [],
+                           "skipped": "group is down"})
             continue
-        conn = mover.connect(g.master, 10.0, password)
-        seen_here: dict[bytes, str] = {}
         try:
-            for keys in mover.scan_keys(conn):
-                found["keys"] += len(keys)
-                for k in keys:
-                    s = key_slot(k)
-                    if owners[s] == g.id:
-                        if migrating[s] is not None:
-                            seen_here[k] = g.id
-                        continue
-                    mig = migrating[s]
-                    if mig is not None and mig[1] == g.id:
-                        seen_here[k] = g.id
-                        continue
-                    found["misplaced"] += 1
-                    if len(found["examples"]) < EXAMPLES:
-                        found["examples"].append({"key": _show(k), "slot": s, "owner": owners[s]})
-        except redis.RedisError as exc:
-            if isinstance(exc, redis.AuthenticationError):
-                raise NodeError(failure(g.master, "SCAN", exc, password)) from None
-            raise NodeError(f"cannot scan {g.master} of group {g.id} ({exc or type(exc).__name__})") from None
-        finally:
-            conn.close()
+            found, seen_here = asyncio.run(_scan(g, owners, migrating, password))
+        except NodeError as exc:
+            raise NodeError(f"cannot scan group {g.id}: {exc}") from None
         in_flight[g.id] = seen_here
         total += found["misplaced"]
         report.append(found)

@@ -1,7 +1,8 @@
-"""kvstore-admin: the click wiring of the admin commands (the work is in groups, status, local)."""
+"""kvstore-admin: the click wiring of the admin commands (the work is in groups, status, local, kvstore_cluster.ops)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -15,14 +16,16 @@ import click
 
 from kvstore_admin import check as checking
 from kvstore_admin import groups as ops
-from kvstore_admin import local, nodes, reshard, status
+from kvstore_admin import local, reshard_report, status
 from kvstore_admin import options as opts
-from kvstore_admin import rebalance as rebalancing
 from kvstore_admin.errors import EXIT_CODES_HELP, MISPLACED, USER_ERROR, AdminError, LocalStateError, as_admin_error
 from kvstore_cluster import logs, paths
+from kvstore_cluster.node import NODE_TIMEOUT
+from kvstore_cluster.ops import cache, rebalance, reshard, switchover
+from kvstore_cluster.ops.context import Context
+from kvstore_cluster.ops.fence import NO_FENCE
+from kvstore_cluster.slots import parse_slot_ranges
 from kvstore_cluster.store import ClusterStore, connect
-from kvstore_sentinel.cache_failover import rejoin_group
-from kvstore_sentinel.switchover import switchover
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +152,7 @@ def group_add_replica(settings: Settings, group_id: str, address: str, repl_time
 @group_cmd.command("remove-replica")
 @click.argument("group_id", metavar="GROUP")
 @click.argument("address", metavar="HOST:PORT")
-@click.option("--node-timeout", type=click.FloatRange(min=0.05), default=nodes.NODE_TIMEOUT, show_default=True,
+@click.option("--node-timeout", type=click.FloatRange(min=0.05), default=NODE_TIMEOUT, show_default=True,
               help="Seconds to wait for the node's answer.")
 @pass_settings
 def group_remove_replica(settings: Settings, group_id: str, address: str, node_timeout: float) -> None:
@@ -190,10 +193,10 @@ def group_remove(settings: Settings, group_id: str) -> None:
 @click.argument("group_id", metavar="GROUP")
 @click.option("--node-timeout", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
               help="Seconds to wait for each Redis node's answer.")
-@click.option("--rebalance/--no-rebalance", default=True, show_default=True,
+@click.option("--rebalance/--no-rebalance", "and_rebalance", default=True, show_default=True,
               help="Then move a fair share of slots, with their keys, to it.")
 @pass_settings
-def group_rejoin(settings: Settings, group_id: str, node_timeout: float, rebalance: bool) -> None:
+def group_rejoin(settings: Settings, group_id: str, node_timeout: float, and_rebalance: bool) -> None:
     """Bring a recovered cache-mode GROUP marked down back: FLUSHALL its nodes, mark it ok, rebalance.
 
     Its old keys are flushed on purpose: they may be stale, since its slots were served by other
@@ -202,12 +205,13 @@ def group_rejoin(settings: Settings, group_id: str, node_timeout: float, rebalan
     then this command with the group already ok, or 'kvstore-admin rebalance'.
     """
     with open_store(settings) as store:
-        rejoin_group(store, group_id, password=settings.redis_password, timeout=node_timeout)
+        ctx = Context(store, node_timeout=node_timeout, password=settings.redis_password)
+        asyncio.run(cache.rejoin(ctx, NO_FENCE, group_id))
         click.echo(f"group {group_id} flushed and back in state ok")
-        if rebalance:
-            out = rebalancing.run_rebalance(store, reshard.Options(password=settings.redis_password),
-                                            reporter=rebalancing.ProgressBar())
-            click.echo(rebalancing.render_result(out))
+        if and_rebalance:
+            out = rebalance.run_rebalance(store, reshard.Options(password=settings.redis_password),
+                                          reporter=reshard_report.ProgressBar())
+            click.echo(reshard_report.render_result(out))
 
 
 @group_cmd.command("list")
@@ -260,10 +264,10 @@ def _emit(out: dict[str, Any], as_json: bool) -> None:
     if as_json:
         emit_json(out)
     else:
-        click.echo(out.get("text") or rebalancing.render_result(out))
+        click.echo(out.get("text") or reshard_report.render_result(out))
 
 
-@cli.command(epilog=reshard.EXIT_CODES_HELP)
+@cli.command(epilog=reshard_report.EXIT_CODES_HELP)
 @click.option("--slots", "slots_text", metavar="RANGES", help="Slots to move, e.g. 0-999,2000.")
 @click.option("--to", "target", metavar="GROUP", help="The group that gets them.")
 @click.option("--resume", is_flag=True, help="Continue the reshard in progress.")
@@ -283,26 +287,30 @@ def reshard_cmd(settings: Settings, slots_text: str | None, target: str | None, 
     if not (resume or abort) and not (slots_text and target):
         raise click.UsageError("give --slots and --to (or --resume / --abort)")
     options = _options(settings, batch, parallel, timeout, slots_per_step)
-    reporter = None if as_json else rebalancing.ProgressBar()
+    reporter = None if as_json else reshard_report.ProgressBar()
     with open_store(settings) as store:
         if resume or abort:
-            out = rebalancing.resume_or_abort(store, options, abort=abort, reporter=reporter)
+            out = rebalance.resume_or_abort(store, options, abort=abort, reporter=reporter)
         else:
             assert slots_text and target
-            out = rebalancing.run_reshard(store, slots_text, target, options, no_data=no_data,
-                                          yes_lose_data=yes_lose_data, reporter=reporter)
+            try:
+                ranges = parse_slot_ranges(slots_text)
+            except ValueError as exc:
+                raise AdminError(f"--slots: {exc}") from None
+            out = rebalance.run_reshard(store, ranges, target, options, no_data=no_data,
+                                        yes_lose_data=yes_lose_data, reporter=reporter)
     _emit(out, as_json)
 
 
 reshard_cmd.name = "reshard"
 
 
-@cli.command(epilog=reshard.EXIT_CODES_HELP)
+@cli.command("rebalance", epilog=reshard_report.EXIT_CODES_HELP)
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--drain", metavar="GROUP", help="Move all of GROUP's slots to the others (then 'group remove').")
 @with_move_options
 @pass_settings
-def rebalance(settings: Settings, dry_run: bool, drain: str | None, batch: int, parallel: int, timeout: float,
+def rebalance_cmd(settings: Settings, dry_run: bool, drain: str | None, batch: int, parallel: int, timeout: float,
               slots_per_step: int, no_data: bool, yes_lose_data: bool, as_json: bool) -> None:
     """Even out slot ownership among the groups in state ok, moving the fewest slots (with their keys).
 
@@ -310,10 +318,14 @@ def rebalance(settings: Settings, dry_run: bool, drain: str | None, batch: int, 
     the most to those holding the least, as a reshard (resumable, one at a time).
     """
     options = _options(settings, batch, parallel, timeout, slots_per_step)
-    reporter = None if (as_json or dry_run) else rebalancing.ProgressBar()
     with open_store(settings) as store:
-        out = rebalancing.run_rebalance(store, options, drain=drain, dry_run=dry_run, no_data=no_data,
-                                        yes_lose_data=yes_lose_data, reporter=reporter)
+        if dry_run:
+            plan = rebalance.plan_rebalance(store, drain)
+            out = {"status": "dry run", "request": plan.request, "plan": plan.to_json(),
+                   "text": reshard_report.render_plan(plan)}
+        else:
+            out = rebalance.run_rebalance(store, options, drain=drain, no_data=no_data, yes_lose_data=yes_lose_data,
+                                          reporter=None if as_json else reshard_report.ProgressBar())
     _emit(out, as_json)
 
 
@@ -334,7 +346,7 @@ def check_cmd(settings: Settings, as_json: bool) -> None:
 
 @cli.command("status")
 @json_option
-@click.option("--node-timeout", type=click.FloatRange(min=0.05), default=nodes.NODE_TIMEOUT, show_default=True,
+@click.option("--node-timeout", type=click.FloatRange(min=0.05), default=NODE_TIMEOUT, show_default=True,
               help="Seconds to wait for each Redis node's answer.")
 @pass_settings
 def status_cmd(settings: Settings, as_json: bool, node_timeout: float) -> None:
@@ -354,9 +366,9 @@ def proxies(settings: Settings, as_json: bool) -> None:
     """The proxies registered in ZooKeeper, with the table versions each has applied."""
     with open_store(settings) as store:
         store.read_meta()  # a missing cluster is an error, not "no proxies"
-        found = store.proxies()
+        found = status.records_json(store.proxies())
     if as_json:
-        emit_json([{"id": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in found.items()])
+        emit_json(found)
     else:
         click.echo(status.render_proxies(found))
 
@@ -378,8 +390,8 @@ def failover_cmd(settings: Settings, group_id: str, target: str | None, pause: f
     (the sentinel handles failed masters).
     """
     with open_store(settings) as store:
-        new_master = switchover(store, group_id, to=target, password=settings.redis_password, pause=pause,
-                                timeout=node_timeout)
+        ctx = Context(store, node_timeout=node_timeout, password=settings.redis_password)
+        new_master = asyncio.run(switchover.switchover(ctx, NO_FENCE, group_id, to=target, pause=pause))
     click.echo(f"group {group_id}: master is now {new_master}")
 
 

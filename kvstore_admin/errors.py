@@ -6,6 +6,8 @@ from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 
 from kvstore_cluster.model import ModelError
+from kvstore_cluster.node import NodeError
+from kvstore_cluster.ops.errors import OpError, ReshardStopped
 from kvstore_cluster.store import (
     ClusterExists,
     ClusterNotFound,
@@ -14,8 +16,6 @@ from kvstore_cluster.store import (
     VersionConflict,
     ZooKeeperUnavailable,
 )
-from kvstore_sentinel.cache_failover import RejoinError
-from kvstore_sentinel.switchover import SwitchoverError
 
 OK = 0
 USER_ERROR = 1  # bad input or a refused operation (unknown group, node already in a group, ...)
@@ -59,10 +59,6 @@ class AdminError(Exception):
             self.code = code
 
 
-class NodeError(AdminError):
-    code = NODE_FAILED
-
-
 class LocalStateError(AdminError):
     code = LOCAL_STATE
 
@@ -71,13 +67,18 @@ class ProcessFailed(AdminError):
     code = PROCESS_FAILED
 
 
-_STORE_CODES: list[tuple[type[Exception], int]] = [
+# Most specific first.
+_CODES: list[tuple[type[Exception], int]] = [
+    (NodeError, NODE_FAILED),
+    (ReshardStopped, RESHARD_STOPPED),
+    (OpError, USER_ERROR),
     (ZooKeeperUnavailable, ZOOKEEPER_UNREACHABLE),
     (ClusterNotFound, CLUSTER_MISSING_OR_EXISTS),
     (ClusterExists, CLUSTER_MISSING_OR_EXISTS),
     (VersionConflict, CONFLICT),
     (CorruptData, CORRUPT_DATA),
     (StoreError, USER_ERROR),
+    (ModelError, USER_ERROR),
 ]
 
 
@@ -85,13 +86,9 @@ def as_admin_error(exc: Exception) -> AdminError | None:
     """Translate a known library error into an ``AdminError``; ``None`` for anything else."""
     if isinstance(exc, AdminError):
         return exc
-    for kind, code in _STORE_CODES:
+    for kind, code in _CODES:
         if isinstance(exc, kind):
             return AdminError(str(exc), code)
-    if isinstance(exc, SwitchoverError | RejoinError):
-        return AdminError(str(exc), USER_ERROR)
-    if isinstance(exc, ModelError):
-        return AdminError(str(exc), USER_ERROR)
     if isinstance(exc, KazooException | KazooTimeoutError):
         # ConnectionLoss, SessionExpired, ... after a successful connect.
         reason = str(exc) or type(exc).__name__

@@ -1,4 +1,4 @@
-"""Cluster changes (init, group add/add-replica/remove-replica/remove, rebalance) as plain functions on a ClusterStore.
+"""Cluster changes (init, group add/add-replica/remove-replica/remove) as plain functions on a ClusterStore.
 
 Every change reads with versions and commits through ``ClusterStore.commit`` with those
 versions checked, so a concurrent change makes it fail with ``VersionConflict``, writing nothing.
@@ -6,16 +6,17 @@ versions checked, so a concurrent change makes it fail with ``VersionConflict``,
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
-from kvstore_admin import nodes
-from kvstore_admin.errors import AdminError, NodeError
+from kvstore_admin.errors import AdminError
 from kvstore_cluster import paths
-from kvstore_cluster.model import Group, Groups, Meta, SlotTable, assign_unowned, parse_address
+from kvstore_cluster.model import Group, Groups, Meta, SlotTable, parse_address
+from kvstore_cluster.node import NODE_TIMEOUT, Node, NodeError
 from kvstore_cluster.slots import format_slot_ranges
 from kvstore_cluster.store import Check, ClusterStore, Set
 
@@ -58,8 +59,9 @@ def _check_free(groups: Groups, address: str, as_replica: bool) -> None:
     raise AdminError(f"node {address} is already {role} of group {owner.id}")
 
 
-def _check_live_master(address: str, password: str | None) -> None:
-    found = nodes.info(address, password=password)
+async def _check_live_master(address: str, password: str | None) -> None:
+    async with Node(address, password=password) as node:
+        found = await node.replication()
     if found.role != "master":
         raise AdminError(
             f"node {address} is a replica of {found.master}; a group's master must be a master "
@@ -67,14 +69,37 @@ def _check_live_master(address: str, password: str | None) -> None:
         )
 
 
-def _check_live_replica(address: str, master: str, password: str | None) -> None:
-    found = nodes.info(address, password=password)
+async def _check_live_replica(address: str, master: str, password: str | None) -> None:
+    async with Node(address, password=password) as node:
+        found = await node.replication()
     # REPLICAOF wipes the node's data: refuse a node that is itself somebody's master.
     if found.role == "master" and found.connected_replicas > 0:
         raise AdminError(
             f"node {address} is a master with {found.connected_replicas} replica(s) of its own; "
             "refusing to make it a replica of " + master
         )
+
+
+async def _ping(address: str, password: str | None) -> None:
+    async with Node(address, password=password) as node:
+        await node.ping()
+
+
+async def _replicate(replica: str, master: str, timeout: float, password: str | None) -> None:
+    async with Node(replica, password=password) as node:
+        await node.replicate(master, timeout)
+    log.info("replication_configured", replica=replica, master=master)
+
+
+async def _prepare_group(master: str, replicas: list[str], repl_timeout: float, password: str | None) -> None:
+    """Every node answers, the master is a master, each replica may become one and then follows the master."""
+    for address in [master, *replicas]:
+        await _ping(address, password)
+    await _check_live_master(master, password)
+    for r in replicas:
+        await _check_live_replica(r, master, password)
+    for r in replicas:
+        await _replicate(r, master, repl_timeout, password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +134,9 @@ def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: s
     _check_free(groups.value, master, as_replica=False)
     for r in replicas:
         _check_free(groups.value, r, as_replica=True)
-    for address in wanted:
-        nodes.ping(address, password=password)
-    _check_live_master(master, password)
-    for r in replicas:
-        _check_live_replica(r, master, password)
     # Replication first, the ZooKeeper write last: a group appears in the cluster only once
     # its replicas really follow its master. A lost race afterwards leaves nothing in ZooKeeper.
-    for r in replicas:
-        nodes.replicate(r, master, timeout=repl_timeout, password=password)
-        log.info("replication_configured", replica=r, master=master)
+    asyncio.run(_prepare_group(master, replicas, repl_timeout, password))
     group = Group(id=gid, master=master, replicas=tuple(replicas))
     store.commit([
         Check(paths.meta(store.cluster), meta.version),
@@ -135,13 +153,22 @@ def add_replica(store: ClusterStore, group_id: str, address: str, repl_timeout: 
     groups = store.read_groups()
     group = _get_group(groups.value, group_id)
     _check_free(groups.value, address, as_replica=True)
-    nodes.ping(address, password=password)
-    _check_live_replica(address, group.master, password)
-    nodes.replicate(address, group.master, timeout=repl_timeout, password=password)
+    asyncio.run(_prepare_replica(address, group.master, repl_timeout, password))
     updated = replace(group, replicas=(*group.replicas, address))
     store.set_groups(groups.value.put(updated), groups.version)
     log.info("replica_added", group=group_id, replica=address)
     return updated
+
+
+async def _prepare_replica(address: str, master: str, repl_timeout: float, password: str | None) -> None:
+    await _ping(address, password)
+    await _check_live_replica(address, master, password)
+    await _replicate(address, master, repl_timeout, password)
+
+
+async def _stop_replicating(address: str, timeout: float, password: str | None) -> None:
+    async with Node(address, timeout, password) as node:
+        await node.promote()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +178,7 @@ class RemovedReplica:
     error: str | None = None  # why it could not be told to stop replicating
 
 
-def remove_replica(store: ClusterStore, group_id: str, address: str, *, timeout: float = nodes.NODE_TIMEOUT,
+def remove_replica(store: ClusterStore, group_id: str, address: str, *, timeout: float = NODE_TIMEOUT,
                    password: str | None = None) -> RemovedReplica:
     """Take a replica out of its group (version-checked), then tell it to stop following the master.
 
@@ -178,7 +205,7 @@ def remove_replica(store: ClusterStore, group_id: str, address: str, *, timeout:
     store.set_groups(groups.value.put(updated), groups.version)
     log.info("replica_removed", group=group_id, replica=address)
     try:
-        nodes.set_replication(address, None, timeout=timeout, password=password)
+        asyncio.run(_stop_replicating(address, timeout, password))
     except NodeError as exc:
         log.info("removed_replica_unreachable", group=group_id, replica=address, error=str(exc))
         return RemovedReplica(updated, stopped=False, error=str(exc))
@@ -212,32 +239,6 @@ def _get_group(groups: Groups, group_id: str) -> Group:
         known = ", ".join(groups.ids()) or "none"
         raise AdminError(f"unknown group {group_id!r} (groups: {known})")
     return group
-
-
-def rebalance(store: ClusterStore) -> dict[str, int]:
-    """Give every unowned slot to the groups in state ``ok``, evenly; return the new slots per group.
-
-    Owned slots never move here: moving data between groups is resharding's job.
-    """
-    groups = store.read_groups()
-    slots = store.read_slots()
-    ok = [g.id for g in groups.value if g.state == "ok"]
-    if not ok:
-        raise AdminError("no group in state ok to assign slots to; add one with 'group add'")
-    before = slots.value.owners()
-    if None not in before:
-        return {}
-    table = assign_unowned(slots.value, ok)
-    gained: dict[str, int] = {}
-    for old, new in zip(before, table.owners(), strict=True):
-        if old != new and new is not None:
-            gained[new] = gained.get(new, 0) + 1
-    store.commit([
-        Set(paths.slots(store.cluster), table.encode(), slots.version),
-        Check(paths.groups(store.cluster), groups.version),
-    ])
-    log.info("slots_assigned", gained=gained)
-    return gained
 
 
 def list_groups(store: ClusterStore) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from kvstore_admin.processes import (
     start_zookeeper,
     wait_until,
 )
+from kvstore_cluster.ops.rebalance import assign_unowned_slots
 from kvstore_cluster.store import ClusterExists, ClusterNotFound, ClusterStore, connect
 
 STATE_FILE = "state.json"
@@ -226,7 +227,7 @@ def _start_all(state: LocalState, opts: UpOptions, replicas: int, echo: Echo) ->
         try:
             for gid, (master, *reps) in members:
                 ops.add_group(store, master, reps, group_id=gid)
-            ops.rebalance(store)
+            assign_unowned_slots(store)
             echo(f"created cluster {state.cluster!r} ({opts.mode} mode): {opts.groups} groups, "
                  f"{replicas} replica(s) each, all slots assigned")
             _start_services(state, store, opts, echo)
@@ -267,7 +268,7 @@ def _start_sentinel(state: LocalState, store: ClusterStore, n: int, quorum: int,
     proc = state.add(spawn(name, argv, 0, _fresh_dir(state.dir / name) / "sentinel.log"))
     # A sentinel has no port; it is ready once it registered under sentinels/.
     try:
-        wait_until(lambda: len(store.sentinels()) >= n or not proc.alive(), SENTINEL_READY_TIMEOUT, name)
+        wait_until(lambda: len(store.sentinel_views().items) >= n or not proc.alive(), SENTINEL_READY_TIMEOUT, name)
     except TimeoutError:
         echo(f"note: {name} has not registered in ZooKeeper after {SENTINEL_READY_TIMEOUT:g}s; see {proc.log}")
     if not proc.alive():

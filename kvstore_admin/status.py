@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kvstore_admin import nodes, reshard
+from kvstore_admin.sentinel_summary import sentinel_summary
 from kvstore_cluster.model import Group
+from kvstore_cluster.node import NODE_TIMEOUT, Node, NodeError
+from kvstore_cluster.proxy_registration import ProxyRegistration
+from kvstore_cluster.sentinel_view import SentinelView
 from kvstore_cluster.slots import SLOT_COUNT, format_slot_ranges
-from kvstore_cluster.store import ClusterStore, CorruptData
+from kvstore_cluster.store import ClusterStore, CorruptData, Records
 
 
 def _node_health(group: Group, probe: dict[str, Any]) -> dict[str, Any]:
@@ -26,18 +29,37 @@ def _node_health(group: Group, probe: dict[str, Any]) -> dict[str, Any]:
     return {**probe, "expected_role": expected, "ok": problem is None, "problem": problem}
 
 
-def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT,
+async def _probe(address: str, timeout: float, password: str | None) -> dict[str, Any]:
+    """Health of one node: never raises, reports ``up`` and the replication role, or the error."""
+    try:
+        async with Node(address, timeout, password) as node:
+            found = await node.replication()
+    except NodeError as exc:
+        return {"address": address, "up": False, "error": str(exc)}
+    return {"address": address, "up": True, "error": None, **found.to_json()}
+
+
+async def _probe_all(addresses: list[str], timeout: float, password: str | None) -> dict[str, dict[str, Any]]:
+    found = await asyncio.gather(*(_probe(a, timeout, password) for a in addresses))
+    return dict(zip(addresses, found, strict=True))
+
+
+def records_json(records: Records[ProxyRegistration] | Records[SentinelView]) -> list[dict[str, Any]]:
+    """Registrations or views as JSON items with their ids; the unreadable ones with why."""
+    items = [{"id": k, **v.to_json()} for k, v in records.items.items()]
+    items += [{"id": k, "error": error} for k, error in records.malformed.items()]
+    return sorted(items, key=lambda item: item["id"])
+
+
+def collect(store: ClusterStore, node_timeout: float = NODE_TIMEOUT,
             password: str | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as plain JSON-able data."""
     meta = store.read_meta()
     groups = store.read_groups()
     slots = store.read_slots()
-    proxies = store.proxies()
-    sentinels = store.sentinels()
-    addresses = [a for g in groups.value for a in g.nodes]
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(addresses)))) as pool:
-        found = pool.map(lambda a: nodes.probe(a, node_timeout, password), addresses)
-        probes = dict(zip(addresses, found, strict=True))
+    proxies = records_json(store.proxies())
+    sentinels = records_json(store.sentinel_views())
+    probes = asyncio.run(_probe_all([a for g in groups.value for a in g.nodes], node_timeout, password))
     counts = slots.value.counts()
     problems: list[str] = []
     group_rows = []
@@ -75,8 +97,8 @@ def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT,
         },
         "groups": group_rows,
         "reshard": in_progress,
-        "proxies": {"count": len(proxies), "items": [{"id": k, **_as_dict(v)} for k, v in proxies.items()]},
-        "sentinels": {"count": len(sentinels), "items": [{"id": k, **_as_dict(v)} for k, v in sentinels.items()]},
+        "proxies": {"count": len(proxies), "items": proxies},
+        "sentinels": {"count": len(sentinels), "items": sentinels},
         "sentinel_view": view,
         "healthy": not problems,
         "problems": problems,
@@ -84,13 +106,9 @@ def collect(store: ClusterStore, node_timeout: float = nodes.NODE_TIMEOUT,
 
 
 def _sentinel_view(store: ClusterStore) -> dict[str, Any]:
-    """The sentinels' leader, their verdicts and failovers in progress, from kvstore_sentinel.status."""
+    """The sentinels' leader, their verdicts and failovers in progress."""
     try:
-        from kvstore_sentinel.status import sentinel_view
-    except ImportError:
-        return {"error": "kvstore_sentinel is not installed"}
-    try:
-        return sentinel_view(store)
+        return sentinel_summary(store)
     except Exception as exc:  # noqa: BLE001
         # Extra information only: a failure reading it must not hide the cluster's own status.
         return {"error": f"cannot read the sentinels' view ({exc})"}
@@ -99,7 +117,7 @@ def _sentinel_view(store: ClusterStore) -> dict[str, Any]:
 def _reshard(store: ClusterStore) -> dict[str, Any] | None:
     """The reshard in progress (``reshard`` znode), ``None`` if there is none."""
     try:
-        current = reshard.read_state(store)
+        current = store.read_reshard()
     except CorruptData as exc:
         return {"error": str(exc)}
     return None if current is None else current.value.summary()
@@ -116,10 +134,6 @@ def reshard_text(r: dict[str, Any]) -> list[str]:
         f"  request: {r['request_text']}; if no kvstore-admin runs it any more: "
         "'kvstore-admin reshard --resume' (or --abort)",
     ]
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {"value": value}
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -172,19 +186,10 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_proxies(proxies: dict[str, Any]) -> str:
-    """``proxies`` as a table; registration fields are read leniently (the proxy defines them)."""
+def render_proxies(proxies: list[dict[str, Any]]) -> str:
+    """``proxies`` (as ``records_json`` gives them) as a table."""
     if not proxies:
         return "no proxy registered"
-    rows = []
-    for pid_name, info in proxies.items():
-        info = _as_dict(info)
-        applied = _as_dict(info.get("applied", {}))
-        rows.append([
-            pid_name,
-            info.get("address", "?"),
-            info.get("pid", "?"),
-            info.get("slots_version", applied.get("slots", "?")),
-            info.get("groups_version", applied.get("groups", "?")),
-        ])
-    return table(["ID", "ADDRESS", "PID", "SLOTS V", "GROUPS V"], rows)
+    rows = [[p["id"], p.get("address", "?"), p.get("pid", "?"), p.get("slots_version", "?"),
+             p.get("groups_version", "?"), p.get("error", "")] for p in proxies]
+    return table(["ID", "ADDRESS", "PID", "SLOTS V", "GROUPS V", "PROBLEM"], rows)

@@ -1,1 +1,1 @@
-"""What every kvstore process shares: slot hash, cluster model, ZooKeeper layout and store."""
+"""What every kvstore process shares: slot hash, the records in ZooKeeper and their paths, the store, the node client, ops."""

@@ -2,81 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kvstore_cluster.paths import check_name
+from kvstore_cluster import codec
+from kvstore_cluster.codec import FORMAT_VERSION, ModelError, parse_address
 from kvstore_cluster.slots import SLOT_COUNT, merge_ranges
 
-FORMAT_VERSION = 1
 MODES = ("cache", "datastore")
 GROUP_STATES = ("ok", "failing_over", "down")
-
-
-class ModelError(ValueError):
-    """Malformed cluster data (from ZooKeeper, a file or a user)."""
-
-
-# --- small validators shared by every decoder -------------------------------------------------
-
-
-def _load(raw: bytes | str, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{what}: not valid JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise ModelError(f"{what}: expected a JSON object, got {type(obj).__name__}")
-    fmt = obj.get("format", FORMAT_VERSION)
-    if fmt != FORMAT_VERSION:
-        raise ModelError(f"{what}: unsupported format version {fmt!r} (this kvstore reads {FORMAT_VERSION})")
-    return obj
-
-
-def _dump(obj: dict[str, Any]) -> bytes:
-    return json.dumps({"format": FORMAT_VERSION, **obj}, separators=(",", ":"), sort_keys=True).encode()
-
-
-def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
-    if name not in obj:
-        raise ModelError(f"{what}: missing field {name!r}")
-    value = obj[name]
-    # bool is an int subclass; never accept it where a number is meant.
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
-        raise ModelError(f"{what}: field {name!r} has the wrong type ({type(value).__name__})")
-    return value
-
-
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _group_id(value: Any, what: str) -> str:
-    try:
-        return check_name("group", value)
-    except ValueError as exc:
-        raise ModelError(f"{what}: {exc}") from None
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` too) into ``(host, port)``; ``ValueError`` if bad."""
-    if not isinstance(text, str):
-        raise ValueError(f"bad address {text!r}: expected HOST:PORT")
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not (0 < int(port_text) < 65536):
-        raise ValueError(f"bad address {text!r}: expected HOST:PORT with a port 1-65535")
-    return host, int(port_text)
-
-
-def _address(value: Any, what: str) -> str:
-    try:
-        parse_address(value)
-    except ValueError as exc:
-        raise ModelError(f"{what}: {exc}") from None
-    return value
 
 
 # --- meta --------------------------------------------------------------------------------------
@@ -95,15 +29,15 @@ class Meta:
             raise ModelError(f"meta: slot_count must be {SLOT_COUNT}, got {self.slot_count!r}")
 
     def encode(self) -> bytes:
-        return _dump({"mode": self.mode, "created_at": self.created_at, "slot_count": self.slot_count})
+        return codec.dump_object({"mode": self.mode, "created_at": self.created_at, "slot_count": self.slot_count})
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Meta:
-        obj = _load(raw, "meta")
+        obj = codec.load_object(raw, "meta")
         return cls(
-            mode=_field(obj, "mode", str, "meta"),
-            created_at=float(_field(obj, "created_at", (int, float), "meta")),
-            slot_count=_field(obj, "slot_count", int, "meta"),
+            mode=codec.field(obj, "mode", str, "meta"),
+            created_at=float(codec.field(obj, "created_at", (int, float), "meta")),
+            slot_count=codec.field(obj, "slot_count", int, "meta"),
         )
 
 
@@ -119,10 +53,10 @@ class Group:
 
     def __post_init__(self) -> None:
         what = f"group {self.id!r}"
-        _group_id(self.id, "group")
-        _address(self.master, what)
+        codec.group_id(self.id, "group")
+        codec.address(self.master, what)
         for r in self.replicas:
-            _address(r, what)
+            codec.address(r, what)
         if self.state not in GROUP_STATES:
             raise ModelError(f"{what}: state must be one of {', '.join(GROUP_STATES)}, got {self.state!r}")
         nodes = (self.master, *self.replicas)
@@ -140,16 +74,16 @@ class Group:
     def from_json(cls, obj: Any) -> Group:
         if not isinstance(obj, dict):
             raise ModelError("groups: each group must be a JSON object")
-        gid = _group_id(obj.get("id"), "groups")
+        gid = codec.group_id(obj.get("id"), "groups")
         what = f"group {gid!r}"
-        replicas = _field(obj, "replicas", list, what)
+        replicas = codec.field(obj, "replicas", list, what)
         if not all(isinstance(r, str) for r in replicas):
             raise ModelError(f"{what}: replicas must be HOST:PORT strings")
         return cls(
             id=gid,
-            master=_field(obj, "master", str, what),
+            master=codec.field(obj, "master", str, what),
             replicas=tuple(replicas),
-            state=_field(obj, "state", str, what),
+            state=codec.field(obj, "state", str, what),
         )
 
 
@@ -201,12 +135,12 @@ class Groups:
         return Groups(tuple(g for g in self.groups if g.id != group_id))
 
     def encode(self) -> bytes:
-        return _dump({"groups": [g.to_json() for g in self.groups]})
+        return codec.dump_object({"groups": [g.to_json() for g in self.groups]})
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Groups:
-        obj = _load(raw, "groups")
-        items = _field(obj, "groups", list, "groups")
+        obj = codec.load_object(raw, "groups")
+        items = codec.field(obj, "groups", list, "groups")
         return cls(tuple(Group.from_json(item) for item in items))
 
 
@@ -222,8 +156,31 @@ class Migration:
     source: str
     target: str
 
+    def __post_init__(self) -> None:
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (self.lo, self.hi)):
+            raise ModelError(f"migration bounds must be integers, got {self.lo!r}-{self.hi!r}")
+        if not (0 <= self.lo <= self.hi < SLOT_COUNT):
+            raise ModelError(f"migrating range {self.lo}-{self.hi} is outside 0-{SLOT_COUNT - 1}")
+        codec.group_id(self.source, f"migration {self.lo}-{self.hi}")
+        codec.group_id(self.target, f"migration {self.lo}-{self.hi}")
+        if self.source == self.target:
+            raise ModelError(f"migrating {self.lo}-{self.hi} from a group to itself")
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo + 1
+
     def to_json(self) -> list[Any]:
         return [self.lo, self.hi, self.source, self.target]
+
+    @classmethod
+    def from_json(cls, item: Any, what: str) -> Migration:
+        if not (isinstance(item, list) and len(item) == 4):
+            raise ModelError(f"{what}: each migration must be [low, high, from, to]")
+        try:
+            return cls(item[0], item[1], item[2], item[3])
+        except ModelError as exc:
+            raise ModelError(f"{what}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,19 +206,13 @@ class SlotTable:
                 raise ModelError(f"slots: range {lo}-{hi} is outside 0-{SLOT_COUNT - 1}")
             if lo <= prev_hi:
                 raise ModelError(f"slots: range {lo}-{hi} overlaps or is out of order")
-            _group_id(gid, "slots")
+            codec.group_id(gid, "slots")
             prev_hi = hi
         owners: list[str | None] = [None] * SLOT_COUNT
         for lo, hi, gid in self.ranges:
             owners[lo : hi + 1] = [gid] * (hi - lo + 1)
         seen: set[int] = set()
         for m in self.migrating:
-            if not (0 <= m.lo <= m.hi < SLOT_COUNT):
-                raise ModelError(f"slots: migrating range {m.lo}-{m.hi} is outside 0-{SLOT_COUNT - 1}")
-            _group_id(m.source, "slots migrating")
-            _group_id(m.target, "slots migrating")
-            if m.source == m.target:
-                raise ModelError(f"slots: migrating {m.lo}-{m.hi} from a group to itself")
             for s in range(m.lo, m.hi + 1):
                 if owners[s] != m.source:
                     raise ModelError(f"slots: slot {s} migrates from {m.source!r} but is owned by {owners[s]!r}")
@@ -327,27 +278,22 @@ class SlotTable:
     # encoding
 
     def encode(self) -> bytes:
-        return _dump({
+        return codec.dump_object({
             "ranges": [list(r) for r in self.ranges],
             "migrating": [m.to_json() for m in self.migrating],
         })
 
     @classmethod
     def decode(cls, raw: bytes | str) -> SlotTable:
-        obj = _load(raw, "slots")
-        ranges = _field(obj, "ranges", list, "slots")
-        migrating = _field(obj, "migrating", list, "slots")
+        obj = codec.load_object(raw, "slots")
+        ranges = codec.field(obj, "ranges", list, "slots")
+        migrating = codec.field(obj, "migrating", list, "slots")
         for item in ranges:
             if not (isinstance(item, list) and len(item) == 3):
                 raise ModelError("slots: each range must be [low, high, group]")
-        for item in migrating:
-            if not (isinstance(item, list) and len(item) == 4):
-                raise ModelError("slots: each migration must be [low, high, from, to]")
-            if not all(isinstance(x, int) and not isinstance(x, bool) for x in item[:2]):
-                raise ModelError("slots: migration bounds must be integers")
         return cls(
             tuple((r[0], r[1], r[2]) for r in ranges),
-            tuple(Migration(m[0], m[1], m[2], m[3]) for m in migrating),
+            tuple(Migration.from_json(m, "slots") for m in migrating),
         )
 
 

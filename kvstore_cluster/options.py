@@ -1,10 +1,11 @@
 """Cluster options: a typed record in ZooKeeper that kvstore-admin writes and every proxy applies live.
 
-The znode (``paths.options``) holds ``{"format": 1, "options": {NAME: VALUE, ...}}``. A name missing
-from it has its default, and a cluster without the znode has every default, so clusters made
-before an option existed need no migration. Decoding is strict: an unknown name or a value
-outside the option's choices is a ``ModelError``, and a proxy that reads one keeps the options
-it had (an older proxy never applies half of a newer admin's record).
+The znode (``paths.options``, read and written by ``ClusterStore.read_options``/``write_options``)
+holds ``{"format": 1, "options": {NAME: VALUE, ...}}``. A name missing from it has its default, and
+a cluster without the znode has every default, so clusters made before an option existed need no
+migration. Decoding is strict: an unknown name or a value outside the option's choices is a
+``ModelError``, and a proxy that reads one keeps the options it had (an older proxy never applies
+half of a newer admin's record).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvstore_cluster import paths
-from kvstore_cluster.model import ModelError, _dump, _field, _load
-from kvstore_cluster.store import ClusterStore, CorruptData, Create, Set, Versioned
+from kvstore_cluster import codec
+from kvstore_cluster.codec import ModelError
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +65,12 @@ class ClusterOptions:
         return ClusterOptions({**self.values, name: value})
 
     def encode(self) -> bytes:
-        return _dump({"options": dict(sorted(self.values.items()))})
+        return codec.dump_object({"options": dict(sorted(self.values.items()))})
 
     @classmethod
     def decode(cls, raw: bytes | str) -> ClusterOptions:
-        obj = _load(raw, "options")
-        values = _field(obj, "options", dict, "options")
+        obj = codec.load_object(raw, "options")
+        values = codec.field(obj, "options", dict, "options")
         for name, value in values.items():
             if not isinstance(value, str):
                 raise ModelError(f"options: the value of {name!r} must be a string, got {type(value).__name__}")
@@ -88,25 +88,3 @@ def check(name: str, value: Any) -> None:
     option = lookup(name)
     if value not in option.choices:
         raise ModelError(f"bad value {value!r} for option {name!r}: expected one of {', '.join(option.choices)}")
-
-
-def read_options(store: ClusterStore) -> Versioned[ClusterOptions]:
-    """The options with the znode's version (-1: no znode yet, every default)."""
-    path = paths.options(store.cluster)
-    if store.client.exists(path) is None:
-        store.read_meta()  # a missing cluster is an error, not "every default"
-        return Versioned(ClusterOptions(), -1)
-    data, version = store.read_raw(path)
-    try:
-        return Versioned(ClusterOptions.decode(data), version)
-    except ModelError as exc:
-        raise CorruptData(f"{path} holds malformed data: {exc}") from None
-
-
-def write_options(store: ClusterStore, options: ClusterOptions, version: int) -> None:
-    """Replace the record if it is still at ``version`` (-1: create it); else ``VersionConflict``."""
-    path = paths.options(store.cluster)
-    if version < 0:
-        store.commit([Create(path, options.encode())])
-    else:
-        store.commit([Set(path, options.encode(), version)])

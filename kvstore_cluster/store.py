@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from kazoo.client import KazooClient
@@ -18,7 +17,13 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 
 from kvstore_cluster import paths
+from kvstore_cluster.failover_record import FailoverRecord
+from kvstore_cluster.leader_election import current_leader
 from kvstore_cluster.model import Groups, Meta, ModelError, SlotTable
+from kvstore_cluster.options import ClusterOptions
+from kvstore_cluster.proxy_registration import ProxyRegistration
+from kvstore_cluster.reshard_state import ReshardState
+from kvstore_cluster.sentinel_view import SentinelView
 
 T = TypeVar("T")
 
@@ -66,6 +71,14 @@ class Versioned(Generic[T]):
     version: int
 
 
+@dataclass(frozen=True, slots=True)
+class Records(Generic[T]):
+    """The children of a znode decoded as records; those that did not decode, with why, in ``malformed``."""
+
+    items: dict[str, T] = field(default_factory=dict)
+    malformed: dict[str, str] = field(default_factory=dict)
+
+
 # Transaction operations: plain data, so callers build a list and ``commit`` runs it atomically.
 
 
@@ -110,17 +123,14 @@ class ClusterStore:
     def exists(self) -> bool:
         return self.client.exists(paths.meta(self.cluster)) is not None
 
-    def read_raw(self, path: str) -> tuple[bytes, int]:
+    def _read(self, path: str, decode: Callable[[bytes], T]) -> Versioned[T]:
         try:
             data, stat = self.client.get(path)
         except NoNodeError:
             if not self.exists():
                 raise ClusterNotFound(f"cluster {self.cluster!r} does not exist (run 'kvstore-admin init')") from None
             raise StoreError(f"{path} is missing") from None
-        return data, stat.version
-
-    def _read(self, path: str, decode: Callable[[bytes], T]) -> Versioned[T]:
-        data, version = self.read_raw(path)
+        version = stat.version
         try:
             return Versioned(decode(data), version)
         except ModelError as exc:
@@ -135,9 +145,20 @@ class ClusterStore:
     def read_slots(self) -> Versioned[SlotTable]:
         return self._read(paths.slots(self.cluster), SlotTable.decode)
 
-    def read_json_children(self, parent: str) -> dict[str, Any]:
-        """Children of ``parent`` decoded as JSON; unreadable ones appear as ``{"error": ...}``."""
-        out: dict[str, Any] = {}
+    def _read_optional(self, path: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
+        """Like ``_read`` but ``None`` when the znode does not exist (and the cluster does)."""
+        try:
+            data, stat = self.client.get(path)
+        except NoNodeError:
+            self.read_meta()  # a missing cluster is an error, not "no such record"
+            return None
+        try:
+            return Versioned(decode(data), stat.version)
+        except ModelError as exc:
+            raise CorruptData(f"{path} holds malformed data: {exc}") from None
+
+    def _read_children(self, parent: str, decode: Callable[[bytes], T]) -> Records[T]:
+        out: Records[T] = Records()
         try:
             names = self.client.get_children(parent)
         except NoNodeError:
@@ -146,18 +167,45 @@ class ClusterStore:
             try:
                 data, _ = self.client.get(f"{parent}/{name}")
             except NoNodeError:
-                continue  # ephemeral node went away between list and get
+                continue  # an ephemeral node went away between the listing and the read
             try:
-                out[name] = json.loads(data)
-            except ValueError:
-                out[name] = {"error": "malformed JSON"}
+                out.items[name] = decode(data)
+            except ModelError as exc:
+                out.malformed[name] = str(exc)
         return out
 
-    def proxies(self) -> dict[str, Any]:
-        return self.read_json_children(paths.proxies(self.cluster))
+    def read_reshard(self) -> Versioned[ReshardState] | None:
+        """The reshard in progress, or ``None``."""
+        return self._read_optional(paths.reshard(self.cluster), ReshardState.decode)
 
-    def sentinels(self) -> dict[str, Any]:
-        return self.read_json_children(paths.sentinels(self.cluster))
+    def read_options(self) -> Versioned[ClusterOptions]:
+        """The cluster options (version -1: no record yet, every default)."""
+        return self._read_optional(paths.options(self.cluster), ClusterOptions.decode) or Versioned(
+            ClusterOptions(), -1)
+
+    def read_failover(self, group_id: str) -> Versioned[FailoverRecord] | None:
+        """The failover or switchover of ``group_id`` in progress, or ``None``."""
+        return self._read_optional(paths.failover(self.cluster, group_id), FailoverRecord.decode)
+
+    def failing_over(self) -> list[str]:
+        """Groups with a failover record (readable or not)."""
+        try:
+            return sorted(self.client.get_children(paths.failovers(self.cluster)))
+        except NoNodeError:
+            return []
+
+    def failovers(self) -> Records[FailoverRecord]:
+        return self._read_children(paths.failovers(self.cluster), FailoverRecord.decode)
+
+    def proxies(self) -> Records[ProxyRegistration]:
+        return self._read_children(paths.proxies(self.cluster), ProxyRegistration.decode)
+
+    def sentinel_views(self) -> Records[SentinelView]:
+        return self._read_children(paths.sentinels(self.cluster), SentinelView.decode)
+
+    def sentinel_leader(self) -> str | None:
+        """The id of the sentinel that leads now, or None."""
+        return current_leader(self.client, self.cluster)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -224,6 +272,11 @@ class ClusterStore:
             Set(paths.slots(self.cluster), slots.value.encode(), slots.version),
         ])
 
+    def write_options(self, options: ClusterOptions, version: int) -> None:
+        """Replace the options if still at ``version`` (-1: create the record); else ``VersionConflict``."""
+        path = paths.options(self.cluster)
+        self.commit([Create(path, options.encode()) if version < 0 else Set(path, options.encode(), version)])
+
     def destroy(self) -> None:
         """Delete the cluster and everything under it."""
         try:
@@ -231,12 +284,17 @@ class ClusterStore:
         except NoNodeError:
             raise ClusterNotFound(f"cluster {self.cluster!r} does not exist") from None
 
-    def register(self, path: str, info: dict[str, Any]) -> None:
-        """Create (or replace) an ephemeral registration node with JSON ``info``."""
-        data = json.dumps(info, sort_keys=True).encode()
+    def _register(self, path: str, data: bytes) -> None:
+        """Create (or replace) the ephemeral node ``path``."""
         try:
             self.client.create(path, data, ephemeral=True)
         except NodeExistsError:
             self.client.set(path, data)
         except NoNodeError:
             raise ClusterNotFound(f"cluster {self.cluster!r} does not exist") from None
+
+    def register_proxy(self, proxy_id: str, registration: ProxyRegistration) -> None:
+        self._register(paths.proxy(self.cluster, proxy_id), registration.encode())
+
+    def publish_view(self, view: SentinelView) -> None:
+        self._register(paths.sentinel(self.cluster, view.id), view.encode())

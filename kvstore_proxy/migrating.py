@@ -1,4 +1,4 @@
-"""Slots migrating A->B (DESIGN.md step 3): MIGRATE the command's keys on A, then run the command on B.
+"""Slots migrating A->B (docs/design.md, "Resharding"): MIGRATE the command's keys on A, then run the command on B.
 
 A :class:`Migrating` stands in ``Router.slot_backend`` for every slot of one migration, so slots
 that do not migrate cost nothing more than the table lookup they always cost. Its ``up`` is
@@ -18,18 +18,23 @@ writes to A again.
 Held slots: until the ``reshard`` znode says every proxy has the mark (phase ``moving`` or
 ``committed`` for exactly the migrations of the applied table), another proxy may still write
 these slots on A, and a key moved now could be recreated there. So until then the entry answers
-``-TRYAGAIN`` (the client retries), which lasts one barrier (milliseconds).
+``-TRYAGAIN`` (the client retries), which lasts one barrier (milliseconds). This is the
+"migration" protocol of kvstore_cluster/proxy_registration.py, which the proxy registers.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import hiredis
+import structlog
 
+from kvstore_cluster.model import Migration, ModelError
+from kvstore_cluster.reshard_state import ReshardState
 from kvstore_proxy import commands, resp
 from kvstore_proxy.backend import _notify
+
+log = structlog.get_logger("kvstore.proxy.migrating")
 
 MIGRATE_TIMEOUT_MS = 5000
 GONE_MAX = 100_000  # keys remembered per migration as already moved (beyond: forget, MIGRATE again)
@@ -37,27 +42,22 @@ _PING = resp.command([b"PING"])
 HELD_ERROR = resp.error("TRYAGAIN slot is being prepared for migration; retry shortly")
 
 
-def released(reshard_data: bytes | None, migrating: tuple[Any, ...]) -> bool:
-    """May keys of the ``migrating`` slots (of the applied table) move now? (see module doc).
+def released(reshard_data: bytes | None, migrating: tuple[Migration, ...]) -> bool:
+    """May keys of the ``migrating`` slots (of the applied table) move now? (``ReshardState.keys_may_move``).
 
-    Only if the reshard znode says every proxy has the mark (phase ``moving`` or ``committed``)
-    *for exactly these migrations*: the znode and the table change in one transaction but
-    reach the proxy as two watch events, so a fresh table with the next step's marks may
-    arrive before the reshard znode that still says the previous step is ``committed``.
+    Runs when the table or the reshard znode changes, never per request. A record that does not
+    decode holds the slots (and is logged): moving keys on a guess could split a key in two.
     """
     if not migrating:
         return True
     if reshard_data is None:
         return True  # marks without a recorded reshard: nobody coordinates them, do not hold forever
     try:
-        state = json.loads(reshard_data)
-        phase, step = state["phase"], state["steps"][state["step"]]
-        current = {tuple(m) for m in step}
-    except (ValueError, KeyError, TypeError, IndexError):
+        state = ReshardState.decode(reshard_data)
+    except ModelError as exc:
+        log.error("reshard_record_rejected", error=str(exc), action="holding the migrating slots (TRYAGAIN)")
         return False
-    if phase not in ("moving", "committed"):
-        return False
-    return all((m.lo, m.hi, m.source, m.target) in current for m in migrating)
+    return state.keys_may_move(migrating)
 
 
 class _ThenOnTarget:

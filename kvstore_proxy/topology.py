@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from kazoo.exceptions import KazooException, NoNodeError
 from kvstore_cluster import paths
 from kvstore_cluster.model import Groups, ModelError, SlotTable
 from kvstore_cluster.options import ClusterOptions
+from kvstore_cluster.proxy_registration import ProxyRegistration
 from kvstore_cluster.store import ClusterStore
 from kvstore_cluster.zkbridge import LoopBridge
 
@@ -46,6 +46,7 @@ class Topology:
         self.groups: tuple[Groups, int] | None = None
         self.slots: tuple[SlotTable, int] | None = None
         self.ready = asyncio.Event()
+        self.proxy_id = worker.proxy_id
         self.path = paths.proxy(self.cluster, worker.proxy_id)
         self._fence_timer: asyncio.TimerHandle | None = None
         self._lost = False
@@ -114,19 +115,16 @@ class Topology:
 
     # --- registration ---------------------------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
+    def registration(self) -> ProxyRegistration:
+        """What we register: the versions applied and (by default) every protocol of this release.
+
+        The migration protocol is migrating.py's; the reshard executor refuses to mark slots while
+        a registered proxy does not speak it (docs/design.md, "Resharding").
+        """
         w = self.worker
-        return {
-            "address": f"{w.config.host}:{w.port}",
-            "pid": os.getpid(),
-            "started_at": w.started_at,
-            "slots_version": w.router.slots_version,
-            "groups_version": w.router.groups_version,
-            "fenced": w.router.fenced,
-            # DESIGN.md step 3 implemented (migrating.py); kvstore-admin reshard refuses to mark
-            # slots while a registered proxy lacks it.
-            "migration": 1,
-        }
+        return ProxyRegistration(address=f"{w.config.host}:{w.port}", pid=os.getpid(), started_at=w.started_at,
+                                 slots_version=w.router.slots_version, groups_version=w.router.groups_version,
+                                 fenced=w.router.fenced)
 
     def register(self) -> None:
         """Write our node (again) with the versions applied; coalesces bursts of table changes."""
@@ -142,10 +140,10 @@ class Topology:
         try:
             while True:
                 self._register_again = False
-                info = self.info()
+                registration = self.registration()
                 try:
-                    await self.loop.run_in_executor(None, self.store.register, self.path, info)
-                    log.debug("registered", path=self.path, **info)
+                    await self.loop.run_in_executor(None, self.store.register_proxy, self.proxy_id, registration)
+                    log.debug("registered", path=self.path, **registration.to_json())
                 except (KazooException, OSError, Exception) as exc:  # noqa: BLE001 - retried on reconnect
                     log.warning("register_failed", path=self.path, error=str(exc) or type(exc).__name__)
                 if not self._register_again or self._stopped:
@@ -213,15 +211,6 @@ class Topology:
         self._apply()
         self.worker.router.unfence()
         self.register()
-
-
-def read_proxies(client: KazooClient, cluster: str) -> dict[str, Any]:
-    """Every registered proxy's info (used by tests and tools)."""
-    out = {}
-    for name in client.get_children(paths.proxies(cluster)):
-        data, _ = client.get(paths.proxy(cluster, name))
-        out[name] = json.loads(data)
-    return out
 
 
 def proxy_id(host: str, port: int) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import uuid
 
@@ -12,22 +11,17 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import ConnectionClosedError, NoNodeError, SessionExpiredError, ZookeeperError
 from kazoo.handlers.threading import KazooTimeoutError
 
+from kvstore_cluster.leader_election import NODE_NAME, in_order
+from kvstore_cluster.ops.fence import Fenced
 from kvstore_cluster.store import Check
 
 log = structlog.get_logger("kvstore.sentinel.election")
 
-# Same node naming as kazoo's Lock/Election ("<uuid>__lock__<seq>"), so kazoo's contenders() can read it.
 RESIGN_TIMEOUT = 2.0  # seconds
-_NODE_NAME = "__lock__"
-_SEQ = re.compile(r"__lock__(-?\d{10})$")
 
 
-class NotLeader(Exception):
-    """Raised by ``Fence.check`` when this sentinel may no longer act."""
-
-
-class Fence:
-    """Whether this process may act as leader right now.
+class LeaderFence:
+    """Whether this process may act as leader right now (the ``Fence`` of kvstore_cluster.ops).
 
     The flag is cleared straight from kazoo's connection listener thread (a single assignment, no
     logic): waiting for the event loop to get round to it would let a suspended leader take one more
@@ -53,9 +47,9 @@ class Fence:
             self._acting = False
 
     def check(self) -> None:
-        """Raise ``NotLeader`` unless we still lead over a connected session."""
+        """Raise ``Fenced`` unless we still lead over a connected session."""
         if not self._acting:
-            raise NotLeader("this sentinel is not the connected leader")
+            raise Fenced("this sentinel is not the connected leader")
 
     def zk_checks(self) -> list[Check]:
         """Transaction ops that fail unless our election node still exists (our session is alive)."""
@@ -72,8 +66,8 @@ class Leadership:
         self.path = path
         self.identifier = identifier
         self.loop = loop
-        self.fence = Fence()
-        self.prefix = uuid.uuid4().hex + _NODE_NAME
+        self.fence = LeaderFence()
+        self.prefix = uuid.uuid4().hex + NODE_NAME
         self._wake = asyncio.Event()
         self._node: str | None = None
         self._is_leader_node = False
@@ -141,8 +135,7 @@ class Leadership:
                                           self.identifier.encode(), ephemeral=True, sequence=True)
             return  # the create fires the children watch; re-list then
         self._node = f"{self.path}/{mine[0]}"
-        ordered = sorted((c for c in children if _SEQ.search(c)), key=lambda c: _SEQ.search(c).group(1))  # type: ignore[union-attr]
-        first = ordered[0] == mine[0]
+        first = in_order(children)[:1] == mine[:1]
         if first and self._state == KazooState.CONNECTED:
             if not self.fence.acting:
                 self.fence.grant(self._node)
@@ -171,18 +164,3 @@ class Leadership:
                 pass
             self._node = None
 
-
-def current_leader(client: KazooClient, path: str) -> str | None:
-    """The identifier of the current leader (first contender), or None."""
-    try:
-        children = client.get_children(path)
-    except NoNodeError:
-        return None
-    ordered = sorted((c for c in children if _SEQ.search(c)), key=lambda c: _SEQ.search(c).group(1))  # type: ignore[union-attr]
-    for name in ordered:
-        try:
-            data, _ = client.get(f"{path}/{name}")
-        except NoNodeError:
-            continue
-        return data.decode("utf-8", "replace")
-    return None

@@ -9,30 +9,33 @@ import structlog
 
 from kvstore_cluster import paths
 from kvstore_cluster.model import Group
-from kvstore_cluster.store import Set
-from kvstore_sentinel.cache_failover import RejoinError, rejoin, remove_group
-from kvstore_sentinel.context import Context
-from kvstore_sentinel.datastore_failover import read_record, resume_failover, start_failover
+from kvstore_cluster.ops.cache import rejoin, remove_group
+from kvstore_cluster.ops.context import Context
+from kvstore_cluster.ops.errors import RejoinError
+from kvstore_cluster.ops.failover import resume_failover, start_failover
+from kvstore_cluster.ops.fence import Fence
+from kvstore_cluster.ops.switchover import recover_stale
+from kvstore_cluster.store import CorruptData, Set
 from kvstore_sentinel.probe import Prober
 from kvstore_sentinel.rebalancer import Rebalancer
 from kvstore_sentinel.reconcile import Reconciler
-from kvstore_sentinel.switchover import recover_stale
 
 log = structlog.get_logger("kvstore.sentinel.leader")
 
 
 class Leader:
-    """Acts on objectively-down nodes; every side effect goes through ``ctx.fence``."""
+    """Acts on objectively-down nodes; every side effect goes through ``fence``."""
 
-    def __init__(self, ctx: Context, prober: Prober, mode: str, auto_rejoin: bool, stable_for: float,
+    def __init__(self, ctx: Context, fence: Fence, prober: Prober, mode: str, auto_rejoin: bool, stable_for: float,
                  rebalancer: Rebalancer | None = None):
         self.ctx = ctx
+        self.fence = fence
         self.rebalancer = rebalancer
         self.prober = prober
         self.mode = mode
         self.auto_rejoin = auto_rejoin
         self.stable_for = stable_for  # a down group's node must answer this long before it rejoins
-        self.reconciler = Reconciler(ctx, prober)
+        self.reconciler = Reconciler(ctx, fence, prober)
         self._said: set[tuple[str, ...]] = set()  # (event, key) logged once until the condition clears
 
     def _once(self, event: str, key: str, level: str = "warning", **fields: object) -> None:
@@ -50,15 +53,22 @@ class Leader:
         return health.up_for(time.monotonic()) >= self.stable_for
 
     async def tick(self, down: set[str]) -> None:
-        records = await self.ctx.zk(self.ctx.store.client.get_children, paths.failovers(self.ctx.store.cluster))
-        for group_id in sorted(records):
-            found = await read_record(self.ctx, group_id)
+        records = await self.ctx.zk(self.ctx.store.failing_over)
+        for group_id in records:
+            try:
+                found = await self.ctx.zk(self.ctx.store.read_failover, group_id)
+            except CorruptData as exc:
+                # Left alone (and its group with it): guessing what a garbled record meant could
+                # promote the wrong node. The admin sees it in 'kvstore-admin status'.
+                self._once("failover_record_unreadable", group_id, "error", group=group_id, error=str(exc))
+                continue
+            self._clear("failover_record_unreadable", group_id)
             if found is None:
                 continue
-            if found[0].get("kind") == "switchover":
-                await recover_stale(self.ctx, group_id, *found)  # the admin's, unless abandoned
+            if found.value.kind == "switchover":
+                await recover_stale(self.ctx, self.fence, found)  # the admin's, unless abandoned
             else:
-                await resume_failover(self.ctx, group_id)
+                await resume_failover(self.ctx, self.fence, found)
         groups_v = await self.ctx.zk(self.ctx.store.read_groups)
         for group in groups_v.value:
             if group.id in records:
@@ -75,21 +85,21 @@ class Leader:
                 # restarted empty: promoting it would serve an empty dataset, so the group waits for
                 # its master (or the admin) instead.
                 return
-            await start_failover(self.ctx, group.id, down)
+            await start_failover(self.ctx, self.fence, group.id, down)
             return
         if group.state == "down":
-            replicas_up = [r for r in group.replicas if r not in down and self._up(r, "slave")]
+            replicas_up = [r for r in group.replicas if r not in down and self._up(r, "replica")]
             if not self._up(group.master):
                 return
             groups_v = await self.ctx.zk(self.ctx.store.read_groups)
             current = groups_v.value.get(group.id)
             if current is None or current.state != "down":
                 return
-            self.ctx.fence.check()
+            self.fence.check()
             await self.ctx.zk(self.ctx.store.commit, [
                 Set(paths.groups(self.ctx.store.cluster),
                     groups_v.value.put(replace(current, state="ok")).encode(), groups_v.version),
-                *self.ctx.fence.zk_checks(),
+                *self.fence.zk_checks(),
             ])
             log.warning("group_recovered", group=group.id, master=group.master, replicas_up=replicas_up)
             return
@@ -98,7 +108,7 @@ class Leader:
 
     async def _cache(self, group: Group, down: set[str]) -> None:
         if group.state == "ok" and group.master in down:
-            if await remove_group(self.ctx, group.id, down):
+            if await remove_group(self.ctx, self.fence, group.id, down):
                 return
             self._once("last_group_kept", group.id, "error", group=group.id, master=group.master,
                        reason="no other healthy group to take its slots; keeping it")
@@ -113,12 +123,12 @@ class Leader:
                            hint=f"node is back; run 'kvstore-admin group rejoin {group.id}' to flush and rejoin it")
                 return
             try:
-                await rejoin(self.ctx, group.id)
+                await rejoin(self.ctx, self.fence, group.id)
             except RejoinError as exc:
                 self._once("rejoin_failed", group.id, "error", group=group.id, error=str(exc))
                 return
             if self.rebalancer is not None:
-                self.ctx.fence.check()
+                self.fence.check()
                 self.rebalancer.start(f"group {group.id} rejoined")
             return
         if group.state == "ok":

@@ -1,29 +1,60 @@
-"""After an automatic cache rejoin, run the data-moving ``kvstore-admin rebalance`` as its own process.
+"""After an automatic cache rejoin, rebalance the slots (with their keys) from this sentinel.
 
-The sentinel gives a rejoined group slots only this way: taking slots from healthy groups without
-their keys would lose those keys. The rebalance is a separate process (the admin's reshard
-executor, resumable through the ``reshard`` znode) so the sentinel imports nothing of
-kvstore_admin and its probe loop never waits on moving keys. One runs at a time.
+The sentinel gives a rejoined group slots only this way: taking slots from healthy groups
+without their keys would lose those keys. The rebalance is the one ``kvstore-admin rebalance``
+runs (kvstore_cluster.ops.rebalance), called as a function under this leader's fence plus a
+stop flag: a leader that loses its lead, or a sentinel that stops, ends it at its next step or
+MIGRATE batch, and the ``reshard`` znode lets the next rebalance resume where it stopped. It
+runs on a thread of its own (the executor's ZooKeeper calls block, and the probe loop must
+never wait on moving keys); a daemon thread, so a sentinel told to stop while ZooKeeper is
+unreachable is not held by it. One runs at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
+import threading
+from typing import Any
 
 import structlog
 
+from kvstore_cluster.ops.fence import Fence, Fenced
+from kvstore_cluster.ops.rebalance import run_rebalance
+from kvstore_cluster.ops.reshard import Options
+from kvstore_cluster.store import Check, ClusterStore
+
 log = structlog.get_logger("kvstore.sentinel.rebalancer")
 
-TAIL = 400  # characters of the admin's output kept in the log event
+STOP_WAIT = 5.0  # seconds close() waits for the rebalance to notice it must stop
+
+
+class StoppableFence:
+    """``fence``, closed also once ``stop()`` is called."""
+
+    def __init__(self, fence: Fence):
+        self.fence = fence
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def check(self) -> None:
+        if self._stopped.is_set():
+            raise Fenced("the sentinel is stopping")
+        self.fence.check()
+
+    def zk_checks(self) -> list[Check]:
+        self.check()
+        return self.fence.zk_checks()
 
 
 class Rebalancer:
-    def __init__(self, zk: str, cluster: str, password: str | None = None):
-        self.argv = [sys.executable, "-m", "kvstore_admin", "--zk", zk, "--cluster", cluster, "rebalance", "--json"]
-        self.env = {**os.environ, **({"KVSTORE_REDIS_PASSWORD": password} if password else {})}
+    def __init__(self, store: ClusterStore, fence: Fence, password: str | None = None):
+        self.store = store
+        self.fence = fence
+        self.options = Options(password=password)
         self.task: asyncio.Task[None] | None = None
+        self._stop: StoppableFence | None = None
 
     @property
     def running(self) -> bool:
@@ -33,28 +64,50 @@ class Rebalancer:
         """Start a rebalance unless one is running (the running one will cover this group too)."""
         if self.running:
             return
-        self.task = asyncio.get_running_loop().create_task(self._run(reason))
+        self._stop = StoppableFence(self.fence)
+        self.task = asyncio.get_running_loop().create_task(self._run(reason, self._stop))
 
-    async def _run(self, reason: str) -> None:
+    async def _run(self, reason: str, fence: StoppableFence) -> None:
         log.warning("rebalance_started", reason=reason)
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv, env=self.env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+        def work() -> None:
+            try:
+                out = run_rebalance(self.store, self.options, fence=fence)
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, which reports it
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, out, None)
+
+        threading.Thread(target=work, name="rebalance", daemon=True).start()
         try:
-            out, _ = await proc.communicate()
-        except asyncio.CancelledError:
-            # The sentinel is stopping or lost leadership: stop the admin; the reshard znode lets the
-            # next rebalance resume where this one stopped.
-            proc.terminate()
-            await proc.wait()
-            raise
-        text = out.decode(errors="replace")[-TAIL:]
-        if proc.returncode == 0:
-            log.warning("rebalance_done", reason=reason, output=text)
+            out = await done
+        except Fenced as exc:
+            log.warning("rebalance_stopped", reason=reason, why=str(exc),
+                        hint="the next rebalance resumes it ('kvstore-admin rebalance')")
+        except Exception as exc:  # noqa: BLE001 - a failed rebalance must not end the sentinel
+            log.error("rebalance_failed", reason=reason, error=f"{type(exc).__name__}: {exc}")
         else:
-            log.error("rebalance_failed", reason=reason, exit_code=proc.returncode, output=text)
+            log.warning("rebalance_done", reason=reason, status=out["status"], slots_moved=out.get("slots_moved"),
+                        keys_moved=out.get("keys_moved"), unowned_assigned=out.get("unowned_assigned"))
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        """Stop the rebalance in progress (it stops at its next step or batch; waits a little for that)."""
+        if self.task is None or self._stop is None:
+            return
+        self._stop.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), STOP_WAIT)
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("rebalance_still_stopping", hint="the reshard znode keeps its state; it resumes later")
+
+
+def _settle(future: asyncio.Future[dict[str, Any]], result: dict[str, Any] | None, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        assert result is not None
+        future.set_result(result)

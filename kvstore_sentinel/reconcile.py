@@ -7,8 +7,9 @@ import time
 import structlog
 
 from kvstore_cluster.model import Group
-from kvstore_sentinel.context import Context
-from kvstore_sentinel.nodes import NodeError
+from kvstore_cluster.node import NodeError
+from kvstore_cluster.ops.context import Context
+from kvstore_cluster.ops.fence import Fence
 from kvstore_sentinel.probe import Prober
 
 log = structlog.get_logger("kvstore.sentinel.reconcile")
@@ -19,8 +20,9 @@ RETRY_AFTER = 5.0  # seconds between attempts on a node that refused
 class Reconciler:
     """Sends REPLICAOF to listed replicas that are masters or follow the wrong node; backs off on refusal."""
 
-    def __init__(self, ctx: Context, prober: Prober):
+    def __init__(self, ctx: Context, fence: Fence, prober: Prober):
         self.ctx = ctx
+        self.fence = fence
         self.prober = prober
         self._retry_at: dict[str, float] = {}
 
@@ -37,7 +39,7 @@ class Reconciler:
             if not self.wrong_master(group, addr) or self._retry_at.get(addr, 0.0) > now:
                 continue
             result = self.prober.result(addr)
-            self.ctx.fence.check()
+            self.fence.check()
             async with self.ctx.node(addr) as node:
                 try:
                     await node.follow(group.master)

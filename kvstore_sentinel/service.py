@@ -22,14 +22,16 @@ from kazoo.client import KazooState
 from kazoo.exceptions import KazooException
 
 from kvstore_cluster import paths
-from kvstore_cluster.model import Groups
+from kvstore_cluster.model import Groups, Meta
+from kvstore_cluster.ops.context import Context
+from kvstore_cluster.ops.fence import Fenced
+from kvstore_cluster.sentinel_view import fresh_views
 from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
-from kvstore_sentinel.context import Context
-from kvstore_sentinel.election import Leadership, NotLeader
+from kvstore_sentinel.election import Leadership
 from kvstore_sentinel.leader import Leader
 from kvstore_sentinel.probe import Prober
+from kvstore_sentinel.quorum import build_view, objectively_down
 from kvstore_sentinel.rebalancer import Rebalancer
-from kvstore_sentinel.view import build_view, fresh_views, objectively_down
 
 log = structlog.get_logger("kvstore.sentinel")
 
@@ -69,6 +71,7 @@ class Sentinel:
         self._round = asyncio.Event()
         self._groups: Groups | None = None
         self._said: dict[str, str] = {}
+        self._bad_views: dict[str, str] = {}  # sentinel id -> why its published view is unreadable
         self._down: set[str] = set()  # nodes we last reported down, to log transitions once
 
     def _say_once(self, event: str, message: str | None, **fields: object) -> None:
@@ -88,12 +91,12 @@ class Sentinel:
             None, lambda: connect(cfg.zk, timeout=10.0, session_timeout=cfg.zk_session_timeout))
         self.store = ClusterStore(self.client, cfg.cluster)
         self.ctx = Context(self.store, node_timeout=max(1.0, cfg.down_after), password=cfg.password,
-                           sentinel_id=self.id, zk_timeout=cfg.zk_session_timeout)
+                           actor=self.id, zk_timeout=cfg.zk_session_timeout)
         meta = await self._wait_for_meta()
         self.leadership = Leadership(self.client, paths.sentinel_leader(cfg.cluster), self.id, loop)
-        self.ctx.fence = self.leadership.fence
-        self.rebalancer = Rebalancer(cfg.zk, cfg.cluster, cfg.password) if cfg.auto_rejoin else None
-        self.leader = Leader(self.ctx, self.prober, meta.mode, cfg.auto_rejoin, stable_for=cfg.down_after,
+        fence = self.leadership.fence
+        self.rebalancer = Rebalancer(self.store, fence, cfg.password) if cfg.auto_rejoin else None
+        self.leader = Leader(self.ctx, fence, self.prober, meta.mode, cfg.auto_rejoin, stable_for=cfg.down_after,
                              rebalancer=self.rebalancer)
         log.info("sentinel_started", id=self.id, cluster=cfg.cluster, mode=meta.mode, interval=cfg.interval,
                  down_after=cfg.down_after, quorum=cfg.quorum, auto_rejoin=cfg.auto_rejoin)
@@ -111,7 +114,7 @@ class Sentinel:
             for t in (*tasks, stopper):
                 t.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
-            self.prober.close()
+            await self.prober.close()
             if self.rebalancer is not None:
                 await self.rebalancer.close()
             await self.leadership.resign()
@@ -122,7 +125,7 @@ class Sentinel:
         self.client.stop()
         self.client.close()
 
-    async def _wait_for_meta(self):  # type: ignore[no-untyped-def]
+    async def _wait_for_meta(self) -> Meta:
         while True:
             try:
                 return (await self.ctx.zk(self.store.read_meta)).value
@@ -160,7 +163,7 @@ class Sentinel:
         """Probe every node once, log transitions, publish our view."""
         groups = await self._read_groups()
         if groups is not None:
-            self.prober.set_nodes({n for g in groups for n in g.nodes})
+            await self.prober.set_nodes({n for g in groups for n in g.nodes})
         was_down = self._down & set(self.prober.nodes)
         for result, previous in await self.prober.probe_all():
             if not result.ok and (previous is None or previous.ok):
@@ -181,16 +184,22 @@ class Sentinel:
             return
         view = build_view(self.id, self.prober, self.leadership.fence.acting)
         try:
-            await self.ctx.zk(self.store.register, paths.sentinel(self.config.cluster, self.id), view)
+            await self.ctx.zk(self.store.publish_view, view)
             self._say_once("publish_failed", None)
         except (StoreError, TimeoutError, Exception) as exc:  # noqa: BLE001 - keep probing whatever ZK says
             self._say_once("publish_failed", f"{type(exc).__name__}: {exc}")
 
     async def _verdict(self) -> set[str]:
-        views = await self.ctx.zk(self.store.sentinels)
+        views = await self.ctx.zk(self.store.sentinel_views)
+        for sid, error in views.malformed.items():
+            if self._bad_views.get(sid) != error:
+                log.error("view_unreadable", sentinel=sid, error=error, action="its votes are not counted")
+        for sid in self._bad_views.keys() - views.malformed.keys():
+            log.info("view_unreadable_cleared", sentinel=sid)
+        self._bad_views = dict(views.malformed)
         # Our own view is fresher in memory than in ZooKeeper.
-        views[self.id] = build_view(self.id, self.prober, True)
-        fresh = fresh_views(views, self.config.stale_after)
+        views.items[self.id] = build_view(self.id, self.prober, True)
+        fresh = fresh_views(views.items, self.config.stale_after)
         return set(objectively_down(fresh, self.config.quorum))
 
     async def _leader_loop(self) -> None:
@@ -203,7 +212,7 @@ class Sentinel:
                 down = await self._verdict()
                 await self.leader.tick(down)
                 self._say_once("leader_round_failed", None)
-            except NotLeader:
+            except Fenced:
                 log.warning("leader_action_fenced", reason="leadership suspended or lost mid-round")
             except ClusterNotFound as exc:
                 self._say_once("leader_round_failed", str(exc))

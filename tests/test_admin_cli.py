@@ -14,16 +14,23 @@ import redis
 from click.testing import CliRunner, Result
 from kazoo.client import KazooClient
 
-from kvstore_admin import nodes
 from kvstore_admin.cli import cli
 from kvstore_admin.processes import free_port, wait_until
 from kvstore_cluster import paths
+from kvstore_cluster.failover_record import FailoverRecord
 from kvstore_cluster.model import Group, Groups
+from kvstore_cluster.node import Node
+from kvstore_cluster.proxy_registration import ProxyRegistration
 from kvstore_cluster.slots import key_slot
 from kvstore_cluster.store import ClusterStore
 
 FAST_SYNC = {"repl-diskless-sync-delay": "0"}
 CONSOLE_SCRIPT = Path(sys.executable).parent / "kvstore-admin"
+
+
+def registration(pid: int, slots_version: int = 0, groups_version: int = 0) -> ProxyRegistration:
+    return ProxyRegistration(address="127.0.0.1:7000", pid=pid, started_at=1.0, slots_version=slots_version,
+                             groups_version=groups_version, fenced=False)
 
 
 def admin(zk_hosts: str, *args: str, cluster: str = "c1") -> Result:
@@ -411,15 +418,15 @@ def test_a_concurrent_change_makes_group_add_fail_with_exit_5(zk_hosts: str, zk:
     node = start_node(redis_factory)
     ok(zk_hosts, "init", "--mode", "cache")
     store = ClusterStore(zk, "c1")
-    real_ping = nodes.ping
+    real_ping = Node.ping
 
-    def ping_and_race(address: str, timeout: float = nodes.NODE_TIMEOUT, password: str | None = None) -> None:
+    async def ping_and_race(self: Node) -> None:
         # Another admin writes the groups between our read and our commit.
         groups = store.read_groups()
         store.set_groups(groups.value, groups.version)
-        real_ping(address, timeout, password)
+        await real_ping(self)
 
-    monkeypatch.setattr(nodes, "ping", ping_and_race)
+    monkeypatch.setattr(Node, "ping", ping_and_race)
     fails(zk_hosts, 5, "was changed by someone else meanwhile; nothing was written",
           "group", "add", "--master", node.address)
     assert store.read_groups().value == Groups()
@@ -492,7 +499,7 @@ def test_status_shows_groups_slots_and_live_node_health(zk_hosts: str, zk: Kazoo
     for gid, (master, replica) in nodes_of.items():
         ok(zk_hosts, "group", "add", "--id", gid, "--master", master.address, "--replica", replica.address)
     ok(zk_hosts, "rebalance")
-    ClusterStore(zk, "c1").register(paths.proxy("c1", "p1"), {"address": "127.0.0.1:7000", "pid": 1})
+    ClusterStore(zk, "c1").register_proxy("p1", registration(pid=1))
     text = ok(zk_hosts, "status").stdout
     assert "cluster c1 (datastore mode)" in text and "slots: 16384/16384 owned" in text
     assert "healthy" in text and "proxies: 1" in text
@@ -530,11 +537,15 @@ def test_status_reports_unowned_slots_and_wrong_roles(zk_hosts: str, zk: KazooCl
 
 def test_status_includes_the_sentinels_view_and_failovers_in_progress(zk_hosts: str, zk: KazooClient) -> None:
     ok(zk_hosts, "init", "--mode", "datastore")
-    zk.create(paths.failover("c1", "g1"), b'{"phase": "promote"}')
+    record = FailoverRecord("failover", "g1", "127.0.0.1:7001", "127.0.0.1:7002", "repoint", "s1")
+    zk.create(paths.failover("c1", "g1"), record.encode())
+    zk.create(paths.failover("c1", "g2"), b'{"phase": "promote"}')  # not a failover record
     data = json.loads(ok(zk_hosts, "status", "--json").stdout)
     assert data["sentinel_view"]["leader"] is None
-    assert data["sentinel_view"]["failovers"] == {"g1": {"phase": "promote"}}
+    assert data["sentinel_view"]["failovers"]["g1"] == record.to_json()
+    assert "missing field" in data["sentinel_view"]["failovers"]["g2"]["error"]
     assert "failover of group g1 in progress" in data["problems"]
+    assert "failover of group g2 in progress" in data["problems"]
     assert "(leader: none)" in ok(zk_hosts, "status").stdout
 
 
@@ -543,12 +554,14 @@ def test_proxies_lists_the_registered_proxies(zk_hosts: str, zk: KazooClient) ->
     assert "no proxy registered" in ok(zk_hosts, "proxies").stdout
     assert json.loads(ok(zk_hosts, "proxies", "--json").stdout) == []
     store = ClusterStore(zk, "c1")
-    store.register(paths.proxy("c1", "p1"), {"address": "127.0.0.1:7000", "pid": 4242,
-                                             "slots_version": 3, "groups_version": 2})
+    store.register_proxy("p1", registration(pid=4242, slots_version=3, groups_version=2))
+    zk.create(paths.proxy("c1", "p2"), b'{"address": "127.0.0.1:7001"}', ephemeral=True)  # not a registration
     rows = json.loads(ok(zk_hosts, "proxies", "--json").stdout)
-    assert rows == [{"id": "p1", "address": "127.0.0.1:7000", "pid": 4242, "slots_version": 3, "groups_version": 2}]
+    assert rows[0] == {"id": "p1", **registration(pid=4242, slots_version=3, groups_version=2).to_json()}
+    assert rows[1]["id"] == "p2" and "missing field 'pid'" in rows[1]["error"]
     text = ok(zk_hosts, "proxies").stdout
     assert "p1" in text and "127.0.0.1:7000" in text and "4242" in text
+    assert "p2" in text and "missing field 'pid'" in text
 
 
 # --- the real console script -------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_sentinel_sigterm_exits_within_seconds_while_zookeeper_is_dead(tmp_path:
                          SlotTable(tuple(even_split(["g1"]))))
             sentinel = spawn("sentinel", sentinel_argv(zookeeper.address, "c"), 0, tmp_path / "sentinel.log")
             # As leader it holds an election node, whose removal on shutdown must not hang.
-            wait_until(lambda: any(v.get("leader") for v in store.sentinels().values()), 20,
+            wait_until(lambda: any(v.leader for v in store.sentinel_views().items.values()), 20,
                        "the sentinel to register as leader")
         finally:
             client.stop()

@@ -10,7 +10,12 @@ from kazoo.client import KazooClient
 
 from kvstore_admin.processes import free_port
 from kvstore_cluster import paths
-from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split
+from kvstore_cluster.failover_record import FailoverRecord
+from kvstore_cluster.leader_election import NODE_NAME
+from kvstore_cluster.model import Group, Groups, Meta, Migration, SlotTable, even_split
+from kvstore_cluster.proxy_registration import ProxyRegistration
+from kvstore_cluster.reshard_state import ReshardState
+from kvstore_cluster.sentinel_view import ProbeResult, SentinelView
 from kvstore_cluster.store import (
     Check,
     ClusterExists,
@@ -19,9 +24,11 @@ from kvstore_cluster.store import (
     CorruptData,
     Create,
     Delete,
+    Records,
     Set,
     StoreError,
     VersionConflict,
+    Versioned,
     ZooKeeperUnavailable,
     connect,
 )
@@ -174,10 +181,59 @@ def test_connect_to_nothing_raises_zookeeper_unavailable_within_the_timeout() ->
     assert time.monotonic() - started < 5
 
 
-def test_proxies_lists_registrations_and_skips_malformed_ones(zk: KazooClient) -> None:
+def test_proxies_lists_registrations_and_reports_malformed_ones(zk: KazooClient) -> None:
     store = ClusterStore(zk, "c1")
     _create(store)
-    store.register(paths.proxy("c1", "p1"), {"address": "127.0.0.1:7000", "pid": 42})
+    reg = ProxyRegistration("127.0.0.1:7000", 42, 1.0, slots_version=3, groups_version=2, fenced=False)
+    store.register_proxy("p1", reg)
+    store.register_proxy("p1", reg)  # registering again replaces
     zk.create(paths.proxy("c1", "p2"), b"not json", ephemeral=True)
-    assert store.proxies() == {"p1": {"address": "127.0.0.1:7000", "pid": 42}, "p2": {"error": "malformed JSON"}}
-    assert store.sentinels() == {}
+    found = store.proxies()
+    assert found.items == {"p1": reg}
+    assert list(found.malformed) == ["p2"] and "not valid JSON" in found.malformed["p2"]
+    assert store.sentinel_views() == Records()
+
+
+def test_reshard_and_failover_records_are_read_with_versions_or_none(zk: KazooClient) -> None:
+    store = ClusterStore(zk, "c1")
+    _create(store)
+    assert store.read_reshard() is None
+    assert store.read_failover("g1") is None and store.failing_over() == []
+    state = ReshardState({"command": "rebalance", "drain": None}, ((Migration(0, 9, "g1", "g2"),),))
+    zk.create(paths.reshard("c1"), state.encode())
+    assert store.read_reshard() == Versioned(state, 0)
+    record = FailoverRecord("failover", "g1", G1.master, G1.replicas[0], "promote", "s1", started_at=5.0)
+    zk.create(paths.failover("c1", "g1"), record.encode())
+    zk.create(paths.failover("c1", "g2"), b'{"kind": "failover"}')
+    assert store.read_failover("g1") == Versioned(record, 0)
+    assert store.failing_over() == ["g1", "g2"]
+    failovers = store.failovers()
+    assert failovers.items == {"g1": record} and "missing field" in failovers.malformed["g2"]
+    with pytest.raises(CorruptData, match=r"failover/g2 holds malformed data: failover record: missing field"):
+        store.read_failover("g2")
+    zk.set(paths.reshard("c1"), b'{"steps": []}')
+    with pytest.raises(CorruptData, match="reshard holds malformed data"):
+        store.read_reshard()
+
+
+def test_a_missing_cluster_is_an_error_not_a_missing_record(zk: KazooClient) -> None:
+    store = ClusterStore(zk, "nope")
+    with pytest.raises(ClusterNotFound):
+        store.read_reshard()
+    with pytest.raises(ClusterNotFound):
+        store.read_failover("g1")
+
+
+def test_views_and_the_leader_are_read_back(zk: KazooClient) -> None:
+    store = ClusterStore(zk, "c1")
+    _create(store)
+    assert store.sentinel_leader() is None
+    view = SentinelView("s1", 10.0, True, {"127.0.0.1:7001": 9.0},
+                        {"127.0.0.1:7001": ProbeResult("127.0.0.1:7001", False, 9.5, error="down")})
+    store.publish_view(view)
+    assert store.sentinel_views().items == {"s1": view}
+    leader = paths.sentinel_leader("c1")
+    zk.create(f"{leader}/abc{NODE_NAME}", b"s2", ephemeral=True, sequence=True)
+    zk.create(f"{leader}/def{NODE_NAME}", b"s1", ephemeral=True, sequence=True)
+    zk.create(f"{leader}/stray", b"s3")  # not a contender
+    assert store.sentinel_leader() == "s2"

@@ -13,10 +13,8 @@ import redis
 from chaos.faultlink import FaultLink
 from chaos.processes import spawn_sentinel, start_chaos_proxy, wait_sentinel
 from kvstore_admin.processes import LocalProcess, redis_ping, spawn, start_redis, wait_until
-from kvstore_cluster import paths
 from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split
 from kvstore_cluster.store import ClusterStore, connect
-from kvstore_sentinel.election import current_leader
 
 # What the chaos clusters run with; see docs/contracts.md for why.
 DATASTORE_REDIS = {
@@ -206,8 +204,8 @@ class ChaosCluster:
         return frozenset(s for s, o in enumerate(self.slots().owners()) if o == gid)
 
     def leader(self) -> str | None:
-        assert self._zk is not None
-        return current_leader(self._zk, paths.sentinel_leader(self.name))
+        assert self.store is not None
+        return self.store.sentinel_leader()
 
     def wait_settled(self, timeout: float = 45.0) -> None:
         """Until every group is ok with a live master, every replica linked to it, every proxy current."""
@@ -250,13 +248,13 @@ class ChaosCluster:
                 if info.get("master_link_status") != "up":
                     out.append(f"{g.id} replica {rep} link {info.get('master_link_status')}")
         proxies = self.store.proxies()
-        if len(proxies) < len(self.proxies):
-            out.append(f"{len(proxies)} of {len(self.proxies)} proxies registered")
-        for pid, info in proxies.items():
-            if info.get("fenced") or info.get("slots_version") != slots_v.version \
-                    or info.get("groups_version") != groups_v.version:
-                out.append(f"proxy {pid} at slots {info.get('slots_version')}/{slots_v.version} "
-                           f"groups {info.get('groups_version')}/{groups_v.version} fenced {info.get('fenced')}")
+        if len(proxies.items) < len(self.proxies):
+            out.append(f"{len(proxies.items)} of {len(self.proxies)} proxies registered")
+        out += [f"proxy {pid}: {error}" for pid, error in proxies.malformed.items()]
+        for pid, reg in proxies.items.items():
+            if reg.fenced or reg.slots_version != slots_v.version or reg.groups_version != groups_v.version:
+                out.append(f"proxy {pid} at slots {reg.slots_version}/{slots_v.version} "
+                           f"groups {reg.groups_version}/{groups_v.version} fenced {reg.fenced}")
         for proc in [*self.proxies, *self.sentinels.values()]:
             if not proc.alive():
                 out.append(f"{proc.name} is not running")

@@ -22,6 +22,7 @@ from chaos.cluster import ChaosCluster, info_replication
 from chaos.contracts import FaultRecord, lossy_crash
 from kvstore_admin.processes import wait_until
 from kvstore_cluster import paths
+from kvstore_cluster.proxy_registration import MIGRATION
 
 now = time.monotonic
 
@@ -140,7 +141,7 @@ def reshard_unsupported(c: ChaosCluster) -> str | None:
         return "kvstore-admin has no reshard command yet"
     assert c.store is not None
     proxies = c.store.proxies()
-    old = [pid for pid, info in proxies.items() if not isinstance(info.get("migration"), int)]
+    old = [*(pid for pid, reg in proxies.items.items() if not reg.speaks(MIGRATION)), *proxies.malformed]
     if old:
         return (f"the proxies do not move keys of migrating slots yet (no 'migration' in their registration: "
                 f"{', '.join(sorted(old))}); kvstore-admin reshard refuses to run against them")

@@ -8,9 +8,17 @@ import pytest
 import redis
 from reshard_helpers import keys_in_slots, load_keys
 
-from kvstore_admin.reshard import CRASH_HOOK_ENV, CRASH_HOOK_EXIT, RESHARD_STOPPED
+from kvstore_admin.errors import RESHARD_STOPPED
 from kvstore_cluster import paths
+from kvstore_cluster.ops.reshard import CRASH_HOOK_ENV, CRASH_HOOK_EXIT
+from kvstore_cluster.proxy_registration import PROTOCOLS, ProxyRegistration
 from kvstore_cluster.slots import key_slot
+
+
+def registration(slots_version: int, protocols: dict[str, int] | None = None) -> ProxyRegistration:
+    """What a proxy that applied ``slots_version`` registers (a fake one: nothing listens there)."""
+    return ProxyRegistration("127.0.0.1:1", 1, 1.0, slots_version, 0, False,
+                             PROTOCOLS if protocols is None else protocols)
 
 
 def test_reshard_moves_keys_with_their_ttls_and_ownership(cluster) -> None:  # type: ignore[no-untyped-def]
@@ -138,10 +146,8 @@ def test_a_proxy_that_does_not_ack_stops_the_reshard_by_name(cluster) -> None:  
     load_keys(c.master("g1"), keys_in_slots(0, 99, 100))
     version = c.store.client.exists(paths.slots(c.tc.name)).version
     fake = paths.proxy(c.tc.name, "stale-proxy-1")
-    c.store.client.create(fake, json.dumps({"address": "127.0.0.1:1", "slots_version": version,
-                                            "migration": 1}).encode())
-    c.store.client.create(paths.proxy(c.tc.name, "good-proxy"),
-                          json.dumps({"slots_version": 10**6, "migration": 1}).encode())
+    c.store.client.create(fake, registration(version).encode())
+    c.store.client.create(paths.proxy(c.tc.name, "good-proxy"), registration(10**6).encode())
     result = c.admin("reshard", "--slots", "0-99", "--to", "g2", "--timeout", "0.5")
     assert result.exit_code == RESHARD_STOPPED
     assert "stale-proxy-1" in result.stderr and "good-proxy" not in result.stderr
@@ -157,11 +163,17 @@ def test_a_proxy_that_cannot_move_keys_refuses_the_marks(cluster) -> None:  # ty
     c = cluster(groups=2)
     load_keys(c.master("g1"), keys_in_slots(0, 99, 10))
     old = paths.proxy(c.tc.name, "old-proxy")
-    c.store.client.create(old, json.dumps({"slots_version": 10**6}).encode())
+    c.store.client.create(old, registration(10**6, protocols={}).encode())
     result = c.admin("reshard", "--slots", "0-99", "--to", "g2")
     assert result.exit_code == RESHARD_STOPPED and "old-proxy" in result.stderr
     assert "do not move keys of migrating slots" in result.stderr
     assert c.store.read_slots().value.migrating == ()  # nothing was marked
+    # A registration that does not decode cannot vouch for its proxy either.
+    c.store.client.set(old, json.dumps({"slots_version": 10**6, "protocols": {"migration": 1}}).encode())
+    result = c.admin("reshard", "--resume")
+    assert result.exit_code == RESHARD_STOPPED and "registration of proxy old-proxy is unreadable" in result.stderr
+    assert "missing field 'address'" in result.stderr
+    assert c.store.read_slots().value.migrating == ()
     c.store.client.delete(old)
     assert c.admin("reshard", "--resume").exit_code == 0
     assert c.master("g2").dbsize() == 10

@@ -6,15 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvstore_admin.plan import (
-    Move,
-    PlanError,
-    apply_moves,
-    rebalance_moves,
-    reshard_moves,
-    split_steps,
-)
-from kvstore_cluster.model import even_split
+from kvstore_cluster.model import Migration, even_split
+from kvstore_cluster.ops.errors import PlanError
+from kvstore_cluster.ops.slot_moves import apply_moves, rebalance_moves, reshard_moves, split_steps
 from kvstore_cluster.slots import SLOT_COUNT
 
 
@@ -40,13 +34,13 @@ def lower_bound(before: dict[str, int]) -> int:
 def test_reshard_moves_only_slots_the_target_does_not_own() -> None:
     owners = owners_of(even_split(["g1", "g2"]))  # g1 0-8191, g2 8192-16383
     moves = reshard_moves(owners, [(8000, 8300)], "g2")
-    assert moves == [Move(8000, 8191, "g1", "g2")]
+    assert moves == [Migration(8000, 8191, "g1", "g2")]
 
 
 def test_reshard_moves_from_several_sources_are_separate_moves() -> None:
     owners = owners_of(even_split(["g1", "g2", "g3"]))
     moves = reshard_moves(owners, [(5000, 6000), (12000, 12001)], "g2")
-    assert moves == [Move(5000, 5461, "g1", "g2"), Move(12000, 12001, "g3", "g2")]
+    assert moves == [Migration(5000, 5461, "g1", "g2"), Migration(12000, 12001, "g3", "g2")]
 
 
 def test_reshard_refuses_unowned_slots() -> None:
@@ -96,10 +90,10 @@ def test_slots_of_groups_not_ok_and_unowned_slots_stay_put() -> None:
 
 
 def test_split_steps_cuts_ranges_to_the_step_size_and_keeps_every_slot() -> None:
-    moves = [Move(0, 2499, "g1", "g2"), Move(3000, 3099, "g3", "g2")]
+    moves = [Migration(0, 2499, "g1", "g2"), Migration(3000, 3099, "g3", "g2")]
     steps = split_steps(moves, 1000)
     assert [sum(m.size for m in s) for s in steps] == [1000, 1000, 600]
-    assert steps[2] == [Move(2000, 2499, "g1", "g2"), Move(3000, 3099, "g3", "g2")]
+    assert steps[2] == [Migration(2000, 2499, "g1", "g2"), Migration(3000, 3099, "g3", "g2")]
     assert sorted(s for step in steps for m in step for s in range(m.lo, m.hi + 1)) == \
         sorted([*range(0, 2500), *range(3000, 3100)])
 

@@ -9,28 +9,27 @@ import redis
 from reshard_helpers import keys_in_slots
 from test_reshard_through_proxies import Proxy
 
-from kvstore_admin.plan import Move
 from kvstore_admin.processes import wait_until
-from kvstore_admin.reshard import State
 from kvstore_cluster import paths
 from kvstore_cluster.model import Migration
+from kvstore_cluster.reshard_state import ReshardState
 
 
-def reshard_node(phase: str, moves: list[Move], version: int = 1) -> bytes:
-    return State(request={"command": "test"}, steps=(tuple(moves),), phase=phase, version=version).encode()
+def reshard_node(phase: str, moves: list[Migration], version: int = 1) -> bytes:
+    return ReshardState(request={"command": "test"}, steps=(tuple(moves),), phase=phase, version=version).encode()
 
 
 @pytest.mark.parametrize(("phase", "step", "expected"), [
-    ("marked", [Move(0, 99, "g1", "g2")], False),
-    ("pending", [Move(0, 99, "g1", "g2")], False),
-    ("moving", [Move(0, 99, "g1", "g2")], True),
-    ("committed", [Move(0, 99, "g1", "g2")], True),
+    ("marked", [Migration(0, 99, "g1", "g2")], False),
+    ("pending", [Migration(0, 99, "g1", "g2")], False),
+    ("moving", [Migration(0, 99, "g1", "g2")], True),
+    ("committed", [Migration(0, 99, "g1", "g2")], True),
     # The znode still describes the previous step while the table already has the next marks.
-    ("committed", [Move(100, 199, "g1", "g2")], False),
-    ("moving", [Move(0, 99, "g2", "g1")], False),
+    ("committed", [Migration(100, 199, "g1", "g2")], False),
+    ("moving", [Migration(0, 99, "g2", "g1")], False),
 ])
 def test_marked_slots_are_released_only_for_the_migrations_the_reshard_znode_names(
-        phase: str, step: list[Move], expected: bool) -> None:
+        phase: str, step: list[Migration], expected: bool) -> None:
     from kvstore_proxy.migrating import released
 
     assert released(reshard_node(phase, step), (Migration(0, 99, "g1", "g2"),)) is expected
@@ -50,7 +49,7 @@ def test_commands_on_a_migrating_slot_move_their_keys_first(cluster, tmp_path) -
         client = proxy.client()
         store = c.store
         # Mark 0-99 migrating g1 -> g2 with the reshard znode still saying "marked": held.
-        moves = [Move(0, 99, "g1", "g2")]
+        moves = [Migration(0, 99, "g1", "g2")]
         store.client.create(paths.reshard(c.tc.name), reshard_node("marked", moves))
         slots = store.read_slots()
         store.set_slots(slots.value.with_migrating((Migration(0, 99, "g1", "g2"),)), slots.version)
@@ -103,5 +102,5 @@ def _held(client: redis.Redis, key: bytes) -> bool:
 
 def test_reshard_znode_format_is_what_the_proxy_reads() -> None:
     """The fields the proxy relies on (phase, steps, step) stay in the admin's state encoding."""
-    node = json.loads(reshard_node("moving", [Move(0, 9, "g1", "g2")]))
+    node = json.loads(reshard_node("moving", [Migration(0, 9, "g1", "g2")]))
     assert node["phase"] == "moving" and node["steps"][node["step"]] == [[0, 9, "g1", "g2"]]

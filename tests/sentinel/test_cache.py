@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 
@@ -9,8 +10,16 @@ import redis
 from sentinel_helpers import FAST, restart_redis, wait_for
 
 from kvstore_cluster import paths
+from kvstore_cluster.ops.cache import rejoin
+from kvstore_cluster.ops.context import Context
+from kvstore_cluster.ops.errors import RejoinError
+from kvstore_cluster.ops.fence import NO_FENCE
 from kvstore_cluster.slots import SLOT_COUNT
-from kvstore_sentinel.cache_failover import RejoinError, rejoin_group
+
+
+def rejoin_group(store, group_id):  # type: ignore[no-untyped-def]
+    """What 'kvstore-admin group rejoin --no-rebalance' runs."""
+    return asyncio.run(rejoin(Context(store, node_timeout=5.0), NO_FENCE, group_id))
 
 
 def _state(store, gid):  # type: ignore[no-untyped-def]

@@ -11,9 +11,8 @@ import redis
 from sentinel_helpers import FAST, restart_redis, wait_for
 from structlog.testing import capture_logs
 
-from kvstore_admin import nodes as admin_nodes
 from kvstore_admin.processes import free_port, redis_ping, spawn, wait_until
-from kvstore_sentinel.nodes import Node
+from kvstore_cluster.node import Node
 
 
 def _master(store, gid):  # type: ignore[no-untyped-def]
@@ -140,10 +139,7 @@ def test_replicaof_on_a_node_without_a_config_file_is_not_a_rewrite_failure(tmp_
                 await node.promote()
 
         with capture_logs() as logs:
-            asyncio.run(run())
-            # The admin's REPLICAOF shares the rule (kvstore_cluster.replication).
-            admin_nodes.set_replication(f"127.0.0.1:{port}", "127.0.0.1:1")
-            admin_nodes.set_replication(f"127.0.0.1:{port}", None)
+            asyncio.run(run())  # the one REPLICAOF of the admin and the sentinel
         assert redis.Redis(port=port).info("replication")["role"] == "master"
         assert [e for e in logs if e["event"] == "config_rewrite_failed"] == []
     finally:

@@ -7,7 +7,7 @@ import signal
 
 from sentinel_helpers import FAST, TcpProxy, event_time, wait_for
 
-from kvstore_sentinel.context import HANG_AT_STEP_ENV
+from kvstore_cluster.ops.context import HANG_AT_STEP_ENV
 
 
 def test_leader_killed_mid_failover_is_resumed_by_the_next_leader(make_cluster, sentinels, store):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from kvstore_cluster.model import Group, Groups, Migration, ModelError, SlotTable, even_split
+from kvstore_cluster.node import replication_info
+from kvstore_cluster.ops.cache_tables import drop_group, rejoin_plan
+from kvstore_cluster.sentinel_view import SentinelView, fresh_views
 from kvstore_cluster.slots import SLOT_COUNT
-from kvstore_sentinel.plans import drop_group, rejoin_plan
-from kvstore_sentinel.probe import ProbeError, parse_info, result_from_info
-from kvstore_sentinel.view import fresh_views, objectively_down
+from kvstore_sentinel.quorum import objectively_down
 
 
 def _cluster(n: int) -> tuple[Groups, SlotTable]:
@@ -67,32 +68,35 @@ def test_rejoin_takes_unowned_slots_only():
 
 
 def test_quorum_counts_only_fresh_views():
+    n1, n2, n3 = "10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"
     views = {
-        "a": {"time": 100.0, "down": {"n1": 1.0, "n2": 1.0}},
-        "b": {"time": 99.5, "down": {"n1": 1.0}},
-        "c": {"time": 10.0, "down": {"n2": 1.0, "n3": 1.0}},  # stale
-        "d": {"error": "malformed JSON"},
+        "a": SentinelView("a", 100.0, True, {n1: 1.0, n2: 1.0}),
+        "b": SentinelView("b", 99.5, False, {n1: 1.0}),
+        "c": SentinelView("c", 10.0, False, {n2: 1.0, n3: 1.0}),  # stale
     }
     fresh = fresh_views(views, stale_after=5, now=100.0)
     assert set(fresh) == {"a", "b"}
-    assert objectively_down(fresh, quorum=2) == {"n1": 2}
-    assert objectively_down(fresh, quorum=1) == {"n1": 2, "n2": 1}
+    assert objectively_down(fresh, quorum=2) == {n1: 2}
+    assert objectively_down(fresh, quorum=1) == {n1: 2, n2: 1}
 
 
 @pytest.mark.parametrize(
-    ("info", "role", "offset", "master"),
+    ("fields", "role", "offset", "master", "link_up"),
     [
-        ("# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:42\r\n", "master", 42, None),
-        ("role:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:6379\r\nmaster_link_status:down\r\n"
-         "slave_repl_offset:7\r\n", "slave", 7, "10.0.0.1:6379"),
+        ({"role": "master", "connected_slaves": "0", "master_repl_offset": "42"}, "master", 42, None, None),
+        ({"role": "slave", "master_host": "10.0.0.1", "master_port": "6379", "master_link_status": "down",
+          "slave_repl_offset": "7"}, "replica", 7, "10.0.0.1:6379", False),
+        # as redis-py parses INFO: numbers already ints
+        ({"role": "slave", "master_host": "10.0.0.1", "master_port": 6379, "master_link_status": "up",
+          "slave_repl_offset": 7}, "replica", 7, "10.0.0.1:6379", True),
     ],
 )
-def test_info_replication_is_parsed(info, role, offset, master):
-    result = result_from_info("n", parse_info(info), 0.0)
-    assert (result.role, result.offset, result.master) == (role, offset, master)
+def test_info_replication_is_parsed(fields, role, offset, master, link_up):
+    info = replication_info(fields)
+    assert (info.role, info.offset, info.master, info.link_up) == (role, offset, master, link_up)
 
 
-@pytest.mark.parametrize("info", ["", "role:sentinel\r\n", "role:master\r\nmaster_repl_offset:x\r\n"])
-def test_unusable_info_is_a_probe_error(info):
-    with pytest.raises(ProbeError):
-        result_from_info("n", parse_info(info), 0.0)
+@pytest.mark.parametrize("fields", [{}, {"role": "sentinel"}, {"role": "master", "master_repl_offset": "x"}])
+def test_unusable_info_is_refused(fields):
+    with pytest.raises(ValueError):
+        replication_info(fields)

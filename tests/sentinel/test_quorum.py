@@ -13,7 +13,7 @@ def test_leader_waits_for_quorum_of_fresh_views(make_cluster, sentinels, store):
     leader = sentinels.start(cluster.zk_hosts, cluster.name, *FAST, "--quorum", "2")
     other = sentinels.start(cluster.zk_hosts, cluster.name, *FAST, "--quorum", "2", wait_leader=False)
     victim = cluster.nodes["g1"][0]
-    wait_for(lambda: len(store.sentinels()) == 2, 10, "both views published")
+    wait_for(lambda: len(store.sentinel_views().items) == 2, 10, "both views published")
     other.proc.signal(signal.SIGSTOP)  # its view goes stale: only one vote left
     try:
         victim.signal(signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -11,7 +12,16 @@ import redis
 from sentinel_helpers import FAST, wait_for
 
 from kvstore_cluster import paths
-from kvstore_sentinel.switchover import STALE_AFTER, SwitchoverError, switchover
+from kvstore_cluster.ops import switchover as ops_switchover
+from kvstore_cluster.ops.context import Context
+from kvstore_cluster.ops.errors import SwitchoverError
+from kvstore_cluster.ops.fence import NO_FENCE
+from kvstore_cluster.ops.switchover import STALE_AFTER
+
+
+def switchover(store, group_id, to=None):  # type: ignore[no-untyped-def]
+    """What 'kvstore-admin failover' runs."""
+    return asyncio.run(ops_switchover.switchover(Context(store, node_timeout=5.0), NO_FENCE, group_id, to=to))
 
 
 def test_switchover_under_write_load_loses_no_acknowledged_write(make_cluster, store, proxy_factory):

@@ -7,34 +7,31 @@ start ──► failover/<g> = {step: promote, candidate}   + groups: g failing_
       ──► groups: master = candidate, old master appended to replicas, state ok
           + delete failover/<g>                                                  (one transaction)
 ```
-Each step is recorded *before* it is taken and is idempotent, so a new leader re-runs the
-recorded step and carries on.
+Each step is recorded *before* it is taken and is idempotent, so a new sentinel leader re-runs
+the recorded step and carries on (docs/design.md, "Failover").
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from dataclasses import replace
 from typing import Any
 
 import structlog
-from kazoo.exceptions import NoNodeError
 
 from kvstore_cluster import paths
+from kvstore_cluster.failover_record import FailoverRecord
 from kvstore_cluster.model import Group
-from kvstore_cluster.store import Create, Delete, Set
-from kvstore_sentinel.context import Context, encode_record
-from kvstore_sentinel.nodes import NodeError
+from kvstore_cluster.node import NodeError
+from kvstore_cluster.ops.context import Context
+from kvstore_cluster.ops.fence import Fence
+from kvstore_cluster.store import Create, Delete, Set, Versioned
 
-log = structlog.get_logger("kvstore.sentinel.datastore")
-
-STEPS = ("promote", "repoint", "commit")
+log = structlog.get_logger("kvstore.ops.failover")
 
 
 async def _offsets(ctx: Context, addresses: list[str]) -> dict[str, int]:
-    """Replication offset of each reachable replica (fresh INFO, not the probe's cached one)."""
+    """Replication offset of each reachable replica (fresh INFO, not a probe's cached one)."""
 
     async def one(addr: str) -> tuple[str, int | None]:
         async with ctx.node(addr) as node:
@@ -57,7 +54,7 @@ async def choose_candidate(ctx: Context, replicas: list[str], down: set[str]) ->
     return max(offsets, key=lambda a: (offsets[a], -replicas.index(a)))
 
 
-async def start_failover(ctx: Context, group_id: str, down: set[str]) -> bool:
+async def start_failover(ctx: Context, fence: Fence, group_id: str, down: set[str]) -> bool:
     """Begin failing over ``group_id`` whose master is down; return False if nothing could start."""
     groups_v = await ctx.zk(ctx.store.read_groups)
     group = groups_v.value.get(group_id)
@@ -67,83 +64,62 @@ async def start_failover(ctx: Context, group_id: str, down: set[str]) -> bool:
     groups_path = paths.groups(ctx.store.cluster)
     if candidate is None:
         if group.state != "down":
-            ctx.fence.check()
+            fence.check()
             await ctx.zk(ctx.store.commit, [
                 Set(groups_path, groups_v.value.put(replace(group, state="down")).encode(), groups_v.version),
-                *ctx.fence.zk_checks(),
+                *fence.zk_checks(),
             ])
             log.error("group_down_no_replica", group=group_id, master=group.master,
                       replicas=list(group.replicas), action="marked down, not promoted")
         return False
-    record = {
-        "kind": "failover", "group": group_id, "old_master": group.master, "candidate": candidate,
-        "step": "promote", "started_at": round(time.time(), 3), "by": ctx.sentinel_id,
-    }
-    ctx.fence.check()
+    record = FailoverRecord(kind="failover", group=group_id, old_master=group.master, candidate=candidate,
+                            step="promote", by=ctx.actor)
+    fence.check()
     await ctx.zk(ctx.store.commit, [
-        Create(paths.failover(ctx.store.cluster, group_id), encode_record(record)),
+        Create(paths.failover(ctx.store.cluster, group_id), record.encode()),
         Set(groups_path, groups_v.value.put(replace(group, state="failing_over")).encode(), groups_v.version),
-        *ctx.fence.zk_checks(),
+        *fence.zk_checks(),
     ])
     log.warning("failover_started", group=group_id, old_master=group.master, candidate=candidate)
     await ctx.hook("promote", group=group_id)
-    await resume_failover(ctx, group_id)
+    await resume_failover(ctx, fence, Versioned(record, 0))
     return True
 
 
-async def read_record(ctx: Context, group_id: str) -> tuple[dict[str, Any], int] | None:
-    try:
-        data, stat = await ctx.zk(ctx.store.client.get, paths.failover(ctx.store.cluster, group_id))
-    except NoNodeError:
-        return None
-    try:
-        record = json.loads(data)
-        if not isinstance(record, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        log.error("failover_record_unreadable", group=group_id, error=str(exc))
-        return None
-    return record, stat.version
+async def _record_step(ctx: Context, fence: Fence, current: Versioned[FailoverRecord],
+                       step: str) -> Versioned[FailoverRecord]:
+    record = current.value.at_step(step)
+    fence.check()
+    path = paths.failover(ctx.store.cluster, record.group)
+    await ctx.zk(ctx.store.commit, [Set(path, record.encode(), current.version), *fence.zk_checks()])
+    await ctx.hook(step, group=record.group)
+    return Versioned(record, current.version + 1)
 
 
-async def _record_step(ctx: Context, group_id: str, record: dict[str, Any], version: int, step: str) -> int:
-    record["step"] = step
-    ctx.fence.check()
-    path = paths.failover(ctx.store.cluster, group_id)
-    await ctx.zk(ctx.store.commit, [Set(path, encode_record(record), version), *ctx.fence.zk_checks()])
-    await ctx.hook(step, group=group_id)
-    return version + 1
-
-
-async def resume_failover(ctx: Context, group_id: str) -> None:
+async def resume_failover(ctx: Context, fence: Fence, current: Versioned[FailoverRecord]) -> None:
     """Carry a recorded failover on from its recorded step to the end."""
-    found = await read_record(ctx, group_id)
-    if found is None:
-        return
-    record, version = found
-    if record.get("kind") != "failover":
-        return  # a manual switchover in progress belongs to the admin
-    candidate, old_master = record["candidate"], record["old_master"]
+    record = current.value
+    group_id, candidate, old_master = record.group, record.candidate, record.old_master
     path = paths.failover(ctx.store.cluster, group_id)
     while True:
-        step = record.get("step")
+        step = current.value.step
         if step == "promote":
-            ctx.fence.check()
+            fence.check()
             async with ctx.node(candidate) as node:
                 try:
                     await node.promote()
                 except NodeError as exc:
                     log.error("failover_promote_failed", group=group_id, candidate=candidate, error=str(exc))
-                    await _abandon(ctx, group_id, version, reason=str(exc))
+                    await _abandon(ctx, fence, group_id, current.version, reason=str(exc))
                     return
             log.warning("replica_promoted", group=group_id, node=candidate)
-            version = await _record_step(ctx, group_id, record, version, "repoint")
+            current = await _record_step(ctx, fence, current, "repoint")
         elif step == "repoint":
             groups_v = await ctx.zk(ctx.store.read_groups)
             group = groups_v.value.get(group_id)
             others = [n for n in (group.replicas if group else ()) if n not in (candidate, old_master)]
             for addr in others:
-                ctx.fence.check()
+                fence.check()
                 async with ctx.node(addr) as node:
                     try:
                         await node.follow(candidate)
@@ -152,41 +128,38 @@ async def resume_failover(ctx: Context, group_id: str) -> None:
                         # The reconciler retries later; a broken replica must not block the failover.
                         log.error("replica_repoint_failed", group=group_id, node=addr, master=candidate,
                                   error=str(exc))
-            version = await _record_step(ctx, group_id, record, version, "commit")
-        elif step == "commit":
+            current = await _record_step(ctx, fence, current, "commit")
+        else:  # commit
             groups_v = await ctx.zk(ctx.store.read_groups)
             group = groups_v.value.get(group_id)
             if group is None:
                 log.error("failover_group_vanished", group=group_id)
-                ctx.fence.check()
-                await ctx.zk(ctx.store.commit, [Delete(path, version), *ctx.fence.zk_checks()])
+                fence.check()
+                await ctx.zk(ctx.store.commit, [Delete(path, current.version), *fence.zk_checks()])
                 return
             # The old master goes last: it is the one expected back later, as a replica.
             replicas = (*(n for n in group.nodes if n not in (candidate, old_master)), old_master)
             new_group = Group(group_id, candidate, replicas, "ok")
-            ctx.fence.check()
+            fence.check()
             await ctx.zk(ctx.store.commit, [
                 Set(paths.groups(ctx.store.cluster), groups_v.value.put(new_group).encode(), groups_v.version),
-                Delete(path, version),
-                *ctx.fence.zk_checks(),
+                Delete(path, current.version),
+                *fence.zk_checks(),
             ])
-            took = time.time() - float(record.get("started_at", time.time()))
             log.warning("failover_done", group=group_id, master=candidate, old_master=old_master,
-                        seconds=round(took, 3))
-            return
-        else:
-            log.error("failover_record_unknown_step", group=group_id, step=step)
+                        seconds=round(record.age, 3))
             return
 
 
-async def _abandon(ctx: Context, group_id: str, version: int, reason: str) -> None:
-    """Drop a failover that cannot promote its candidate; the next tick starts over with a fresh choice."""
+async def _abandon(ctx: Context, fence: Fence, group_id: str, version: int, reason: str) -> None:
+    """Drop a failover that cannot promote its candidate; the next round starts over with a fresh choice."""
     groups_v = await ctx.zk(ctx.store.read_groups)
     group = groups_v.value.get(group_id)
     ops: list[Any] = [Delete(paths.failover(ctx.store.cluster, group_id), version)]
     if group is not None and group.state == "failing_over":
         ops.append(Set(paths.groups(ctx.store.cluster), groups_v.value.put(replace(group, state="ok")).encode(),
                        groups_v.version))
-    ctx.fence.check()
-    await ctx.zk(ctx.store.commit, [*ops, *ctx.fence.zk_checks()])
+    fence.check()
+    await ctx.zk(ctx.store.commit, [*ops, *fence.zk_checks()])
     log.warning("failover_abandoned", group=group_id, reason=reason)
+

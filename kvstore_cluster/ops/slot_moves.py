@@ -1,55 +1,24 @@
-"""Pure reshard planning: which slots move from which group to which (no I/O, no ZooKeeper)."""
+"""Reshard planning (pure): which slots move from which group to which, cut into steps."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from kvstore_cluster.slots import SLOT_COUNT, slots_to_ranges
+from kvstore_cluster.model import Migration
+from kvstore_cluster.ops.errors import PlanError
+from kvstore_cluster.slots import format_slot_ranges, slots_to_ranges
 
 
-class PlanError(ValueError):
-    """The requested move is impossible (unknown or unowned slots, nobody to move to, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Move:
-    """Slots ``lo..hi`` (inclusive) go from group ``source`` to group ``target``."""
-
-    lo: int
-    hi: int
-    source: str
-    target: str
-
-    @property
-    def size(self) -> int:
-        return self.hi - self.lo + 1
-
-    def to_json(self) -> list[Any]:
-        return [self.lo, self.hi, self.source, self.target]
-
-    @classmethod
-    def from_json(cls, item: Any) -> Move:
-        if not (isinstance(item, list) and len(item) == 4):
-            raise ValueError(f"a move must be [lo, hi, source, target], got {item!r}")
-        lo, hi, source, target = item
-        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi < SLOT_COUNT):
-            raise ValueError(f"bad move range {lo!r}-{hi!r}")
-        if not (isinstance(source, str) and isinstance(target, str)) or source == target:
-            raise ValueError(f"bad move groups {source!r} -> {target!r}")
-        return cls(lo, hi, source, target)
-
-
-def _moves_from_pairs(pairs: dict[tuple[str, str], list[int]]) -> list[Move]:
-    out = []
+def _moves_from_pairs(pairs: dict[tuple[str, str], list[int]]) -> list[Migration]:
+    out: list[Migration] = []
     for (source, target), slots in pairs.items():
-        out.extend(Move(lo, hi, source, target) for lo, hi in slots_to_ranges(slots))
+        out.extend(Migration(lo, hi, source, target) for lo, hi in slots_to_ranges(slots))
     return sorted(out, key=lambda m: (m.lo, m.source, m.target))
 
 
-def reshard_moves(owners: Sequence[str | None], ranges: Sequence[tuple[int, int]], target: str) -> list[Move]:
-    """Moves that give every slot of ``ranges`` to ``target``; slots it already owns are skipped.
+def reshard_moves(owners: Sequence[str | None], ranges: Sequence[tuple[int, int]], target: str) -> list[Migration]:
+    """Migrations that give every slot of ``ranges`` to ``target``; slots it already owns are skipped.
 
     Unowned slots are refused: there is no source to take their keys from ('rebalance' assigns them).
     """
@@ -63,8 +32,6 @@ def reshard_moves(owners: Sequence[str | None], ranges: Sequence[tuple[int, int]
             elif owner != target:
                 pairs.setdefault((owner, target), []).append(s)
     if unowned:
-        from kvstore_cluster.slots import format_slot_ranges
-
         raise PlanError(f"slots {format_slot_ranges(slots_to_ranges(unowned))} have no owner; "
                         "give them one first with 'kvstore-admin rebalance'")
     return _moves_from_pairs(pairs)
@@ -82,7 +49,7 @@ def fair_targets(counts: dict[str, int], total: int) -> dict[str, int]:
     return {g: base + (1 if i < extra else 0) for i, g in enumerate(order)}
 
 
-def rebalance_moves(owners: Sequence[str | None], groups: Sequence[str], drain: str | None = None) -> list[Move]:
+def rebalance_moves(owners: Sequence[str | None], groups: Sequence[str], drain: str | None = None) -> list[Migration]:
     """The fewest moves that even out slot ownership among ``groups`` (the groups in state ok).
 
     Slots owned by groups not in ``groups`` (failing over, down) and unowned slots stay put.
@@ -122,7 +89,7 @@ def rebalance_moves(owners: Sequence[str | None], groups: Sequence[str], drain: 
     return _moves_from_pairs(pairs)
 
 
-def split_steps(moves: Sequence[Move], slots_per_step: int) -> list[list[Move]]:
+def split_steps(moves: Sequence[Migration], slots_per_step: int) -> list[list[Migration]]:
     """Cut ``moves`` into steps of at most ``slots_per_step`` slots each (ranges split as needed).
 
     Each step is marked, moved and committed as a unit, so a smaller step keeps fewer slots in
@@ -130,14 +97,14 @@ def split_steps(moves: Sequence[Move], slots_per_step: int) -> list[list[Move]]:
     """
     if slots_per_step < 1:
         raise PlanError("slots per step must be at least 1")
-    steps: list[list[Move]] = []
-    current: list[Move] = []
+    steps: list[list[Migration]] = []
+    current: list[Migration] = []
     room = slots_per_step
     for m in moves:
         lo = m.lo
         while lo <= m.hi:
             take = min(room, m.hi - lo + 1)
-            current.append(Move(lo, lo + take - 1, m.source, m.target))
+            current.append(Migration(lo, lo + take - 1, m.source, m.target))
             lo += take
             room -= take
             if room == 0:
@@ -148,7 +115,7 @@ def split_steps(moves: Sequence[Move], slots_per_step: int) -> list[list[Move]]:
     return steps
 
 
-def apply_moves(owners: Sequence[str | None], moves: Sequence[Move]) -> list[str | None]:
+def apply_moves(owners: Sequence[str | None], moves: Sequence[Migration]) -> list[str | None]:
     """The owners after ``moves`` (for dry runs and tests)."""
     out = list(owners)
     for m in moves:
@@ -159,7 +126,7 @@ def apply_moves(owners: Sequence[str | None], moves: Sequence[Move]) -> list[str
     return out
 
 
-def summarize(moves: Sequence[Move]) -> dict[str, Any]:
+def summarize(moves: Sequence[Migration]) -> dict[str, Any]:
     """Per (source, target) slot counts, for printing a plan."""
     pairs: dict[tuple[str, str], int] = {}
     for m in moves:

@@ -1,30 +1,30 @@
-"""Cache-mode repairs: remove a failed group (slots spread, group down), rejoin a recovered one after FLUSHALL."""
+"""Cache-mode repairs: remove a failed group (its slots spread, the group down), rejoin a recovered one after FLUSHALL.
+
+The sentinel leader removes groups and, with ``--auto-rejoin``, rejoins them; ``kvstore-admin
+group rejoin`` rejoins too (docs/design.md, "Cache mode").
+"""
 
 from __future__ import annotations
-
-import asyncio
 
 import structlog
 
 from kvstore_cluster import paths
 from kvstore_cluster.model import ModelError
-from kvstore_cluster.store import ClusterStore, Delete, Set, StoreError
-from kvstore_sentinel.context import Context
-from kvstore_sentinel.nodes import NodeError
-from kvstore_sentinel.plans import drop_group, rejoin_plan
+from kvstore_cluster.node import NodeError
+from kvstore_cluster.ops.cache_tables import drop_group, rejoin_plan
+from kvstore_cluster.ops.context import Context
+from kvstore_cluster.ops.errors import RejoinError
+from kvstore_cluster.ops.fence import Fence
+from kvstore_cluster.store import Delete, Set
 
-log = structlog.get_logger("kvstore.sentinel.cache")
-
-
-class RejoinError(Exception):
-    """A group cannot rejoin; the message says why, fit to show a user."""
+log = structlog.get_logger("kvstore.ops.cache")
 
 
-async def remove_group(ctx: Context, group_id: str, down: set[str]) -> bool:
+async def remove_group(ctx: Context, fence: Fence, group_id: str, down: set[str]) -> bool:
     """Spread ``group_id``'s slots over the healthy groups and mark it down, in one transaction.
 
-    Returns False (and logs why) when it is the last healthy group: serving a slice of the cache
-    from nothing is worse than waiting for its node.
+    Returns False when there is nothing to do, or when it is the last healthy group: serving a
+    slice of the cache from nothing is worse than waiting for its node.
     """
     groups_v = await ctx.zk(ctx.store.read_groups)
     slots_v = await ctx.zk(ctx.store.read_slots)
@@ -36,14 +36,14 @@ async def remove_group(ctx: Context, group_id: str, down: set[str]) -> bool:
         return False
     new_groups, new_slots, dropped = drop_group(groups_v.value, slots_v.value, group_id, healthy)
     # A reshard whose marks are dropped cannot go on (its slots were just reassigned): its record
-    # goes in the same transaction, so no admin resumes it and moves keys where no owner is.
+    # goes in the same transaction, so no one resumes it and moves keys where no owner is.
     reshard = await ctx.zk(ctx.store.client.exists, paths.reshard(ctx.store.cluster)) if dropped else None
-    ctx.fence.check()
+    fence.check()
     await ctx.zk(ctx.store.commit, [
         Set(paths.groups(ctx.store.cluster), new_groups.encode(), groups_v.version),
         Set(paths.slots(ctx.store.cluster), new_slots.encode(), slots_v.version),
         *([Delete(paths.reshard(ctx.store.cluster), reshard.version)] if reshard is not None else []),
-        *ctx.fence.zk_checks(),
+        *fence.zk_checks(),
     ])
     moved = slots_v.value.counts().get(group_id, 0)
     log.warning("group_removed", group=group_id, master=group.master, slots_moved=moved, to=healthy)
@@ -53,12 +53,12 @@ async def remove_group(ctx: Context, group_id: str, down: set[str]) -> bool:
     return True
 
 
-async def rejoin(ctx: Context, group_id: str) -> None:
+async def rejoin(ctx: Context, fence: Fence, group_id: str) -> int:
     """FLUSHALL the group's node(s), then mark the group ok (owning only slots nobody owned).
 
     The flush comes first: the node must hold no stale key by the time proxies route to it. Slots
-    with keys reach it only through the data-moving rebalance, so no healthy group loses keys. Raises
-    ``RejoinError`` with a readable reason.
+    with keys reach it only through the data-moving rebalance, so no healthy group loses keys.
+    Returns the slots it owns afterwards; raises ``RejoinError`` with a readable reason.
     """
     meta_v = await ctx.zk(ctx.store.read_meta)
     if meta_v.value.mode != "cache":
@@ -72,7 +72,7 @@ async def rejoin(ctx: Context, group_id: str) -> None:
     if group.state != "down":
         raise RejoinError(f"group {group_id!r} is {group.state}, not down; nothing to rejoin")
     for addr in group.nodes:
-        ctx.fence.check()
+        fence.check()
         async with ctx.node(addr) as node:
             try:
                 await node.flushall()
@@ -82,25 +82,13 @@ async def rejoin(ctx: Context, group_id: str) -> None:
         new_groups, new_slots = rejoin_plan(groups_v.value, slots_v.value, group_id)
     except ModelError as exc:
         raise RejoinError(str(exc)) from None
-    ctx.fence.check()
+    fence.check()
     await ctx.zk(ctx.store.commit, [
         Set(paths.groups(ctx.store.cluster), new_groups.encode(), groups_v.version),
         Set(paths.slots(ctx.store.cluster), new_slots.encode(), slots_v.version),
-        *ctx.fence.zk_checks(),
+        *fence.zk_checks(),
     ])
-    log.warning("group_rejoined", group=group_id, master=group.master,
-                slots=new_slots.counts().get(group_id, 0), flushed=list(group.nodes),
+    owned = new_slots.counts().get(group_id, 0)
+    log.warning("group_rejoined", group=group_id, master=group.master, slots=owned, flushed=list(group.nodes),
                 hint="run 'kvstore-admin rebalance' to give it a fair share of slots with their keys")
-
-
-def rejoin_group(store: ClusterStore, group_id: str, password: str | None = None, timeout: float = 5.0) -> int:
-    """Blocking entry for ``kvstore-admin group rejoin``: flush a down cache group and mark it ok.
-
-    Returns the number of slots the group owns afterwards; raises ``RejoinError`` or ``StoreError``.
-    """
-    ctx = Context(store, node_timeout=timeout, password=password)
-    try:
-        asyncio.run(rejoin(ctx, group_id))
-    except StoreError:
-        raise
-    return store.read_slots().value.counts().get(group_id, 0)
+    return owned

@@ -1,4 +1,4 @@
-"""Pure cache-mode plans: drop a failed group's slots onto the healthy ones, mark a rejoining group ok."""
+"""The table changes of cache-mode repairs (pure): drop a failed group's slots onto the healthy ones, rejoin a group."""
 
 from __future__ import annotations
 
@@ -37,5 +37,5 @@ def rejoin_plan(groups: Groups, slots: SlotTable, group_id: str) -> tuple[Groups
     group = groups.get(group_id)
     if group is None:
         raise ModelError(f"no group {group_id!r}")
-    owners = [group_id if o is None else o for o in slots.owners()]
+    owners: list[str | None] = [group_id if o is None else o for o in slots.owners()]
     return groups.put(replace(group, state="ok")), SlotTable.from_owners(owners, slots.migrating)
