@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from kvstore_cluster.codec import parse_address
 from kvstore_proxy import resp
 
 log = structlog.get_logger("kvstore.proxy.leases")
@@ -50,9 +51,7 @@ class Lease(asyncio.Protocol):
         self.pool = pool
         self.group = group
         self.address = address
-        host, _, port = address.rpartition(":")
-        self.host = host.strip("[]")
-        self.port = int(port)
+        self.host, self.port = parse_address(address)  # checked when the groups table was read
         self.protocol = protocol
         self.state = CONNECTING
         self.transport: Any = None
@@ -101,12 +100,7 @@ class Lease(asyncio.Protocol):
         if self.state == CLOSED:
             transport.abort()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        _nodelay(transport)
         self.transport = transport
         self.state = READY
         if self.out:
@@ -211,6 +205,15 @@ class Lease(asyncio.Protocol):
         if stack:
             self._scan -= p
         del buf[:p]
+
+
+def _nodelay(transport: Any) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 class LeasePool:

@@ -152,7 +152,8 @@ class Worker:
         idle = self.config.idle_timeout
         if idle > 0:
             for s in list(self.clients.values()):
-                if not s.fifo and now - s.last_active > idle:
+                # Subscribers are exempt, as from Redis's timeout.
+                if not s.fifo and now - s.last_active > idle and (s.state is None or s.state.subs is None):
                     self.stats.idle_closed += 1
                     s.close()
         self.loop.call_later(min(0.1, timeout / 4), self._tick)
@@ -174,7 +175,9 @@ class Worker:
             if s.transport is not None:
                 s.transport.pause_reading()
         deadline = time.monotonic() + self.config.drain_timeout
-        while any(s.fifo for s in self.clients.values()) and time.monotonic() < deadline:
+        # A blocked client's reply may never come: it is not waited for.
+        while any(s.fifo and (s.state is None or s.state.block is None) for s in self.clients.values()) \
+                and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for s in list(self.clients.values()):
             s.close()

@@ -89,11 +89,15 @@ def handle(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], 
     _HANDLERS[spec.name](s, spec, stat, args, raw, t0)
 
 
-def _multi(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], raw: bytes, t0: float) -> None:
+def _transaction(s: Session) -> tuple[ClientState, Transaction]:
     st = state_of(s)
-    txn = st.txn
-    if txn is None:
-        txn = st.txn = Transaction()
+    if st.txn is None:
+        st.txn = Transaction()
+    return st, st.txn
+
+
+def _multi(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], raw: bytes, t0: float) -> None:
+    st, txn = _transaction(s)
     if txn.multi:
         s.answer(stat, args, t0, resp.error("ERR MULTI calls can not be nested"))
         return
@@ -152,10 +156,7 @@ def _slot_of(spec: CommandSpec, args: list[bytes]) -> tuple[int | None, bytes | 
 
 
 def _watch(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], raw: bytes, t0: float) -> None:
-    st = state_of(s)
-    txn = st.txn
-    if txn is None:
-        txn = st.txn = Transaction()
+    st, txn = _transaction(s)
     if txn.multi:
         s.answer(stat, args, t0, resp.error("ERR WATCH inside MULTI is not allowed"))
         return
