@@ -238,6 +238,10 @@ def _break(st: ClientState, txn: Transaction) -> None:
 def _give_back(st: ClientState, lease: Lease) -> None:
     """UNWATCH on the lease, then back to the pool (closed if it drops meanwhile)."""
     pool = st.hub.pool
+    if pool.masters is not None and lease.address not in pool.masters:
+        lease.close()  # a replaced master may never answer; nobody will lease it again anyway
+        st.settle()
+        return
     lease.on_lost = lambda lease, err: st.settle()
 
     def done(replies: list[bytes]) -> None:
