@@ -1,4 +1,4 @@
-"""Commands the proxy answers itself (PING, AUTH, HELLO, CLIENT, INFO, SLOWLOG, ...) and run-time refusals."""
+"""Commands the proxy answers itself (PING, AUTH, HELLO, CLIENT, SLOWLOG, ...) and run-time refusals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kvstore_proxy import commands, fanout, resp, stats
+from kvstore_proxy import commands, fanout, inspection, resp
 from kvstore_proxy.commands import CommandSpec
 
 if TYPE_CHECKING:
@@ -120,6 +120,7 @@ def _hello(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes
 
 
 def _reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    s.worker.monitor.detach(s)
     s.name = b""
     if s.state is not None:
         s.state.reset()  # out of MULTI, no WATCH, no subscription
@@ -143,10 +144,6 @@ def _select(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> byte
 def _time(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
     now = time.time_ns() // 1000
     return resp.array([resp.bulk(b"%d" % (now // 1_000_000)), resp.bulk(b"%d" % (now % 1_000_000))])
-
-
-def _info(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
-    return s.enc.verbatim(stats.render_info(s.worker, [a.decode(errors="replace") for a in args[1:]]))
 
 
 def _valid_name(name: bytes) -> bool:
@@ -241,12 +238,13 @@ def _slowlog_reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) 
 
 HANDLERS: dict[bytes, Handler] = {
     b"ping": _ping, b"echo": _echo, b"quit": _quit, b"auth": _auth, b"hello": _hello,
-    b"reset": _reset, b"select": _select, b"time": _time, b"info": _info,
+    b"reset": _reset, b"select": _select, b"time": _time,
     b"client|setname": _client_setname, b"client|getname": _client_getname,
     b"client|id": _client_id, b"client|list": _client_list, b"client|info": _client_info,
     b"command|count": _command_count,
     b"slowlog|get": _slowlog_get, b"slowlog|len": _slowlog_len, b"slowlog|reset": _slowlog_reset,
     **fanout.HANDLERS,
+    **inspection.HANDLERS,
 }
 
 

@@ -51,6 +51,13 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
 @click.option("--slowlog-slower-than", type=int, default=10000, show_default=True,
               help="Log requests slower than this many microseconds (negative: off).")
 @click.option("--slowlog-max-len", type=click.IntRange(min=0), default=128, show_default=True)
+@click.option("--latency-monitor-threshold", type=click.IntRange(min=0), default=0, show_default=True,
+              help="LATENCY LATEST/HISTORY record requests taking at least this many milliseconds (0: off).")
+@click.option("--latency-tracking/--no-latency-tracking", default=False, show_default=True,
+              help="Keep per-command latency histograms (INFO latencystats, LATENCY HISTOGRAM); "
+                   "costs every request a little.")
+@click.option("--monitor-output-limit", type=click.IntRange(min=1024), default=32 * 1024 * 1024,
+              show_default=True, help="Bytes a MONITOR client may leave unread before it is disconnected.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds to wait for replies in flight when stopping.")
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="console", show_default=True)
@@ -69,6 +76,7 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
 def main(zk: str, cluster: str, listen: tuple[str, int], workers: int, requirepass: str | None,
          backend_password: str | None, timeout: float, max_clients: int, max_request_size: int,
          idle_timeout: float, zk_session_timeout: float, slowlog_slower_than: int, slowlog_max_len: int,
+         latency_monitor_threshold: int, latency_tracking: bool, monitor_output_limit: int,
          drain_timeout: float, log_format: str, log_level: str, max_leases: int, max_leases_per_client: int,
          pubsub_output_limit: tuple[int, int, float]) -> None:
     """Serve the Redis protocol for a kvstore cluster, routing each key to its group."""
@@ -78,9 +86,10 @@ def main(zk: str, cluster: str, listen: tuple[str, int], workers: int, requirepa
         requirepass=requirepass or None, backend_password=backend_password or None, timeout=timeout,
         max_clients=max_clients, max_request_size=max_request_size, idle_timeout=idle_timeout,
         zk_session_timeout=zk_session_timeout, slowlog_slower_than=slowlog_slower_than,
-        slowlog_max_len=slowlog_max_len, drain_timeout=drain_timeout, log_format=log_format,
-        log_level=log_level, max_leases=max_leases, max_leases_per_client=max_leases_per_client,
-        pubsub_output_limit=pubsub_output_limit,
+        slowlog_max_len=slowlog_max_len, latency_monitor_threshold=latency_monitor_threshold,
+        latency_tracking=latency_tracking, monitor_output_limit=monitor_output_limit,
+        drain_timeout=drain_timeout, log_format=log_format, log_level=log_level, max_leases=max_leases,
+        max_leases_per_client=max_leases_per_client, pubsub_output_limit=pubsub_output_limit,
     )
     if workers == 1:
         from kvstore_proxy import server

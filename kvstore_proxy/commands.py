@@ -31,9 +31,10 @@ class Kind(enum.IntEnum):
       SAME_SLOT for functions loaded on the groups directly.
     - The HELP subcommands of containers the proxy serves are PROXY and listed in ``FORWARD_ANY``:
       their reply is static text, so any group's master can answer.
-    - MIGRATE, MOVE, SWAPDB, WAIT, LASTSAVE, ROLE, LOLWUT, CLIENT KILL/PAUSE/NO-EVICT/TRACKING/...,
-      MEMORY DOCTOR/STATS/..., SCRIPT KILL/DEBUG are refused: each is about one redis-server, not the
-      keyspace the proxy presents.
+    - MIGRATE, MOVE, SWAPDB, WAIT, ROLE, LOLWUT, CLIENT KILL/PAUSE/NO-EVICT/TRACKING/...,
+      MEMORY PURGE/MALLOC-STATS, LATENCY DOCTOR/GRAPH, SCRIPT KILL/DEBUG are refused: each is about
+      one redis-server, not the keyspace the proxy presents. INFO, MONITOR, LATENCY LATEST/HISTORY/
+      RESET/HISTOGRAM, MEMORY STATS/DOCTOR and LASTSAVE answer for the whole proxy (inspection.py).
     """
 
     KEYED = 1  # exactly one key, always at the same position: route by its slot
@@ -99,13 +100,15 @@ _PROXY = frozenset(
         "command|getkeys", "command|getkeysandflags",
         "script|load", "script|exists", "script|flush",
         "slowlog|get", "slowlog|len", "slowlog|reset",
+        "monitor", "lastsave", "memory|stats", "memory|doctor",
+        "latency|latest", "latency|history", "latency|reset", "latency|histogram",
     }
 )  # fmt: skip
 
 FORWARD_ANY = frozenset(
     {
         b"client|help", b"command|help", b"script|help", b"slowlog|help",
-        b"object|help", b"xinfo|help", b"xgroup|help", b"memory|help", b"pubsub|help",
+        b"object|help", b"xinfo|help", b"xgroup|help", b"memory|help", b"latency|help", b"pubsub|help",
     }
 )  # fmt: skip
 """PROXY commands whose reply doesn't depend on data or group: forward them to any group's master."""
@@ -141,9 +144,9 @@ _REFUSED: dict[str, str] = {
     ),
     "wait": _NOT_SUPPORTED + ": each group replicates on its own, there is no cluster-wide offset",
     **dict.fromkeys(
-        ["config", "save", "bgsave", "bgrewriteaof", "lastsave", "shutdown", "debug", "module", "acl",
-         "latency", "monitor", "pfdebug", "pfselftest", "memory|doctor", "memory|stats",
-         "memory|purge", "memory|malloc-stats", "script|kill", "script|debug"],
+        ["config", "save", "bgsave", "bgrewriteaof", "shutdown", "debug", "module", "acl",
+         "latency", "pfdebug", "pfselftest", "memory|purge", "memory|malloc-stats", "script|kill",
+         "script|debug"],
         _SERVER,
     ),
     **dict.fromkeys(["swapdb", "move"], _DB),

@@ -90,6 +90,11 @@ class Resp2:
         """Text meant for humans (INFO, CLIENT LIST): a bulk string in RESP2."""
         return bulk(text)
 
+    @staticmethod
+    def double(x: float) -> bytes:
+        """A floating point number (MEMORY STATS ratios): a bulk string in RESP2, as Redis's %.17g."""
+        return bulk(b"%.17g" % x)
+
 
 class Resp3(Resp2):
     """The same replies for a client that sent ``HELLO 3``, encoded as Redis 7.0 encodes them."""
@@ -108,6 +113,10 @@ class Resp3(Resp2):
     @staticmethod
     def verbatim(text: bytes) -> bytes:
         return b"=%d\r\ntxt:" % (len(text) + 4) + text + CRLF
+
+    @staticmethod
+    def double(x: float) -> bytes:
+        return b",%.17g\r\n" % x
 
 
 RESP2 = Resp2()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import signal
 import time
@@ -12,15 +13,21 @@ import structlog
 
 from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
+from kvstore_proxy import inspection
 from kvstore_proxy.commands import CommandSpec, Kind
 from kvstore_proxy.config import ProxyConfig
+from kvstore_proxy.groupinfo import GroupInfo
+from kvstore_proxy.info import worker_snapshot
+from kvstore_proxy.latency import Histograms, LatencyEvents
+from kvstore_proxy.monitor import Hub
 from kvstore_proxy.outbox import Outbox
 from kvstore_proxy.request import CommandStat
 from kvstore_proxy.router import Router
 from kvstore_proxy.router3 import Resp3Router
 from kvstore_proxy.session import Session
+from kvstore_proxy.siblings import Family, SiblingServer
 from kvstore_proxy.stateful import StatefulHub
-from kvstore_proxy.stats import SlowLog, Stats
+from kvstore_proxy.stats import OpsMeter, SlowLog, Stats
 from kvstore_proxy.topology import Topology, proxy_id
 
 log = structlog.get_logger("kvstore.proxy.server")
@@ -51,9 +58,10 @@ class Route:
 class Worker:
     """Everything one proxy process owns; sessions and backends reach the rest through it."""
 
-    def __init__(self, config: ProxyConfig, loop: asyncio.AbstractEventLoop):
+    def __init__(self, config: ProxyConfig, loop: asyncio.AbstractEventLoop, family: Family | None = None):
         self.config = config
         self.loop = loop
+        self.family = family if family is not None else Family(workers=config.workers)
         self.port = config.port
         self.proxy_id = proxy_id(config.host, config.port)
         self.started_at = time.time()
@@ -61,14 +69,31 @@ class Worker:
         self.router = Router(self.outbox, config.backend_password)
         self.router3 = Resp3Router(self.router, self.outbox)  # what sessions after HELLO 3 route with
         self.stats = Stats()
-        self.slowlog = SlowLog(config.slowlog_max_len)
-        self.slow_threshold = (config.slowlog_slower_than / 1e6
-                               if config.slowlog_slower_than >= 0 and config.slowlog_max_len > 0 else math.inf)
+        self.ops = OpsMeter()
+        # The reply path hands SlowLog every request slower than slow_threshold: the slow log's,
+        # the latency monitor's, or every request with latency tracking (stats.SlowLog).
+        self.slowlog = SlowLog(
+            config.slowlog_max_len,
+            config.slowlog_slower_than / 1e6 if config.slowlog_slower_than >= 0 else math.inf,
+            LatencyEvents(config.latency_monitor_threshold),
+            Histograms() if config.latency_tracking else None)
+        self.slow_threshold = self.slowlog.threshold
         self.commandstats: dict[str, CommandStat] = {}
         self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route
         self._spec_routes: dict[bytes, Route] = {}
         self.clients: dict[int, Session] = {}
         self._next_id = 0
+        self.monitoring = False  # a monitor is attached here or in a sibling: see set_monitoring
+        self._routes_before_monitor: dict[bytes, Route] = {}
+        self.monitor = Hub(self, config.monitor_output_limit)
+        self.group_info = GroupInfo(self.router)
+        self.tasks: set[asyncio.Task[Any]] = set()  # replies being built (inspection.answer_later)
+        self.siblings = SiblingServer(
+            self.family, loop,
+            one_shot={b"stats": lambda arg: json.dumps(worker_snapshot(self)).encode(),
+                      b"latency-reset": lambda arg: json.dumps(
+                          inspection.reset_events(self, _event_names(arg))).encode()},
+            streams={b"monitor": self.monitor.subscribe})
         self.listening = False
         self.topology: Topology | None = None
         self.options = ClusterOptions()  # the cluster options record, applied live (Topology)
@@ -91,6 +116,7 @@ class Worker:
 
     def forget(self, session: Session) -> None:
         self.clients.pop(session.id, None)
+        self.monitor.detach(session)
 
     def stat_for(self, name: bytes) -> CommandStat:
         key = name.decode(errors="replace")
@@ -106,8 +132,22 @@ class Worker:
         return route
 
     def learn_route(self, name: bytes, route: Route) -> None:
-        if len(self.routes) < _MAX_LEARNED:
+        if len(self.routes) < _MAX_LEARNED and not self.monitoring:
             self.routes[name] = route
+
+    def set_monitoring(self, on: bool) -> None:
+        """MONITOR's worker-wide switch: with ``routes`` empty (in place: every session holds this
+        dict) every request takes Session._slow, where monitors are fed; learning stops meanwhile."""
+        if on == self.monitoring:
+            return
+        self.monitoring = on
+        if on:
+            self._routes_before_monitor = dict(self.routes)
+            self.routes.clear()
+        else:
+            self.routes.update(self._routes_before_monitor)
+            self._routes_before_monitor = {}
+        log.info("monitoring", on=on)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -119,6 +159,11 @@ class Worker:
             raise StartupError(str(exc)) from None
         self.topology = Topology(self, self._zk)
         self.topology.start()
+        try:
+            await self.siblings.start()
+        except OSError as exc:
+            raise StartupError(f"cannot open the workers' channel in {self.family.directory}: "
+                               f"{exc.strerror or exc}") from None
         try:
             await asyncio.wait_for(self.topology.ready.wait(), max(5.0, cfg.zk_session_timeout))
         except TimeoutError:
@@ -146,6 +191,9 @@ class Worker:
         if not self.listening:
             return
         now = time.monotonic()
+        self.ops.sample(now, sum(st.calls for st in self.commandstats.values()))
+        if self.monitoring:
+            self.monitor.relink()
         timeout = self.config.timeout
         for b in list(self.router.backends.values()) + self.router.retired:
             b.check_timeout(now, timeout)
@@ -170,6 +218,8 @@ class Worker:
         log.info("proxy_stopping", clients=len(self.clients))
         if self.server is not None:
             self.server.close()
+        self.siblings.close()
+        self.monitor.close()
         self.listening = False
         for s in list(self.clients.values()):
             if s.transport is not None:
@@ -192,6 +242,14 @@ class Worker:
         log.info("proxy_stopped")
 
 
+def _event_names(arg: bytes) -> list[str] | None:
+    """LATENCY RESET's event names as a sibling sends them (JSON: a list, or null for all)."""
+    names = json.loads(arg) if arg else None
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError("latency-reset wants a JSON list of event names or null")
+    return names
+
+
 def _connect(cfg: ProxyConfig) -> Any:
     client = connect(cfg.zk, timeout=min(10.0, cfg.zk_session_timeout), session_timeout=cfg.zk_session_timeout)
     store = ClusterStore(client, cfg.cluster)
@@ -206,8 +264,8 @@ def _connect(cfg: ProxyConfig) -> Any:
     return client
 
 
-def run(config: ProxyConfig, sock: Any = None) -> int:
-    """Run one proxy in this process until SIGTERM/SIGINT; returns the exit code."""
+def run(config: ProxyConfig, sock: Any = None, family: Family | None = None) -> int:
+    """Run one proxy (or one worker of ``family``) in this process until SIGTERM/SIGINT; the exit code."""
     try:
         import uvloop
 
@@ -215,7 +273,7 @@ def run(config: ProxyConfig, sock: Any = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency; this only keeps dev setups going
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    worker = Worker(config, loop)
+    worker = Worker(config, loop, family)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
     try:
@@ -234,6 +292,7 @@ def run(config: ProxyConfig, sock: Any = None) -> int:
 
 
 async def _abandon(worker: Worker) -> None:
+    worker.siblings.close()
     worker.router.close()
     if worker._zk is not None:
         zk = worker._zk

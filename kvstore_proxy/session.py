@@ -360,6 +360,11 @@ class Session(asyncio.Protocol):
         if not self.authenticated and spec.name not in answers.BEFORE_AUTH:
             self.answer(route.stat, args, t0, _NOAUTH)
             return
+        if worker.monitoring:  # every request comes here while a monitor is attached (monitor.py)
+            refusal = worker.monitor.feed(self, spec, args)
+            if refusal is not None:
+                self.answer(route.stat, args, t0, refusal)
+                return
         if st is not None:
             if st.txn is not None and st.txn.multi and spec.name not in transactions.NOT_QUEUED:
                 transactions.queue(self, spec, route.stat, args, raw, t0)
@@ -477,6 +482,7 @@ class Session(asyncio.Protocol):
         st.usec += dt
         if d[0] == 45:  # type: ignore[index]  # '-'
             st.errors += 1
+            self.worker.stats.count_error(d)  # type: ignore[arg-type]
         if dt > self.worker.slow_threshold:
             self.worker.slowlog.add(r, dt, self)
         return True
@@ -507,6 +513,7 @@ class Session(asyncio.Protocol):
             st.usec += dt
             if d[0] == 45:  # '-'
                 st.errors += 1
+                self.worker.stats.count_error(d)
             if dt > slow:
                 self.worker.slowlog.add(r, dt, self)
             if r is close_after:

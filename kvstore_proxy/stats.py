@@ -1,47 +1,103 @@
-"""The proxy's own observability: counters, the slow log, and the text of INFO."""
+"""The proxy's own counters of one worker: connections, error replies by code, the ops/s meter, the slow log."""
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from kvstore_proxy.commands import REDIS_VERSION
+from kvstore_proxy.latency import Histograms, LatencyEvents, event_for
 
 if TYPE_CHECKING:
     from kvstore_proxy.request import Reply
-    from kvstore_proxy.server import Worker
 
-SECTIONS = ("server", "clients", "stats", "commandstats", "backends", "cluster")
-_DEFAULT = ("server", "clients", "stats", "backends", "cluster")
+ERROR_CODES_MAX = 128  # distinct error codes counted, as Redis bounds its errorstats
 
 
 class Stats:
-    """Counters of one worker process."""
+    """Counters of one worker process (INFO clients and stats sum them over the workers)."""
 
     def __init__(self) -> None:
         self.connections_received = 0
         self.rejected_connections = 0
         self.protocol_errors = 0
         self.idle_closed = 0
+        # Clients waiting in a blocking command (BLPOP, XREAD BLOCK, ...): whatever blocks a client
+        # adds one here and takes it back when the client is served, times out or leaves.
+        self.blocked_clients = 0
+        self.errors: dict[str, int] = {}  # error replies by code: INFO errorstats
+
+    def count_error(self, reply: bytes | bytearray) -> None:
+        """One more error reply (``-CODE message``), counted by code as Redis's errorstats.
+
+        Redis takes the code up to the first space within 32 bytes, else counts ``ERR``.
+        """
+        space = reply.find(b" ", 1, 32)
+        code = bytes(reply[1:space]).decode(errors="replace") if space > 1 else "ERR"
+        errors = self.errors
+        if code in errors:
+            errors[code] += 1
+        elif len(errors) < ERROR_CODES_MAX:
+            errors[code] = 1
+
+
+class OpsMeter:
+    """instantaneous_ops_per_sec as Redis computes it: the mean of the last 16 rates sampled 100 ms apart."""
+
+    def __init__(self) -> None:
+        self.rates: deque[float] = deque(maxlen=16)
+        self.last: tuple[float, int] | None = None
+
+    def sample(self, now: float, total: int) -> None:
+        last = self.last
+        if last is None:
+            self.last = (now, total)
+        elif now - last[0] >= 0.1:
+            self.rates.append((total - last[1]) / (now - last[0]))
+            self.last = (now, total)
+
+    def rate(self) -> float:
+        return sum(self.rates) / len(self.rates) if self.rates else 0.0
 
 
 class SlowLog:
-    """Requests slower than the threshold, newest first (SLOWLOG GET/LEN/RESET).
+    """Where the reply path sends every request slower than the worker's ``slow_threshold``.
 
-    ``add`` only keeps references (it can run for many replies in a loaded pipeline); the
-    arguments are trimmed as Redis does when SLOWLOG GET asks for them.
+    That threshold is the lowest of the three this class serves, so a request below all of them
+    costs one comparison and nothing more:
+
+    - the slow log itself (SLOWLOG GET/LEN/RESET), requests over ``slower_than`` seconds, newest
+      first; ``add`` only keeps references, the arguments are trimmed as Redis does when SLOWLOG
+      GET asks for them;
+    - the latency monitor (``events``, LATENCY LATEST/HISTORY) from its threshold in ms;
+    - the per-command histograms (``histograms``, INFO latencystats) when latency tracking is on,
+      which makes the threshold -1: every request.
     """
 
-    def __init__(self, max_len: int):
+    def __init__(self, max_len: int, slower_than: float = float("inf"),
+                 events: LatencyEvents | None = None, histograms: Histograms | None = None):
         self.entries: deque[tuple[int, float, float, list[bytes], str, bytes]] = deque(maxlen=max(0, max_len))
         self.next_id = 0
+        self.slower_than = slower_than if max_len > 0 else float("inf")
+        self.events = events if events is not None else LatencyEvents(0)
+        self.histograms = histograms
+        self._event_from = self.events.threshold_ms / 1000 if self.events.threshold_ms > 0 else float("inf")
+
+    @property
+    def threshold(self) -> float:
+        """Seconds above which a request must come here (-1 with latency tracking: all of them)."""
+        if self.histograms is not None:
+            return -1.0
+        return min(self.slower_than, self._event_from)
 
     def add(self, r: Reply, seconds: float, session: Any) -> None:
-        self.entries.appendleft((self.next_id, time.time(), seconds, r.args, session.addr, session.name))
-        self.next_id += 1
+        if self.histograms is not None:
+            self.histograms.record(r.stat.name, seconds)
+        if seconds >= self._event_from:
+            self.events.add(event_for(r.stat.name), int(seconds * 1000))
+        if seconds > self.slower_than:
+            self.entries.appendleft((self.next_id, time.time(), seconds, r.args, session.addr, session.name))
+            self.next_id += 1
 
     def get(self, count: int) -> list[tuple[int, int, int, list[bytes], bytes, bytes]]:
         out = []
@@ -54,90 +110,3 @@ class SlowLog:
 
     def reset(self) -> None:
         self.entries.clear()
-
-
-def render_info(worker: Worker, wanted: list[str]) -> bytes:
-    """INFO's text for the requested sections (default, ``all``/``everything``, or names)."""
-    names = [w.lower() for w in wanted]
-    if not names or names == ["default"]:
-        sections = list(_DEFAULT)
-    elif any(n in ("all", "everything") for n in names):
-        sections = list(SECTIONS)
-    else:
-        sections = [s for s in SECTIONS if s in names]
-    out: list[str] = []
-    for name in sections:
-        out.append(f"# {name.capitalize() if name != 'commandstats' else 'Commandstats'}")
-        out.extend(f"{k}:{v}" for k, v in _SECTION[name](worker))
-        out.append("")
-    return "\r\n".join(out).encode()
-
-
-def _server(w: Worker) -> list[tuple[str, Any]]:
-    now = time.time()
-    return [
-        ("redis_version", REDIS_VERSION),
-        ("kvstore_proxy_version", "0.1.0"),
-        ("redis_mode", "standalone"),
-        ("os", f"{platform.system()} {platform.release()} {platform.machine()}"),
-        ("process_id", os.getpid()),
-        ("proxy_id", w.proxy_id),
-        ("tcp_port", w.port),
-        ("uptime_in_seconds", int(now - w.started_at)),
-        ("cluster", w.config.cluster),
-        ("workers", w.config.workers),
-    ]
-
-
-def _clients(w: Worker) -> list[tuple[str, Any]]:
-    return [("connected_clients", len(w.clients)), ("maxclients", w.config.max_clients)]
-
-
-def _stats(w: Worker) -> list[tuple[str, Any]]:
-    s = w.stats
-    calls = sum(st.calls for st in w.commandstats.values())
-    return [
-        ("total_connections_received", s.connections_received),
-        ("total_commands_processed", calls),
-        ("rejected_connections", s.rejected_connections),
-        ("protocol_errors", s.protocol_errors),
-        ("idle_clients_closed", s.idle_closed),
-        ("slowlog_len", len(w.slowlog.entries)),
-    ]
-
-
-def _commandstats(w: Worker) -> list[tuple[str, Any]]:
-    rows = []
-    for name, st in sorted(w.commandstats.items()):
-        if not st.calls:
-            continue
-        usec = int(st.usec * 1e6)
-        rows.append((f"cmdstat_{name}",
-                     f"calls={st.calls},usec={usec},usec_per_call={usec / st.calls:.2f},"
-                     f"rejected_calls=0,failed_calls={st.errors}"))
-    return rows
-
-
-def _backends(w: Worker) -> list[tuple[str, Any]]:
-    rows = []
-    for i, b in enumerate(w.router.describe()):
-        rows.append((f"backend{i}", ",".join(f"{k}={v}" for k, v in b.items())))
-    return rows
-
-
-def _cluster(w: Worker) -> list[tuple[str, Any]]:
-    r = w.router
-    return [
-        ("slots_version", r.slots_version),
-        ("groups_version", r.groups_version),
-        ("groups", len(r.groups or ())),
-        ("fenced", int(r.fenced)),
-        ("fence_reason", r.fence_reason or "-"),
-        ("zk_state", w.topology.state if w.topology else "-"),
-    ]
-
-
-_SECTION = {
-    "server": _server, "clients": _clients, "stats": _stats, "commandstats": _commandstats,
-    "backends": _backends, "cluster": _cluster,
-}

@@ -8,7 +8,10 @@ The parent binds nothing itself and opens no ZooKeeper session (each child has i
   code 2: bad config, ZooKeeper unreachable, port taken) is not restarted, and the parent exits
   with that code once no child is left;
 - on SIGTERM/SIGINT forwards SIGTERM to every child (they stop accepting, drain, deregister) and
-  exits 0 once all are gone, SIGKILLing stragglers after ``drain_timeout`` + 5 s.
+  exits 0 once all are gone, SIGKILLing stragglers after ``drain_timeout`` + 5 s;
+- gives the children one :class:`~kvstore_proxy.siblings.Family`: the proxy's run id and start
+  time, and a private directory for the sockets they talk to each other through (siblings.py),
+  removed when the parent exits.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import replace
 import structlog
 
 from kvstore_proxy.config import ProxyConfig
+from kvstore_proxy.siblings import Family, make_directory, remove_directory
 
 log = structlog.get_logger("kvstore.proxy.workers")
 
@@ -29,14 +33,15 @@ STARTUP_FAILED = 2
 BACKOFF_MIN, BACKOFF_MAX, STABLE_AFTER = 0.5, 30.0, 60.0
 
 
-def _child(config: ProxyConfig, index: int) -> None:
+def _child(config: ProxyConfig, family: Family) -> None:
     from kvstore_proxy import server
 
+    index = family.index
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     code = 1
     try:
-        code = server.run(config)
+        code = server.run(config, family=family)
     except BaseException as exc:  # noqa: BLE001 - report, then leave with a non-zero code
         log.exception("worker_crashed", worker=index, error=str(exc))
     finally:
@@ -46,6 +51,14 @@ def _child(config: ProxyConfig, index: int) -> None:
 
 
 def supervise(config: ProxyConfig) -> int:
+    directory = make_directory()
+    try:
+        return _supervise(config, Family(workers=config.workers, directory=directory))
+    finally:
+        remove_directory(directory)
+
+
+def _supervise(config: ProxyConfig, family: Family) -> int:
     n = config.workers
     child_config = replace(config, workers=n)
     children: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
@@ -56,7 +69,7 @@ def supervise(config: ProxyConfig) -> int:
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
-            _child(child_config, index)
+            _child(child_config, replace(family, index=index))
         children[pid] = (index, time.monotonic())
         log.info("worker_started", worker=index, pid=pid)
 

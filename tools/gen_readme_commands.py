@@ -56,7 +56,9 @@ _SECTIONS = {
     Kind.PROXY: (
         "Commands the proxy answers itself",
         "Answered by the proxy, or fanned out to every group and combined (DBSIZE, KEYS, SCAN, FLUSHDB, "
-        "FLUSHALL, SCRIPT LOAD/EXISTS/FLUSH). HELP subcommands are passed to any group.",
+        "FLUSHALL, SCRIPT LOAD/EXISTS/FLUSH). HELP subcommands are passed to any group. INFO, MONITOR and "
+        "LATENCY answer for the whole proxy, all its workers; INFO's memory, persistence and keyspace "
+        "figures, MEMORY STATS/DOCTOR and LASTSAVE (the oldest) combine every group's master.",
     ),
     Kind.REFUSED: (
         "Refused commands",
