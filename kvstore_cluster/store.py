@@ -18,6 +18,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from kvstore_cluster import paths
 from kvstore_cluster.failover_record import FailoverRecord
+from kvstore_cluster.import_state import ImportState
 from kvstore_cluster.leader_election import current_leader
 from kvstore_cluster.model import Groups, Meta, ModelError, SlotTable
 from kvstore_cluster.options import ClusterOptions
@@ -124,17 +125,10 @@ class ClusterStore:
         return self.client.exists(paths.meta(self.cluster)) is not None
 
     def _read(self, path: str, decode: Callable[[bytes], T]) -> Versioned[T]:
-        try:
-            data, stat = self.client.get(path)
-        except NoNodeError:
-            if not self.exists():
-                raise ClusterNotFound(f"cluster {self.cluster!r} does not exist (run 'kvstore-admin init')") from None
-            raise StoreError(f"{path} is missing") from None
-        version = stat.version
-        try:
-            return Versioned(decode(data), version)
-        except ModelError as exc:
-            raise CorruptData(f"{path} holds malformed data: {exc}") from None
+        found = self._read_optional(path, decode)
+        if found is None:
+            raise StoreError(f"{path} is missing")
+        return found
 
     def read_meta(self) -> Versioned[Meta]:
         return self._read(paths.meta(self.cluster), Meta.decode)
@@ -146,11 +140,13 @@ class ClusterStore:
         return self._read(paths.slots(self.cluster), SlotTable.decode)
 
     def _read_optional(self, path: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
-        """Like ``_read`` but ``None`` when the znode does not exist (and the cluster does)."""
+        """The record at ``path`` with its version, ``None`` if the znode does not exist (and the cluster does)."""
         try:
             data, stat = self.client.get(path)
         except NoNodeError:
-            self.read_meta()  # a missing cluster is an error, not "no such record"
+            # A missing cluster is an error, not "no such record".
+            if not self.exists():
+                raise ClusterNotFound(f"cluster {self.cluster!r} does not exist (run 'kvstore-admin init')") from None
             return None
         try:
             return Versioned(decode(data), stat.version)
@@ -182,6 +178,10 @@ class ClusterStore:
         """The cluster options (version -1: no record yet, every default)."""
         return self._read_optional(paths.options(self.cluster), ClusterOptions.decode) or Versioned(
             ClusterOptions(), -1)
+
+    def read_import(self) -> Versioned[ImportState] | None:
+        """The import from a standalone Redis recorded on this cluster (running, stopped or done), or ``None``."""
+        return self._read_optional(paths.import_state(self.cluster), ImportState.decode)
 
     def read_failover(self, group_id: str) -> Versioned[FailoverRecord] | None:
         """The failover or switchover of ``group_id`` in progress, or ``None``."""

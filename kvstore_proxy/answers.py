@@ -79,7 +79,7 @@ def _hello(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes
     a bad SETNAME authenticates); the protocol switches only once everything succeeded, and
     the reply is already in the new protocol: a map in RESP3, a flat array in RESP2.
     """
-    version = 0
+    version: int | None = 0
     if len(args) > 1:
         version = commands.string2ll(args[1])
         if version is None:

@@ -28,7 +28,7 @@ class Router:
     :class:`Refuser` for slots nobody may serve right now (unowned, group down, proxy fenced), so
     the hot path never checks those cases itself.
 
-    Migrating slots (DESIGN.md, "Resharding without restart") get a :class:`Migrating` entry,
+    Migrating slots (docs/design.md, "Resharding") get a :class:`Migrating` entry,
     which runs MIGRATE on the source before forwarding to the target (``migrating.py``).
     """
 
@@ -116,7 +116,7 @@ class Router:
         for m in self.slots.migrating if self.slots is not None else ():
             source, target = table.get(m.source), table.get(m.target)
             if isinstance(source, Backend) and isinstance(target, Backend):
-                entry: Any = Migrating(self, source, target)
+                entry = Migrating(self, source, target)
             else:  # either side down: nobody can tell where a key of these slots is
                 entry = source if not isinstance(source, Backend) else target
             slot_backend[m.lo : m.hi + 1] = [entry] * (m.hi - m.lo + 1)

@@ -48,7 +48,7 @@ class Route:
         self.spec = spec
         self.stat = stat
         # KEYED commands have their one key at a fixed position (commands.py computes it).
-        fixed = getattr(spec, "_fixed", None)
+        fixed: Any = getattr(spec, "_fixed", None)
         self.fast = spec.kind is Kind.KEYED and b"|" not in spec.name and fixed is not None and len(fixed) == 1
         self.key = fixed[0] if self.fast else 0
         self.nmin = spec.arity if spec.arity > 0 else -spec.arity
@@ -177,7 +177,7 @@ class Worker:
                     reuse_port=cfg.workers > 1, reuse_address=True)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
-        sockets = self.server.sockets or []
+        sockets: Any = self.server.sockets or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
         self.listening = True

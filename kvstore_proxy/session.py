@@ -459,7 +459,7 @@ class Session(asyncio.Protocol):
         """
         self.protocol = version
         self.enc = resp.PROTOCOLS[version]
-        self.router = self.worker.router3 if version == 3 else self.worker.router
+        self.router = self.worker.router3 if version == 3 else self.worker.router  # type: ignore[assignment]
         if self.state is not None:
             self.refresh_routes()  # a RESP2 subscriber is restricted, a RESP3 one is not
 
