@@ -20,6 +20,7 @@ import click
 from kvstore_admin import check as checking
 from kvstore_admin import groups as ops
 from kvstore_admin import local, reshard_report, status
+from kvstore_admin import options as opts
 from kvstore_admin.errors import (
     DIFFERENT,
     EXIT_CODES_HELP,
@@ -404,6 +405,56 @@ def failover_cmd(settings: Settings, group_id: str, target: str | None, pause: f
         ctx = Context(store, node_timeout=node_timeout, password=settings.redis_password)
         new_master = asyncio.run(switchover.switchover(ctx, NO_FENCE, group_id, to=target, pause=pause))
     click.echo(f"group {group_id}: master is now {new_master}")
+
+
+@cli.group("option", cls=AdminGroup)
+def option_cmd() -> None:
+    """Cluster options kept in ZooKeeper; every proxy applies a change within moments."""
+
+
+@option_cmd.command("list")
+@json_option
+@pass_settings
+def option_list(settings: Settings, as_json: bool) -> None:
+    """Every option with its value, its default and its choices."""
+    with open_store(settings) as store:
+        rows = opts.list_options(store)
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(status.table(["OPTION", "VALUE", "DEFAULT", "CHOICES"],
+                            [[o["name"], o["value"], o["default"], ", ".join(o["choices"])] for o in rows]))
+    for o in rows:
+        click.echo(f"\n{o['name']}: {o['help']}")
+
+
+@option_cmd.command("get")
+@click.argument("name")
+@json_option
+@pass_settings
+def option_get(settings: Settings, name: str, as_json: bool) -> None:
+    """Print the value of option NAME."""
+    with open_store(settings) as store:
+        row = opts.get_option(store, name)
+    if as_json:
+        emit_json(row)
+    else:
+        click.echo(row["value"])
+
+
+@option_cmd.command("set")
+@click.argument("name")
+@click.argument("value")
+@json_option
+@pass_settings
+def option_set(settings: Settings, name: str, value: str, as_json: bool) -> None:
+    """Set option NAME to VALUE ('kvstore-admin option list' shows the choices)."""
+    with open_store(settings) as store:
+        out = opts.set_option(store, name, value)
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"{name} = {value} (was {out['previous']}); proxies apply it within moments")
 
 
 # --- moving in ---------------------------------------------------------------------------------------
