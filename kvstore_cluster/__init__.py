@@ -1,1 +1,1 @@
-"""What every kvstore process shares: slot hash, the records in ZooKeeper and their paths, the store, the node client, ops."""
+"""What every kvstore process shares: the slot function, the ZooKeeper records and their store, the node client, ops."""

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
-import redis.asyncio as aioredis
-import redis.exceptions
+import hiredis
 import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from kvstore_cluster.codec import parse_address
 
@@ -29,6 +26,7 @@ NODE_TIMEOUT = 1.0  # seconds for one command on a node that should answer at on
 FLUSH_TIMEOUT = 10.0  # FLUSHALL SYNC of a big node takes a while
 PASSWORD_HINT = "give the nodes' password with --redis-password or KVSTORE_REDIS_PASSWORD"
 _NO_CONFIG_FILE = "running without a config file"
+_READ_SIZE = 65536
 
 
 class NodeError(Exception):
@@ -41,6 +39,10 @@ class CommandRefused(NodeError):
     def __init__(self, message: str, reply: str):
         super().__init__(message)
         self.reply = reply
+
+
+class _AuthRefused(Exception):
+    """The node refused AUTH, or wants it (NOAUTH); the text is its reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +59,19 @@ class ReplicationInfo:
         return asdict(self)
 
 
+def parse_info(text: str) -> dict[str, str]:
+    """``INFO`` text -> ``{field: value}``; section headers and blank lines are skipped."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def replication_info(fields: Mapping[str, Any]) -> ReplicationInfo:
-    """``INFO replication`` fields (text or as redis-py parsed them) -> ``ReplicationInfo``; ValueError if unusable."""
+    """``INFO replication`` fields -> ``ReplicationInfo``; ``ValueError`` if they are not a usable role and offset."""
     role = str(fields.get("role", ""))
     if role == "master":
         return ReplicationInfo("master", int(str(fields.get("master_repl_offset", 0))),
@@ -79,15 +92,22 @@ def replicaof_args(master: str | None) -> tuple[str, str, str]:
     return ("REPLICAOF", host, str(port))
 
 
+def _pack(args: Sequence[Any]) -> bytes:
+    """One command in RESP (hiredis packs str, bytes, int and float arguments)."""
+    return hiredis.pack_command(cast(Any, tuple(args)))
+
+
 class Node:
-    """One connection to ``address``, opened on first use; ``async with`` closes it."""
+    """One connection to ``address`` (RESP, parsed by hiredis), opened on first use; ``async with`` closes it."""
 
     def __init__(self, address: str, timeout: float = NODE_TIMEOUT, password: str | None = None):
         self.address = address
         self.host, self.port = parse_address(address)
         self.timeout = timeout
         self.password = password or None
-        self._client: aioredis.Redis | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._parser = hiredis.Reader()
 
     async def __aenter__(self) -> Node:
         return self
@@ -96,67 +116,97 @@ class Node:
         await self.close()
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
             try:
-                await client.aclose()
+                await writer.wait_closed()
             except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
                 pass
 
-    def _redis(self) -> aioredis.Redis:
-        if self._client is None:
-            # No socket timeout: each call is bounded by its own (asyncio.wait_for), so a slow
-            # command (FLUSHALL, MIGRATE) can be given longer than a PING.
-            self._client = aioredis.Redis(host=self.host, port=self.port, password=self.password,
-                                          socket_timeout=None, socket_connect_timeout=self.timeout,
-                                          single_connection_client=True, retry=Retry(NoBackoff(), 0))
-        return self._client
+    async def _reply(self) -> Any:
+        assert self._reader is not None
+        while True:
+            reply = self._parser.gets()
+            if reply is not False:
+                return reply
+            data = await self._reader.read(_READ_SIZE)
+            if not data:
+                raise ConnectionError("connection closed by the node")
+            self._parser.feed(data)
+
+    async def _exchange(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``commands`` in one write, return their replies (error replies as ``hiredis.ReplyError``)."""
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._parser = hiredis.Reader()
+            if self.password is not None:
+                self._writer.write(_pack(("AUTH", self.password)))
+                reply = await self._reply()
+                if isinstance(reply, hiredis.ReplyError):
+                    raise _AuthRefused(str(reply))
+        assert self._writer is not None
+        self._writer.write(b"".join(_pack(c) for c in commands))
+        await self._writer.drain()
+        replies = [await self._reply() for _ in commands]
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOAUTH"):
+                raise _AuthRefused(str(reply))
+        return replies
 
     def failure(self, what: str, exc: BaseException, timeout: float) -> str:
         """The user-facing reason ``what`` failed with ``exc``."""
         reason = str(exc) or type(exc).__name__
-        if isinstance(exc, redis.exceptions.AuthenticationError):
+        if isinstance(exc, _AuthRefused):
             if self.password is None:
                 return f"node {self.address} requires a password ({PASSWORD_HINT})"
             if "without any password configured" in reason or "no password is set" in reason:
                 return (f"node {self.address} has no password, but one was given (--redis-password or "
                         "KVSTORE_REDIS_PASSWORD); every node of the cluster must have the same one")
             return f"node {self.address} refused the password ({reason})"
-        if isinstance(exc, redis.exceptions.ResponseError):
-            return f"node {self.address} refused {what} ({reason})"
-        if isinstance(exc, TimeoutError | redis.exceptions.TimeoutError):
+        if isinstance(exc, TimeoutError):
             reason = f"no answer within {timeout:g}s"
-        elif isinstance(exc, redis.exceptions.InvalidResponse):
+        elif isinstance(exc, hiredis.ProtocolError):
             reason = f"not a Redis reply: {reason}"
+        elif isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
         return f"node {self.address} does not answer {what} ({reason})"
+
+    async def pipeline(self, commands: Sequence[Sequence[Any]], timeout: float | None = None,
+                       what: str | None = None) -> list[Any]:
+        """Run ``commands`` in one round trip; failures as ``call``'s (the first error reply refuses them all)."""
+        what = what or " ".join(str(a) for a in commands[0][:3] if isinstance(a, str | int))
+        limit = timeout or self.timeout
+        try:
+            replies = await asyncio.wait_for(self._exchange(commands), limit)
+        except (OSError, TimeoutError, hiredis.ProtocolError, _AuthRefused) as exc:
+            # The connection's state is unknown (a reply may still be on its way): start afresh.
+            await self.close()
+            raise NodeError(self.failure(what, exc, limit)) from None
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise CommandRefused(f"node {self.address} refused {what} ({reply})", str(reply))
+        return replies
 
     async def call(self, *args: Any, timeout: float | None = None, what: str | None = None) -> Any:
         """Run one command; any failure raises ``NodeError`` (``CommandRefused`` for an error reply)."""
-        what = what or " ".join(str(a) for a in args[:3] if isinstance(a, str | int))
-        limit = timeout or self.timeout
-        try:
-            return await asyncio.wait_for(self._redis().execute_command(*args), limit)
-        except redis.exceptions.ResponseError as exc:
-            raise CommandRefused(self.failure(what, exc, limit), str(exc)) from None
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-            await self.close()
-            raise NodeError(self.failure(what, exc, limit)) from None
+        return (await self.pipeline([args], timeout, what))[0]
 
     # --- health and replication -----------------------------------------------------------------
 
     async def ping(self) -> None:
         reply = await self.call("PING")
-        if reply not in (True, b"PONG", "PONG"):
+        if reply != b"PONG":
             await self.close()
             raise NodeError(f"node {self.address} does not answer PING (it answered {str(reply)[:60]!r})")
 
     async def replication(self) -> ReplicationInfo:
         """``INFO replication`` of the node."""
-        fields = await self.call("INFO", "replication")
+        text = await self.call("INFO", "replication")
         try:
-            if not isinstance(fields, dict):
+            if not isinstance(text, bytes):
                 raise ValueError("not INFO text")
-            return replication_info(fields)
+            return replication_info(parse_info(text.decode("utf-8", "replace")))
         except ValueError as exc:
             await self.close()
             raise NodeError(f"node {self.address} does not answer INFO replication usably ({exc})") from None
@@ -218,25 +268,20 @@ class Node:
         cursor = b"0"
         while True:
             reply = await self.call("SCAN", cursor, "COUNT", count, what="SCAN")
-            cursor, keys = reply[0], reply[1]
+            try:
+                cursor, keys = reply
+                done = int(cursor) == 0
+            except (TypeError, ValueError):
+                await self.close()
+                raise NodeError(f"node {self.address} does not answer SCAN usably ({str(reply)[:60]!r})") from None
             if keys:
                 yield keys
-            if int(cursor) == 0:
+            if done:
                 return
 
     async def exist(self, keys: list[bytes]) -> list[bool]:
         """Whether each of ``keys`` exists (one pipelined EXISTS each)."""
-        async def run() -> list[Any]:
-            async with self._redis().pipeline(transaction=False) as pipe:
-                for k in keys:
-                    pipe.exists(k)
-                return list(await pipe.execute())
-
-        try:
-            return [bool(n) for n in await asyncio.wait_for(run(), self.timeout)]
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-            await self.close()
-            raise NodeError(self.failure("EXISTS", exc, self.timeout)) from None
+        return [bool(n) for n in await self.pipeline([("EXISTS", k) for k in keys], what="EXISTS")]
 
     async def migrate(self, target: str, keys: list[bytes], timeout_ms: int, password: str | None = None) -> None:
         """``MIGRATE`` ``keys`` to ``target`` (never REPLACE); NOKEY (already gone) is success."""

@@ -529,7 +529,7 @@ class Backend(asyncio.Protocol):
         aux = self._aux
         if self._aux_pos != p or aux is None:
             aux = self._aux = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
-            aux.feed(buf, p, n - p)
+            aux.feed(buf, p, n - p)  # type: ignore[arg-type]  # hiredis reads any buffer
         try:
             value = aux.gets()
         except (hiredis.ProtocolError, TypeError):  # TypeError: a map key hiredis cannot hash
@@ -564,7 +564,7 @@ class Backend(asyncio.Protocol):
         """Parse the reply known to span ``buf[p:end]`` into ``_value``; ``end``, or -1 if hiredis
         does not agree (then the caller's general path decides)."""
         parser = self._parser
-        parser.feed(buf, p, end - p)
+        parser.feed(buf, p, end - p)  # type: ignore[arg-type]  # hiredis reads any buffer
         try:
             value = parser.gets()
         except hiredis.ProtocolError:

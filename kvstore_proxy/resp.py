@@ -103,7 +103,7 @@ class Resp3(Resp2):
     null = NULL
 
     @staticmethod
-    def bulk_array(values: list[bytes | None]) -> bytes:
+    def bulk_array(values: list[bytes | None]) -> bytes:  # type: ignore[override]  # RESP3 has one null
         return bulk_array(values, NULL)
 
     @staticmethod

@@ -16,8 +16,8 @@ from kvstore_cluster.ops.failover import resume_failover, start_failover
 from kvstore_cluster.ops.fence import Fence
 from kvstore_cluster.ops.switchover import recover_stale
 from kvstore_cluster.store import CorruptData, Set
+from kvstore_sentinel.background_rebalance import BackgroundRebalance
 from kvstore_sentinel.probe import Prober
-from kvstore_sentinel.rebalancer import Rebalancer
 from kvstore_sentinel.reconcile import Reconciler
 
 log = structlog.get_logger("kvstore.sentinel.leader")
@@ -27,10 +27,10 @@ class Leader:
     """Acts on objectively-down nodes; every side effect goes through ``fence``."""
 
     def __init__(self, ctx: Context, fence: Fence, prober: Prober, mode: str, auto_rejoin: bool, stable_for: float,
-                 rebalancer: Rebalancer | None = None):
+                 rebalance: BackgroundRebalance | None = None):
         self.ctx = ctx
         self.fence = fence
-        self.rebalancer = rebalancer
+        self.rebalance = rebalance
         self.prober = prober
         self.mode = mode
         self.auto_rejoin = auto_rejoin
@@ -127,9 +127,9 @@ class Leader:
             except RejoinError as exc:
                 self._once("rejoin_failed", group.id, "error", group=group.id, error=str(exc))
                 return
-            if self.rebalancer is not None:
+            if self.rebalance is not None:
                 self.fence.check()
-                self.rebalancer.start(f"group {group.id} rejoined")
+                self.rebalance.start(f"group {group.id} rejoined")
             return
         if group.state == "ok":
             await self.reconciler.group(group)

@@ -27,11 +27,11 @@ from kvstore_cluster.ops.context import Context
 from kvstore_cluster.ops.fence import Fenced
 from kvstore_cluster.sentinel_view import fresh_views
 from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
+from kvstore_sentinel.background_rebalance import BackgroundRebalance
 from kvstore_sentinel.election import Leadership
 from kvstore_sentinel.leader import Leader
 from kvstore_sentinel.probe import Prober
 from kvstore_sentinel.quorum import build_view, objectively_down
-from kvstore_sentinel.rebalancer import Rebalancer
 
 log = structlog.get_logger("kvstore.sentinel")
 
@@ -95,9 +95,9 @@ class Sentinel:
         meta = await self._wait_for_meta()
         self.leadership = Leadership(self.client, paths.sentinel_leader(cfg.cluster), self.id, loop)
         fence = self.leadership.fence
-        self.rebalancer = Rebalancer(self.store, fence, cfg.password) if cfg.auto_rejoin else None
+        self.rebalance = BackgroundRebalance(self.store, fence, cfg.password) if cfg.auto_rejoin else None
         self.leader = Leader(self.ctx, fence, self.prober, meta.mode, cfg.auto_rejoin, stable_for=cfg.down_after,
-                             rebalancer=self.rebalancer)
+                             rebalance=self.rebalance)
         log.info("sentinel_started", id=self.id, cluster=cfg.cluster, mode=meta.mode, interval=cfg.interval,
                  down_after=cfg.down_after, quorum=cfg.quorum, auto_rejoin=cfg.auto_rejoin)
         stop = asyncio.Event()
@@ -115,8 +115,8 @@ class Sentinel:
                 t.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
             await self.prober.close()
-            if self.rebalancer is not None:
-                await self.rebalancer.close()
+            if self.rebalance is not None:
+                await self.rebalance.close()
             await self.leadership.resign()
             await loop.run_in_executor(None, self._close_zk)
             log.info("sentinel_stopped", id=self.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvstore_cluster.model import Group, Groups, Migration, ModelError, SlotTable, even_split
-from kvstore_cluster.node import replication_info
+from kvstore_cluster.node import parse_info, replication_info
 from kvstore_cluster.ops.cache_tables import drop_group, rejoin_plan
 from kvstore_cluster.sentinel_view import SentinelView, fresh_views
 from kvstore_cluster.slots import SLOT_COUNT
@@ -86,9 +86,8 @@ def test_quorum_counts_only_fresh_views():
         ({"role": "master", "connected_slaves": "0", "master_repl_offset": "42"}, "master", 42, None, None),
         ({"role": "slave", "master_host": "10.0.0.1", "master_port": "6379", "master_link_status": "down",
           "slave_repl_offset": "7"}, "replica", 7, "10.0.0.1:6379", False),
-        # as redis-py parses INFO: numbers already ints
-        ({"role": "slave", "master_host": "10.0.0.1", "master_port": 6379, "master_link_status": "up",
-          "slave_repl_offset": 7}, "replica", 7, "10.0.0.1:6379", True),
+        (parse_info("# Replication\r\nrole:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:6379\r\n"
+                    "master_link_status:up\r\nslave_repl_offset:7\r\n\r\n"), "replica", 7, "10.0.0.1:6379", True),
     ],
 )
 def test_info_replication_is_parsed(fields, role, offset, master, link_up):

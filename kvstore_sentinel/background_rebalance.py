@@ -23,7 +23,7 @@ from kvstore_cluster.ops.rebalance import run_rebalance
 from kvstore_cluster.ops.reshard import Options
 from kvstore_cluster.store import Check, ClusterStore
 
-log = structlog.get_logger("kvstore.sentinel.rebalancer")
+log = structlog.get_logger("kvstore.sentinel.rebalance")
 
 STOP_WAIT = 5.0  # seconds close() waits for the rebalance to notice it must stop
 
@@ -48,7 +48,7 @@ class StoppableFence:
         return self.fence.zk_checks()
 
 
-class Rebalancer:
+class BackgroundRebalance:
     def __init__(self, store: ClusterStore, fence: Fence, password: str | None = None):
         self.store = store
         self.fence = fence
