@@ -94,6 +94,12 @@ CHAOS_SECONDS ?= 1200
 chaos: $(STAMP)
 	KVSTORE_CHAOS_SECONDS=$(CHAOS_SECONDS) $(VENV)/bin/pytest tests/chaos -s $(PYTEST_ARGS)
 
+# make import-bench: kvstore-admin import of a 1,000,000-key source with a writer at 5,000 writes/s
+# (tools/import_bench.py; README "Moving in"), a few minutes; IMPORT_BENCH_ARGS="--keys N ..." to vary.
+.PHONY: import-bench
+import-bench: $(STAMP)
+	$(PY) tools/import_bench.py $(IMPORT_BENCH_ARGS)
+
 # make deploy-test: the Ansible deployment (ansible/, docs/deploy.md) for real on this machine:
 # site.yml twice (the second run must change nothing), the rolling playbooks, teardown.yml, and
 # ansible-lint's production profile; about 3 minutes. ansible-core and ansible-lint come with the

@@ -18,8 +18,10 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from kvstore_cluster import paths
 from kvstore_cluster.failover_record import FailoverRecord
+from kvstore_cluster.import_state import ImportState
 from kvstore_cluster.leader_election import current_leader
 from kvstore_cluster.model import Groups, Meta, ModelError, SlotTable
+from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.proxy_registration import ProxyRegistration
 from kvstore_cluster.reshard_state import ReshardState
 from kvstore_cluster.sentinel_view import SentinelView
@@ -172,6 +174,15 @@ class ClusterStore:
         """The reshard in progress, or ``None``."""
         return self._read_optional(paths.reshard(self.cluster), ReshardState.decode)
 
+    def read_options(self) -> Versioned[ClusterOptions]:
+        """The cluster options (version -1: no record yet, every default)."""
+        return self._read_optional(paths.options(self.cluster), ClusterOptions.decode) or Versioned(
+            ClusterOptions(), -1)
+
+    def read_import(self) -> Versioned[ImportState] | None:
+        """The import from a standalone Redis recorded on this cluster (running, stopped or done), or ``None``."""
+        return self._read_optional(paths.import_state(self.cluster), ImportState.decode)
+
     def read_failover(self, group_id: str) -> Versioned[FailoverRecord] | None:
         """The failover or switchover of ``group_id`` in progress, or ``None``."""
         return self._read_optional(paths.failover(self.cluster, group_id), FailoverRecord.decode)
@@ -260,6 +271,11 @@ class ClusterStore:
             Set(paths.groups(self.cluster), groups.value.encode(), groups.version),
             Set(paths.slots(self.cluster), slots.value.encode(), slots.version),
         ])
+
+    def write_options(self, options: ClusterOptions, version: int) -> None:
+        """Replace the options if still at ``version`` (-1: create the record); else ``VersionConflict``."""
+        path = paths.options(self.cluster)
+        self.commit([Create(path, options.encode()) if version < 0 else Set(path, options.encode(), version)])
 
     def destroy(self) -> None:
         """Delete the cluster and everything under it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -50,6 +51,8 @@ class Router:
         self.group_order: list[Any] = []  # one entry per group, for fan-out commands
         self.reshard_data: bytes | None = None  # the reshard znode, for holding newly marked slots
         self.migration_released = True
+        # Called after every change of the table (never per request): clients holding leases follow it.
+        self.listeners: list[Callable[[], None]] = []
 
     # --- applying ZooKeeper's tables ----------------------------------------------------------
 
@@ -89,11 +92,13 @@ class Router:
         """The reshard znode changed: may keys of migrating slots move yet? (``migrating.py``)."""
         self.reshard_data = data
         self.migration_released = released(data, self.slots.migrating if self.slots is not None else ())
+        self._changed()
 
     def _rebuild(self) -> None:
         if self.fenced:
             self.slot_backend = [self._fence] * SLOT_COUNT
             self.group_order = [self._fence] * max(1, len(self.groups or ()))
+            self._changed()
             return
         if self.groups is None:
             return
@@ -117,6 +122,11 @@ class Router:
             slot_backend[m.lo : m.hi + 1] = [entry] * (m.hi - m.lo + 1)
         self.slot_backend = slot_backend
         self.group_order = order
+        self._changed()
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     # --- fencing --------------------------------------------------------------------------------
 

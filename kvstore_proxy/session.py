@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 import structlog
 
-from kvstore_proxy import answers, commands, multikey, resp
+from kvstore_cluster.slots import key_slot
+from kvstore_proxy import answers, blocking, commands, multikey, pubsub, resp, transactions
+from kvstore_proxy.clientstate import ClientState
 from kvstore_proxy.commands import Kind
 from kvstore_proxy.request import Reply
 
@@ -70,7 +72,7 @@ class Session(asyncio.Protocol):
     __slots__ = ('worker', 'router', 'outbox', 'id', 'addr', 'laddr', 'name', 'protocol', 'enc',
                  'lib_name', 'lib_ver', 'created', 'last_active', 'last_cmd', 'transport', 'fifo', 'dirty',
                  'authenticated', 'routes', '_reader', '_carry', '_vpos', '_vleft', '_tail', '_closing',
-                 '_close_after', '_paused_writing', '_paused_pending')
+                 '_close_after', '_paused_writing', '_paused_pending', 'state')
 
     def __init__(self, worker: Worker):
         self.worker = worker
@@ -101,6 +103,9 @@ class Session(asyncio.Protocol):
         self._close_after: Reply | None = None
         self._paused_writing = False
         self._paused_pending = False
+        # Transaction, held requests, blocked command, subscriptions (clientstate.py); None for
+        # the plain clients that use none of them.
+        self.state: ClientState | None = None
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -129,6 +134,8 @@ class Session(asyncio.Protocol):
         self.transport = None
         self._closing = True
         self.worker.forget(self)
+        if self.state is not None:
+            self.state.disconnected()
         log.debug("client_disconnected", client=self.id, addr=self.addr, pending=len(self.fifo))
         # Replies still on their way from backends land on Reply objects nobody reads; the
         # backend FIFOs stay aligned because every request still gets its reply there.
@@ -328,6 +335,10 @@ class Session(asyncio.Protocol):
     def _slow(self, args: list[bytes], raw: bytes, t0: float) -> None:
         """Everything but the KEYED fast path: lookup, arity, auth, then by kind."""
         worker = self.worker
+        st = self.state
+        if st is not None and st.held:
+            st.keep(args, raw, t0)  # behind a lease's reply (clientstate.py)
+            return
         spec = commands.lookup(args)
         if spec is None:
             if len(args) > 1 and args[0].lower() == b"client" and args[1].lower() == b"setinfo" \
@@ -336,11 +347,15 @@ class Session(asyncio.Protocol):
                 return
             self.answer(worker.stat_for(b"(unknown)"), args, t0,
                         resp.error(commands.unknown_command_error(args)))
+            if st is not None:
+                st.command_failed()
             return
         route = worker.route_for(spec)
         self.last_cmd = spec.name
         if not commands.check_arity(spec, len(args)):
             self.answer(route.stat, args, t0, resp.error(commands.arity_error(spec)))
+            if st is not None:
+                st.command_failed()
             return
         if not self.authenticated and spec.name not in answers.BEFORE_AUTH:
             self.answer(route.stat, args, t0, _NOAUTH)
@@ -350,8 +365,16 @@ class Session(asyncio.Protocol):
             if refusal is not None:
                 self.answer(route.stat, args, t0, refusal)
                 return
+        if st is not None:
+            if st.txn is not None and st.txn.multi and spec.name not in transactions.NOT_QUEUED:
+                transactions.queue(self, spec, route.stat, args, raw, t0)
+                return
+            if st.subs is not None and self.protocol == 2 and spec.name not in pubsub.ALLOWED_RESP2 \
+                    and st.subs.count():
+                self.answer(route.stat, args, t0, pubsub.not_allowed(spec))
+                return
         kind = spec.kind
-        if kind is Kind.KEYED or kind is Kind.SAME_SLOT:
+        if kind is Kind.KEYED or kind is Kind.SAME_SLOT or kind is Kind.BLOCKING:
             try:
                 keys = commands.key_indexes(spec, args)
             except commands.CommandError as exc:
@@ -364,14 +387,17 @@ class Session(asyncio.Protocol):
                     return
                 target = self.router.any_backend()
             else:
-                slot = _slot(args[keys[0]])
+                slot = key_slot(args[keys[0]])
                 for i in keys[1:]:
-                    if _slot(args[i]) != slot:
+                    if key_slot(args[i]) != slot:
                         self.answer(route.stat, args, t0, _CROSSSLOT)
                         return
                 refusal = answers.keyed_option(spec, args)
                 if refusal is not None:
                     self.answer(route.stat, args, t0, refusal)
+                    return
+                if kind is Kind.BLOCKING and blocking.blocks(spec, args):
+                    blocking.start(self, spec, route.stat, args, raw, t0, slot, [args[i] for i in keys])
                     return
                 target = self.router.slot_backend[slot]
             r = Reply(self, t0, route.stat, args)
@@ -395,6 +421,10 @@ class Session(asyncio.Protocol):
             out = handler(self, args, route.stat, t0)
             if out is not None:
                 self.answer(route.stat, args, t0, out)
+        elif kind is Kind.TRANSACTION:
+            transactions.handle(self, spec, route.stat, args, raw, t0)
+        elif kind is Kind.PUBSUB:
+            pubsub.handle(self, spec, route.stat, args, raw, t0)
         else:
             self.answer(route.stat, args, t0, resp.error("ERR " + spec.reason))
 
@@ -412,7 +442,12 @@ class Session(asyncio.Protocol):
 
     def authenticate(self) -> None:
         self.authenticated = True
-        self.routes = self.worker.routes
+        self.refresh_routes()
+
+    def refresh_routes(self) -> None:
+        """The fast path only for an authenticated client whose state does not need every request."""
+        st = self.state
+        self.routes = self.worker.routes if self.authenticated and (st is None or not st.slow) else {}
 
     def set_protocol(self, version: int) -> None:
         """Switch to RESP2 or RESP3 (HELLO, RESET): decided here once, never tested per request.
@@ -425,6 +460,8 @@ class Session(asyncio.Protocol):
         self.protocol = version
         self.enc = resp.PROTOCOLS[version]
         self.router = self.worker.router3 if version == 3 else self.worker.router  # type: ignore[assignment]
+        if self.state is not None:
+            self.refresh_routes()  # a RESP2 subscriber is restricted, a RESP3 one is not
 
     # --- replies --------------------------------------------------------------------------------
 
@@ -498,22 +535,26 @@ class Session(asyncio.Protocol):
         mono = time.monotonic()
         age = int(time.time() - self.created)
         idle = int(mono - self.last_active)
+        flags, sub, psub, ssub, multi = "N", 0, 0, 0, -1
+        st = self.state
+        if st is not None:
+            flags = ""
+            if st.block is not None:
+                flags += "b"
+            if st.subs is not None:
+                sub, psub, ssub = (len(names) for names in st.subs.names)
+                flags += "P" if sub + psub + ssub else ""
+            if st.txn is not None and st.txn.multi:
+                flags += "x"
+                multi = len(st.txn.queued)
+            flags = flags or "N"
         return (
             f"id={self.id} addr={self.addr} laddr={self.laddr} fd=-1 name={self.name.decode(errors='replace')} "
-            f"age={age} idle={idle} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 "
-            f"argv-mem=0 multi-mem=0 obl=0 oll={len(self.fifo)} omem=0 tot-mem=0 events=r "
+            f"age={age} idle={idle} flags={flags} db=0 sub={sub} psub={psub} ssub={ssub} multi={multi} qbuf=0 "
+            f"qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll={len(self.fifo)} omem=0 tot-mem=0 events=r "
             f"cmd={self.last_cmd.decode(errors='replace')} user=default redir=-1 resp={self.protocol} "
             f"lib-name={self.lib_name.decode(errors='replace')} lib-ver={self.lib_ver.decode(errors='replace')}"
         ).encode()
-
-
-def _slot(key: bytes) -> int:
-    s = key.find(b"{")
-    if s >= 0:
-        e = key.find(b"}", s + 1)
-        if e > s + 1:
-            key = key[s + 1 : e]
-    return crc_hqx(key, 0) & 0x3FFF
 
 
 def _protocol_message(exc: Exception) -> str:
