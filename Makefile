@@ -1,7 +1,7 @@
 # kvstore: install what is missing, run a local cluster, run the tests.
 #   make up | down | status    a whole cluster on this machine (kvstore-admin local ...)
 #   make test                  the whole test suite (what .ci/run runs)
-#   make lint                  ruff
+#   make lint                  ruff and mypy (CI runs it before the tests)
 # System packages are installed with apt-get only when missing (so no root is needed on a
 # machine that has them); the virtualenv is (re)installed when missing or when pyproject.toml,
 # setup.py or a compiled module's source (.pyx/.pxd) is newer than its stamp file: the install
@@ -25,7 +25,7 @@ help:
 	@echo "make down     stop exactly what 'make up' started"
 	@echo "make status   the local processes and the cluster's status"
 	@echo "make test     install what is missing, run the whole test suite"
-	@echo "make lint     ruff"
+	@echo "make lint     ruff and mypy"
 
 system-packages:
 	@missing=""; \
@@ -71,6 +71,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # make bench: direct Redis vs nutcracker vs kvstore-proxy, about 7 minutes (bench/README.md).
 # BENCH_ARGS=--quick for a one-minute smoke run. Installs nutcracker, redis-benchmark and the
@@ -98,6 +99,12 @@ CHAOS_SECONDS ?= 1200
 .PHONY: chaos
 chaos: $(STAMP)
 	KVSTORE_CHAOS_SECONDS=$(CHAOS_SECONDS) $(VENV)/bin/pytest tests/chaos -s $(PYTEST_ARGS)
+
+# make import-bench: kvstore-admin import of a 1,000,000-key source with a writer at 5,000 writes/s
+# (tools/import_bench.py; README "Moving in"), a few minutes; IMPORT_BENCH_ARGS="--keys N ..." to vary.
+.PHONY: import-bench
+import-bench: $(STAMP)
+	$(PY) tools/import_bench.py $(IMPORT_BENCH_ARGS)
 
 # make deploy-test: the Ansible deployment (ansible/, docs/deploy.md) for real on this machine:
 # site.yml twice (the second run must change nothing), the rolling playbooks, teardown.yml, and

@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Targets in the order columns are shown. "direct" is one of the two redis-servers, unproxied;
-# "kvstore" is kvstore-proxy --workers 1 (one core, like nutcracker), "kvstore2" --workers 2.
-TARGETS = ("direct", "nutcracker", "kvstore", "kvstore2")
-PROXIES = ("nutcracker", "kvstore", "kvstore2")
+# "kvstore" is kvstore-proxy --workers 1 (one core, like nutcracker), "kvstore2" --workers 2;
+# "base" is kvstore-proxy as of another commit (run.py --baseline), to show what a change costs.
+TARGETS = ("direct", "nutcracker", "kvstore", "kvstore2", "base")
+PROXIES = ("nutcracker", "kvstore", "kvstore2", "base")
 
 # The targets, for kvstore-proxy --workers 1 against nutcracker in the same run: ops/s >= 1.0x
 # (>= 1.3x for MGET/MSET of 10 keys: one sub-request per group against nutcracker's one per key),
@@ -158,6 +159,11 @@ class Row:
         return ratio(self.ops.get("kvstore2"), self.ops.get("nutcracker"))
 
     @property
+    def base_ratio(self) -> float | None:
+        """kvstore / the same proxy as of the baseline commit."""
+        return ratio(self.ops.get("kvstore"), self.ops.get("base"))
+
+    @property
     def p99_ratio(self) -> float | None:
         return ratio(self.p99_ms.get("kvstore"), self.p99_ms.get("nutcracker"))
 
@@ -172,6 +178,7 @@ class Row:
             "ratio_kvstore_nutcracker_ops": self.ops_ratio, "ratio_kvstore_nutcracker_p99": self.p99_ratio,
             "ratio_kvstore_nutcracker_cpu": self.cpu_ratio, "ratio_kvstore2_nutcracker_ops": self.ops_ratio2,
             "ratio_kvstore_nutcracker_ops_each_round": self.paired_ratios,
+            "ratio_kvstore_base_ops": self.base_ratio,
             "errors": self.errors,
         }
 
@@ -312,9 +319,16 @@ def _per_conn(before: int | None, after: int | None, n: int) -> float | None:
 
 
 def summary_lines(rows: Sequence[Row], rss: dict[str, dict[str, int | None]],
-                  idle: Sequence[IdleResult]) -> list[str]:
-    """The lines under the table: RSS, per-connection RSS, and where the issue's targets are missed."""
+                  idle: Sequence[IdleResult], baseline: str | None = None) -> list[str]:
+    """The lines under the table: RSS, per-connection RSS, where the issue's targets are missed, and
+    kvstore against the baseline commit when there is one."""
     out = []
+    compared = [r for r in rows if r.base_ratio is not None]
+    if compared:
+        out.append(f"kvstore / base ({baseline or 'baseline'}) ops/s, same run: "
+                   + ", ".join(f"{r.label} {fmt_ratio(r.base_ratio)}" for r in compared))
+        cpu = [(r.label, ratio(r.cpu_s_per_m.get("kvstore"), r.cpu_s_per_m.get("base"))) for r in compared]
+        out.append("kvstore / base CPU s/1M: " + ", ".join(f"{label} {fmt_ratio(c)}" for label, c in cpu))
     for t in PROXIES:
         r = rss.get(t)
         if r:

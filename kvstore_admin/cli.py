@@ -7,6 +7,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +20,19 @@ import click
 from kvstore_admin import check as checking
 from kvstore_admin import groups as ops
 from kvstore_admin import local, reshard_report, status
-from kvstore_admin.errors import EXIT_CODES_HELP, MISPLACED, USER_ERROR, AdminError, LocalStateError, as_admin_error
+from kvstore_admin import options as opts
+from kvstore_admin.errors import (
+    DIFFERENT,
+    EXIT_CODES_HELP,
+    MISPLACED,
+    USER_ERROR,
+    AdminError,
+    LocalStateError,
+    as_admin_error,
+)
+from kvstore_admin.importing.progress import Bar, Progress
 from kvstore_cluster import logs, paths
+from kvstore_cluster.model import parse_address
 from kvstore_cluster.node import NODE_TIMEOUT
 from kvstore_cluster.ops import cache, rebalance, reshard, switchover
 from kvstore_cluster.ops.context import Context
@@ -125,10 +139,9 @@ def group_add(settings: Settings, group_id: str | None, master: str, replicas: t
     The new group owns no slot until 'rebalance' gives it unowned ones.
     """
     with open_store(settings) as store:
-        added = ops.add_group(store, master, list(replicas), group_id=group_id, repl_timeout=repl_timeout,
-                              password=settings.redis_password)
+        g = ops.add_group(store, master, list(replicas), group_id=group_id, repl_timeout=repl_timeout,
+                          password=settings.redis_password)
         mode = store.read_meta().value.mode
-    g = added.group
     reps = f", replicas {', '.join(g.replicas)} (replicating)" if g.replicas else ""
     click.echo(f"added group {g.id}: master {g.master}{reps}; it owns no slots yet ('kvstore-admin rebalance')")
     if mode == "datastore" and not g.replicas:
@@ -392,6 +405,158 @@ def failover_cmd(settings: Settings, group_id: str, target: str | None, pause: f
         ctx = Context(store, node_timeout=node_timeout, password=settings.redis_password)
         new_master = asyncio.run(switchover.switchover(ctx, NO_FENCE, group_id, to=target, pause=pause))
     click.echo(f"group {group_id}: master is now {new_master}")
+
+
+@cli.group("option", cls=AdminGroup)
+def option_cmd() -> None:
+    """Cluster options kept in ZooKeeper; every proxy applies a change within moments."""
+
+
+@option_cmd.command("list")
+@json_option
+@pass_settings
+def option_list(settings: Settings, as_json: bool) -> None:
+    """Every option with its value, its default and its choices."""
+    with open_store(settings) as store:
+        rows = opts.list_options(store)
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(status.table(["OPTION", "VALUE", "DEFAULT", "CHOICES"],
+                            [[o["name"], o["value"], o["default"], ", ".join(o["choices"])] for o in rows]))
+    for o in rows:
+        click.echo(f"\n{o['name']}: {o['help']}")
+
+
+@option_cmd.command("get")
+@click.argument("name")
+@json_option
+@pass_settings
+def option_get(settings: Settings, name: str, as_json: bool) -> None:
+    """Print the value of option NAME."""
+    with open_store(settings) as store:
+        row = opts.get_option(store, name)
+    if as_json:
+        emit_json(row)
+    else:
+        click.echo(row["value"])
+
+
+@option_cmd.command("set")
+@click.argument("name")
+@click.argument("value")
+@json_option
+@pass_settings
+def option_set(settings: Settings, name: str, value: str, as_json: bool) -> None:
+    """Set option NAME to VALUE ('kvstore-admin option list' shows the choices)."""
+    with open_store(settings) as store:
+        out = opts.set_option(store, name, value)
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"{name} = {value} (was {out['previous']}); proxies apply it within moments")
+
+
+# --- moving in ---------------------------------------------------------------------------------------
+
+
+def _verify_keys(value: str) -> int | None:
+    if value == "all":
+        return None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise click.BadParameter(f"{value!r}: give a positive number of keys, or 'all'")
+
+
+@cli.command("import")
+@click.option("--from", "source", metavar="HOST:PORT", help="The standalone Redis to import.")
+@click.option("--password", envvar="KVSTORE_SOURCE_PASSWORD", metavar="PASSWORD",
+              help="The source's password; env KVSTORE_SOURCE_PASSWORD (prefer it: a command line is visible).")
+@click.option("--db", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The source's database to import (the cluster has one, database 0).")
+@click.option("--cutover", is_flag=True,
+              help="Once in sync, pause the source's writes (CLIENT PAUSE WRITE), apply the rest, report, exit.")
+@click.option("--pause", type=click.FloatRange(min=1, max=3600), default=30.0, show_default=True,
+              help="Seconds the cutover pauses the source's writes, in all: the time to repoint the application.")
+@click.option("--verify", is_flag=True,
+              help="Compare source and cluster (counts per type, keys with values and TTLs); with --cutover, "
+                   "while the source is paused; alone, compare only.")
+@click.option("--verify-keys", default="10000", show_default=True, metavar="N|all",
+              help="Keys --verify compares one by one: a random sample of N, or all.")
+@click.option("--ttl-tolerance", type=click.IntRange(min=0), default=0, show_default=True, metavar="MS",
+              help="--verify: largest difference of expire times taken as equal (sources before Redis 7 "
+                   "replicate relative TTLs).")
+@click.option("--work-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Where the snapshot (an RDB file as big as the source's data) and the spilled stream go "
+                   "[default: the temp dir].")
+@click.option("--big-key-bytes", type=click.IntRange(min=1024), default=64 << 20, show_default=True,
+              help="Keys whose DUMP is larger are rebuilt in chunks instead of one RESTORE.")
+@click.option("--forget", is_flag=True, help="Drop the recorded import and the groups' markers (keys stay).")
+@json_option
+@pass_settings
+def import_cmd(settings: Settings, source: str | None, password: str | None, db: int, cutover: bool, pause: float,
+               verify: bool, verify_keys: str, ttl_tolerance: int, work_dir: Path | None, big_key_bytes: int,
+               forget: bool, as_json: bool) -> None:
+    """Copy a running standalone Redis into the cluster, then follow its writes until --cutover (or Ctrl-C).
+
+    On a terminal, once the cluster has caught up, Enter starts the cutover.
+
+    Every key goes to the group owning its slot, with its TTL, by writing to the groups' masters.
+    The import follows the source as a replica (PSYNC): a snapshot (loaded by a scratch
+    redis-server), then the stream of writes. Interrupted or crashed, the same command resumes
+    without a write lost or applied twice. The cluster must be empty at the first run.
+    """
+    from kvstore_admin.importing import report
+    from kvstore_admin.importing import run as importing
+
+    if forget:
+        if source or cutover or verify:
+            raise click.UsageError("--forget takes no other option")
+        with open_store(settings) as store:
+            dropped = importing.forget(store, settings.redis_password)
+        click.echo("no import recorded" if dropped is None else
+                   f"forgot the import from {dropped.source} (db {dropped.db}); the imported keys stay")
+        return
+    if not source:
+        raise click.UsageError("give the source with --from HOST:PORT")
+    try:
+        parse_address(source)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
+    opts = importing.Options(source=source, password=password or None, db=db, cutover=cutover, pause=pause,
+                             verify=verify, verify_keys=_verify_keys(verify_keys), ttl_tolerance_ms=ttl_tolerance,
+                             work_dir=work_dir, big_key_bytes=big_key_bytes, cluster_password=settings.redis_password)
+    with open_store(settings) as store:
+        if verify and not cutover:
+            found = importing.run_verify(store, opts).to_json()
+            emit_json(found) if as_json else click.echo(report.render_verify(found))
+            if not found["ok"]:
+                raise SystemExit(DIFFERENT)
+            return
+        stop = threading.Event()
+        with _stop_on_signals(stop):
+            progress = Progress() if as_json else Bar()
+            interactive = not as_json and sys.stdin.isatty() and sys.stderr.isatty()
+            summary = importing.Importer(store, opts, progress, stop, prompt=interactive).run().to_json()
+    emit_json(summary) if as_json else click.echo(report.render(summary))
+    if summary["exit_code"]:
+        raise SystemExit(summary["exit_code"])
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM end a long command cleanly (state saved) instead of killing it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # --- local cluster -------------------------------------------------------------------------------

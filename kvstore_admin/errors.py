@@ -29,6 +29,8 @@ LOCAL_STATE = 8  # local cluster already running / nothing recorded
 PROCESS_FAILED = 9  # a local process did not start or did not become ready
 MISPLACED = 10  # 'check': a key lives in a group that does not own its slot (or on both sides of a migration)
 RESHARD_STOPPED = 11  # 'reshard'/'rebalance' stopped part-way, its state kept (--resume / --abort)
+IMPORT_STOPPED = 12  # 'import' stopped part-way (link lost, cluster changed, cutover missed the pause); resumable
+DIFFERENT = 13  # 'import --verify' found differences, or commands of the source failed on the cluster
 
 _EXIT_CODES = [
     (OK, "success"),
@@ -43,6 +45,8 @@ _EXIT_CODES = [
     (PROCESS_FAILED, "a local process did not start or did not become ready"),
     (MISPLACED, "check: a key lives in a group that does not own its slot"),
     (RESHARD_STOPPED, "reshard/rebalance stopped part-way; its state is kept (--resume or --abort)"),
+    (IMPORT_STOPPED, "import stopped part-way; run it again to resume"),
+    (DIFFERENT, "import: verify found differences, or the cluster refused commands the source ran"),
 ]
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "".join(f"  {code:<3} {text}\n" for code, text in _EXIT_CODES)

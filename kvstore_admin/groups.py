@@ -102,14 +102,8 @@ async def _prepare_group(master: str, replicas: list[str], repl_timeout: float, 
         await _replicate(r, master, repl_timeout, password)
 
 
-@dataclass(frozen=True, slots=True)
-class Added:
-    group: Group
-    replication_configured: bool
-
-
 def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: str | None = None,
-              repl_timeout: float = 30.0, password: str | None = None) -> Added:
+              repl_timeout: float = 30.0, password: str | None = None) -> Group:
     """Add a group of live nodes; its replicas are made to replicate its master first.
 
     The group owns no slot until ``rebalance`` (or a reshard) gives it some.
@@ -143,7 +137,7 @@ def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: s
         Set(paths.groups(store.cluster), groups.value.put(group).encode(), groups.version),
     ])
     log.info("group_added", group=gid, master=master, replicas=replicas)
-    return Added(group, replication_configured=bool(replicas))
+    return group
 
 
 def add_replica(store: ClusterStore, group_id: str, address: str, repl_timeout: float = 30.0,

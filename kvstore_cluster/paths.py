@@ -66,6 +66,21 @@ def reshard(cluster: str) -> str:
     return f"{cluster_root(cluster)}/reshard"
 
 
+def options(cluster: str) -> str:
+    """The cluster options record (``kvstore_cluster.options``); absent means every default."""
+    return f"{cluster_root(cluster)}/options"
+
+
+def import_state(cluster: str) -> str:
+    """The import from a standalone Redis in progress (or finished), written by ``kvstore-admin import``."""
+    return f"{cluster_root(cluster)}/import"
+
+
+def import_lock(cluster: str) -> str:
+    """Ephemeral: held by the one ``kvstore-admin import`` process running."""
+    return f"{cluster_root(cluster)}/import-running"
+
+
 def containers(cluster: str) -> list[str]:
     """Persistent parent znodes created with the cluster."""
     return [proxies(cluster), sentinels(cluster), sentinel_leader(cluster), failovers(cluster)]

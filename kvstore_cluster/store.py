@@ -18,8 +18,10 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from kvstore_cluster import paths
 from kvstore_cluster.failover_record import FailoverRecord
+from kvstore_cluster.import_state import ImportState
 from kvstore_cluster.leader_election import current_leader
 from kvstore_cluster.model import Groups, Meta, ModelError, SlotTable
+from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.proxy_registration import ProxyRegistration
 from kvstore_cluster.reshard_state import ReshardState
 from kvstore_cluster.sentinel_view import SentinelView
@@ -123,17 +125,10 @@ class ClusterStore:
         return self.client.exists(paths.meta(self.cluster)) is not None
 
     def _read(self, path: str, decode: Callable[[bytes], T]) -> Versioned[T]:
-        try:
-            data, stat = self.client.get(path)
-        except NoNodeError:
-            if not self.exists():
-                raise ClusterNotFound(f"cluster {self.cluster!r} does not exist (run 'kvstore-admin init')") from None
-            raise StoreError(f"{path} is missing") from None
-        version = stat.version
-        try:
-            return Versioned(decode(data), version)
-        except ModelError as exc:
-            raise CorruptData(f"{path} holds malformed data: {exc}") from None
+        found = self._read_optional(path, decode)
+        if found is None:
+            raise StoreError(f"{path} is missing")
+        return found
 
     def read_meta(self) -> Versioned[Meta]:
         return self._read(paths.meta(self.cluster), Meta.decode)
@@ -145,11 +140,13 @@ class ClusterStore:
         return self._read(paths.slots(self.cluster), SlotTable.decode)
 
     def _read_optional(self, path: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
-        """Like ``_read`` but ``None`` when the znode does not exist (and the cluster does)."""
+        """The record at ``path`` with its version, ``None`` if the znode does not exist (and the cluster does)."""
         try:
             data, stat = self.client.get(path)
         except NoNodeError:
-            self.read_meta()  # a missing cluster is an error, not "no such record"
+            # A missing cluster is an error, not "no such record".
+            if not self.exists():
+                raise ClusterNotFound(f"cluster {self.cluster!r} does not exist (run 'kvstore-admin init')") from None
             return None
         try:
             return Versioned(decode(data), stat.version)
@@ -176,6 +173,15 @@ class ClusterStore:
     def read_reshard(self) -> Versioned[ReshardState] | None:
         """The reshard in progress, or ``None``."""
         return self._read_optional(paths.reshard(self.cluster), ReshardState.decode)
+
+    def read_options(self) -> Versioned[ClusterOptions]:
+        """The cluster options (version -1: no record yet, every default)."""
+        return self._read_optional(paths.options(self.cluster), ClusterOptions.decode) or Versioned(
+            ClusterOptions(), -1)
+
+    def read_import(self) -> Versioned[ImportState] | None:
+        """The import from a standalone Redis recorded on this cluster (running, stopped or done), or ``None``."""
+        return self._read_optional(paths.import_state(self.cluster), ImportState.decode)
 
     def read_failover(self, group_id: str) -> Versioned[FailoverRecord] | None:
         """The failover or switchover of ``group_id`` in progress, or ``None``."""
@@ -265,6 +271,11 @@ class ClusterStore:
             Set(paths.groups(self.cluster), groups.value.encode(), groups.version),
             Set(paths.slots(self.cluster), slots.value.encode(), slots.version),
         ])
+
+    def write_options(self, options: ClusterOptions, version: int) -> None:
+        """Replace the options if still at ``version`` (-1: create the record); else ``VersionConflict``."""
+        path = paths.options(self.cluster)
+        self.commit([Create(path, options.encode()) if version < 0 else Set(path, options.encode(), version)])
 
     def destroy(self) -> None:
         """Delete the cluster and everything under it."""

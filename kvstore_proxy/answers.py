@@ -26,6 +26,9 @@ _SYNTAX = resp.error("ERR syntax error")
 
 
 def _ping(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    if s.state is not None and s.protocol == 2 and s.state.subs is not None and s.state.subs.count():
+        # A RESP2 subscriber gets PING's answer in the shape of a message, as Redis sends it.
+        return resp.array([resp.bulk(b"pong"), resp.bulk(args[1] if len(args) > 1 else b"")])
     return resp.PONG if len(args) == 1 else resp.bulk(args[1])
 
 
@@ -76,7 +79,7 @@ def _hello(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes
     a bad SETNAME authenticates); the protocol switches only once everything succeeded, and
     the reply is already in the new protocol: a map in RESP3, a flat array in RESP2.
     """
-    version = 0
+    version: int | None = 0
     if len(args) > 1:
         version = commands.string2ll(args[1])
         if version is None:
@@ -119,6 +122,8 @@ def _hello(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes
 def _reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
     s.worker.monitor.detach(s)
     s.name = b""
+    if s.state is not None:
+        s.state.reset()  # out of MULTI, no WATCH, no subscription
     s.set_protocol(2)
     if s.worker.config.requirepass:
         s.authenticated = False
@@ -254,16 +259,7 @@ def keyless(spec: CommandSpec, args: list[bytes]) -> bytes | None:
 def keyed_option(spec: CommandSpec, args: list[bytes]) -> bytes | None:
     """Options the proxy cannot serve although the command itself is fine; None if all is well."""
     name = spec.name
-    if name in (b"xread", b"xreadgroup"):
-        for a in args[1:]:
-            low = a.lower()
-            if low == b"block":
-                return resp.error(
-                    f"ERR {spec.display_name} BLOCK is not supported by kvstore-proxy: blocking commands "
-                    "would stall a backend connection shared by many clients")
-            if low == b"streams":
-                break
-    elif name in (b"sort", b"sort_ro"):
+    if name in (b"sort", b"sort_ro"):
         for i in range(2, len(args) - 1):
             low = args[i].lower()
             pattern = args[i + 1]

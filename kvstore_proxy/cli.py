@@ -9,7 +9,14 @@ import click
 
 from kvstore_cluster import logs
 from kvstore_cluster.model import parse_address
-from kvstore_proxy.config import ProxyConfig
+from kvstore_proxy.config import ProxyConfig, parse_output_limit
+
+
+def _output_limit(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, float]:
+    try:
+        return parse_output_limit(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
@@ -56,11 +63,22 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="console", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
+@click.option("--max-leases", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Backend connections each worker may lease to clients in a transaction, a blocking "
+                   "command or pub/sub (each is one connection to a Redis master: mind its maxclients).")
+@click.option("--max-leases-per-client", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Leased backend connections one client may hold at once (a pattern subscriber holds "
+                   "one per group).")
+@click.option("--pubsub-output-limit", default="32mb 8mb 60", show_default=True, callback=_output_limit,
+              metavar="'HARD SOFT SECONDS'",
+              help="Disconnect a subscriber with more unsent output than HARD, or than SOFT for SECONDS "
+                   "(Redis's client-output-buffer-limit pubsub; 0 disables).")
 def main(zk: str, cluster: str, listen: tuple[str, int], workers: int, requirepass: str | None,
          backend_password: str | None, timeout: float, max_clients: int, max_request_size: int,
          idle_timeout: float, zk_session_timeout: float, slowlog_slower_than: int, slowlog_max_len: int,
          latency_monitor_threshold: int, latency_tracking: bool, monitor_output_limit: int,
-         drain_timeout: float, log_format: str, log_level: str) -> None:
+         drain_timeout: float, log_format: str, log_level: str, max_leases: int, max_leases_per_client: int,
+         pubsub_output_limit: tuple[int, int, float]) -> None:
     """Serve the Redis protocol for a kvstore cluster, routing each key to its group."""
     logs.configure(log_format, log_level)
     config = ProxyConfig(
@@ -70,8 +88,8 @@ def main(zk: str, cluster: str, listen: tuple[str, int], workers: int, requirepa
         zk_session_timeout=zk_session_timeout, slowlog_slower_than=slowlog_slower_than,
         slowlog_max_len=slowlog_max_len, latency_monitor_threshold=latency_monitor_threshold,
         latency_tracking=latency_tracking, monitor_output_limit=monitor_output_limit,
-        drain_timeout=drain_timeout, log_format=log_format,
-        log_level=log_level,
+        drain_timeout=drain_timeout, log_format=log_format, log_level=log_level, max_leases=max_leases,
+        max_leases_per_client=max_leases_per_client, pubsub_output_limit=pubsub_output_limit,
     )
     if workers == 1:
         from kvstore_proxy import server

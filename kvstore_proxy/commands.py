@@ -21,11 +21,11 @@ class Kind(enum.IntEnum):
 
     - Check arity before kind, as Redis does: a container looked up without its subcommand
       (``OBJECT``) has arity -2 and fails it; only bare ``COMMAND`` passes.
-    - XREAD and XREADGROUP are SAME_SLOT although COMMAND flags them ``blocking``: only their BLOCK
-      option blocks, and refusing that option is the core's job at run time. The same goes for
-      SELECT with a non-zero db, COPY ... DB n, EVAL/EVALSHA/FCALL with zero keys (SAME_SLOT,
-      ``key_indexes`` returns ``[]``), and SORT's BY/GET patterns, which read keys the sorted key's
-      group may not hold (Redis Cluster refuses them too).
+    - XREAD and XREADGROUP are BLOCKING like BLPOP: only their BLOCK option blocks, so without it
+      blocking.py forwards them like any SAME_SLOT command.
+    - Left to run time: SELECT with a non-zero db, COPY ... DB n, EVAL/EVALSHA/FCALL with zero keys
+      (SAME_SLOT, ``key_indexes`` returns ``[]``), and SORT's BY/GET patterns, which read keys the
+      sorted key's group may not hold (Redis Cluster refuses them too).
     - FUNCTION is refused, all of it: a library loaded through the proxy would have to be on every
       group, including groups added later, or FCALL would fail after a reshard. FCALL itself is
       SAME_SLOT for functions loaded on the groups directly.
@@ -42,6 +42,9 @@ class Kind(enum.IntEnum):
     SAME_SLOT = 3  # keys (any number) that must all hash to one slot, else -CROSSSLOT
     PROXY = 4  # answered or fanned out by the proxy itself
     REFUSED = 5  # refused with ``reason``
+    BLOCKING = 6  # keys in one slot, served on a connection leased while the client waits (blocking.py)
+    TRANSACTION = 7  # MULTI EXEC DISCARD WATCH UNWATCH (transactions.py)
+    PUBSUB = 8  # (P|S)SUBSCRIBE and their UNSUBSCRIBE, (S)PUBLISH, PUBSUB ... (pubsub.py)
 
 
 class Merge(enum.IntEnum):
@@ -105,7 +108,7 @@ _PROXY = frozenset(
 FORWARD_ANY = frozenset(
     {
         b"client|help", b"command|help", b"script|help", b"slowlog|help",
-        b"object|help", b"xinfo|help", b"xgroup|help", b"memory|help", b"latency|help",
+        b"object|help", b"xinfo|help", b"xgroup|help", b"memory|help", b"latency|help", b"pubsub|help",
     }
 )  # fmt: skip
 """PROXY commands whose reply doesn't depend on data or group: forward them to any group's master."""
@@ -113,9 +116,6 @@ FORWARD_ANY = frozenset(
 _PROXY_ALL = _PROXY | {n.decode() for n in FORWARD_ANY}
 
 _NOT_SUPPORTED = "{} is not supported by kvstore-proxy"
-_BLOCKING = _NOT_SUPPORTED + ": blocking commands would stall a backend connection shared by many clients"
-_TRANSACTION = _NOT_SUPPORTED + ": transactions can't span the groups that hold the keys"
-_PUBSUB = _NOT_SUPPORTED + ": pub/sub is not supported"
 _CLUSTER = _NOT_SUPPORTED + ": kvstore is not a Redis Cluster, the proxy routes keys itself"
 _REPLICATION = _NOT_SUPPORTED + ": replication is managed by kvstore-sentinel and kvstore-admin"
 _SERVER = _NOT_SUPPORTED + ": it is about one redis-server; run it on a group's server directly"
@@ -124,17 +124,20 @@ _CONNECTION = _NOT_SUPPORTED + ": proxy clients are not clients of a redis-serve
 _TRACKING = _NOT_SUPPORTED + ": client-side caching (tracking) is not supported"
 _FUNCTION = _NOT_SUPPORTED + " yet: a function library would have to be kept on every group"
 
+_BLOCKING = frozenset(
+    {"blpop", "brpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax", "blmpop", "bzmpop", "xread", "xreadgroup"}
+)
+_TRANSACTION = frozenset({"multi", "exec", "discard", "watch", "unwatch"})
+_PUBSUB = frozenset(
+    {
+        "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
+        "publish", "spublish", "pubsub|channels", "pubsub|numsub", "pubsub|numpat",
+        "pubsub|shardchannels", "pubsub|shardnumsub",
+    }
+)  # fmt: skip
+
 # A container name here refuses every subcommand not classified otherwise.
 _REFUSED: dict[str, str] = {
-    **dict.fromkeys(
-        ["blpop", "brpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax", "blmpop", "bzmpop"], _BLOCKING
-    ),
-    **dict.fromkeys(["multi", "exec", "discard", "watch", "unwatch"], _TRANSACTION),
-    **dict.fromkeys(
-        ["subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
-         "publish", "spublish", "pubsub"],
-        _PUBSUB,
-    ),
     **dict.fromkeys(["cluster", "readonly", "readwrite", "asking", "restore-asking"], _CLUSTER),
     **dict.fromkeys(
         ["replicaof", "slaveof", "sync", "psync", "replconf", "failover", "role"], _REPLICATION
@@ -558,6 +561,12 @@ def _classify(name: str, entry: dict[str, Any], fixed: tuple[int, ...] | None, h
         return {"kind": Kind.MULTI, "merge": merge, "step": step}
     if name in _PROXY_ALL:
         return {"kind": Kind.PROXY}
+    if name in _BLOCKING:
+        return {"kind": Kind.BLOCKING}
+    if name in _TRANSACTION:
+        return {"kind": Kind.TRANSACTION}
+    if name in _PUBSUB:
+        return {"kind": Kind.PUBSUB}
     reason = _reason_for(name)
     if reason is not None:
         return {"kind": Kind.REFUSED, "reason": reason}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +30,24 @@ class ProxyConfig:
     drain_timeout: float = 5.0
     log_format: str = "console"
     log_level: str = "info"
+    max_leases: int = 4096  # leased backend connections per worker (transactions, blocking, pub/sub)
+    max_leases_per_client: int = 64
+    # A subscriber is disconnected past ``hard`` bytes of unsent output, or past ``soft`` bytes for
+    # ``soft_seconds`` (Redis's client-output-buffer-limit pubsub, same defaults).
+    pubsub_output_limit: tuple[int, int, float] = (32 * 1024**2, 8 * 1024**2, 60.0)
+
+
+def parse_output_limit(text: str) -> tuple[int, int, float]:
+    """``"<hard> <soft> <seconds>"`` as in Redis's client-output-buffer-limit (``32mb 8mb 60``); 0 disables a limit."""
+    parts = text.split()
+    if len(parts) != 3:
+        raise ValueError(f"expected '<hard> <soft> <seconds>', e.g. '32mb 8mb 60', got {text!r}")
+    sizes = []
+    for part in parts[:2]:
+        m = re.fullmatch(r"([0-9]+)([a-zA-Z]*)", part)
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"bad size {part!r}: a number with an optional unit (b, k, kb, m, mb, g, gb)")
+        sizes.append(int(m.group(1)) * _UNITS[m.group(2).lower()])
+    if not parts[2].isdigit():
+        raise ValueError(f"bad seconds {parts[2]!r}: a whole number")
+    return sizes[0], sizes[1], float(parts[2])

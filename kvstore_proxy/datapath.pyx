@@ -451,7 +451,7 @@ cdef int stack_push(Stack *st, long long v) except -1:
     return 0
 
 
-cdef int scan_reply(const char *buf, Py_ssize_t p, Py_ssize_t n, Stack *st, Py_ssize_t *out) except -1:
+cdef int scan(const char *buf, Py_ssize_t p, Py_ssize_t n, Stack *st, Py_ssize_t *out) except -1:
     """Skip complete RESP2/RESP3 elements from ``p``: 1 when a whole reply is complete (``out``: its end),
     0 when the data ends first (``out``: where to resume; ``st`` holds what the enclosing aggregates
     still expect).
@@ -541,7 +541,7 @@ cdef int scan_reply(const char *buf, Py_ssize_t p, Py_ssize_t n, Stack *st, Py_s
 
 
 cdef inline int reply_bounds(const char *buf, Py_ssize_t p, Py_ssize_t n, Stack *st, Py_ssize_t *out) except -1:
-    """scan_reply for a reply at ``p`` with nothing pending, the one-line and bulk replies inline."""
+    """scan for a reply at ``p`` with nothing pending, the one-line and bulk replies inline."""
     cdef char c = buf[p]
     cdef Py_ssize_t nl, e
     cdef long long v
@@ -561,7 +561,7 @@ cdef inline int reply_bounds(const char *buf, Py_ssize_t p, Py_ssize_t n, Stack 
                 return 0
             out[0] = e
             return 1
-    return scan_reply(buf, p, n, st, out)
+    return scan(buf, p, n, st, out)
 
 
 def reply_end(bytes buf not None, Py_ssize_t start=0) -> int:
@@ -572,10 +572,38 @@ def reply_end(bytes buf not None, Py_ssize_t start=0) -> int:
     st.items = NULL
     st.depth = st.cap = 0
     try:
-        rc = scan_reply(PyBytes_AS_STRING(buf), start, PyBytes_GET_SIZE(buf), &st, &end)
+        rc = scan(PyBytes_AS_STRING(buf), start, PyBytes_GET_SIZE(buf), &st, &end)
     finally:
         PyMem_Free(st.items)
     return end if rc == 1 else -1
+
+
+def scan_reply(buf, Py_ssize_t p, Py_ssize_t n, list stack not None):
+    """Skip complete RESP2/RESP3 elements of ``buf`` (bytes or bytearray) from ``p`` up to ``n``;
+    return ``(position, reply_complete)``. Resumable: when the data ends inside a reply,
+    ``position`` is where the first incomplete element starts and ``stack`` holds what the
+    enclosing aggregates still expect; call again with both once more data has arrived."""
+    cdef const unsigned char[:] view = buf
+    cdef Stack st
+    cdef Py_ssize_t end = p, i
+    cdef int rc = 0
+    if n > view.shape[0]:
+        n = view.shape[0]
+    if p >= n:
+        return p, False
+    st.depth = len(stack)
+    st.cap = st.depth + 8
+    st.items = <long long *>PyMem_Malloc(st.cap * sizeof(long long))
+    if st.items == NULL:
+        raise MemoryError()
+    try:
+        for i in range(st.depth):
+            st.items[i] = stack[i]
+        rc = scan(<const char *>&view[0], p, n, &st, &end)
+        stack[:] = [st.items[i] for i in range(st.depth)]
+    finally:
+        PyMem_Free(st.items)
+    return end, rc == 1
 
 
 # --- the slot table, as the C path reads it ------------------------------------------------------------
@@ -1161,7 +1189,7 @@ cdef class BackendCore:
         try:
             while p < n:
                 if self.stack.depth:
-                    rc = scan_reply(buf, self.scan, n, &self.stack, &end)
+                    rc = scan(buf, self.scan, n, &self.stack, &end)
                 else:
                     rc = reply_bounds(buf, p, n, &self.stack, &end)
                 if rc == 0:

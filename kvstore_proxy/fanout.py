@@ -57,7 +57,7 @@ def _keys(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes 
     slot = s.worker.router.slotter.key_slot
 
     def merge(results: list[Any]) -> bytes:
-        out = []
+        out: list[bytes] = []
         for gi, keys in enumerate(results):
             out.extend(k for k in keys if router.owns(gi, slot(k)))
         return resp.array([resp.bulk(k) for k in out])

@@ -80,7 +80,7 @@ def worker_snapshot(w: Worker) -> dict[str, Any]:
         "index": w.family.index,
         "pid": os.getpid(),
         "clients": len(sessions),
-        "blocked": s.blocked_clients,
+        "blocked": len(w.stateful.blocked),  # clients waiting in BLPOP, XREAD BLOCK, ... (blocking.py)
         "monitors": len(w.monitor.clients),
         "max_input": max((c.pending_input for c in sessions), default=0),
         "max_output": max((c.transport.get_write_buffer_size() for c in sessions if c.transport is not None),

@@ -18,7 +18,9 @@ from kvstore_proxy.commands import all_specs
 HISTORY_LEN = 160  # samples kept per event, as Redis's LATENCY_TS_LEN
 PERCENTILES = (50.0, 99.0, 99.9)  # Redis's latency-tracking-info-percentiles default
 
-# Redis records a slow command under "fast-command" when the command is flagged fast.
+# Redis records a slow command under "fast-command" when the command is flagged fast. These are
+# the only events the proxy records.
+EVENTS = ("command", "fast-command")
 _FAST = frozenset(s.name.decode() for s in all_specs() if "fast" in s.flags)
 
 

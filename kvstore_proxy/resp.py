@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hiredis
 
-from kvstore_proxy.datapath import ProtocolError, reply_end
+from kvstore_proxy.datapath import ProtocolError, reply_end, scan_reply
 
-__all__ = ["ProtocolError"]  # defined with the compiled parser, which raises it too
+__all__ = ["ProtocolError", "scan_reply"]  # compiled, with the request path that uses them too
 
 CRLF = b"\r\n"
 OK = b"+OK\r\n"
@@ -106,7 +106,7 @@ class Resp3(Resp2):
     null = NULL
 
     @staticmethod
-    def bulk_array(values: list[bytes | None]) -> bytes:
+    def bulk_array(values: list[bytes | None]) -> bytes:  # type: ignore[override]  # RESP3 has one null
         return bulk_array(values, NULL)
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -29,7 +30,7 @@ class Router:
     :class:`Refuser` for slots nobody may serve right now (unowned, group down, proxy fenced), so
     the hot path never checks those cases itself.
 
-    Migrating slots (DESIGN.md, "Resharding without restart") get a :class:`Migrating` entry,
+    Migrating slots (docs/design.md, "Resharding") get a :class:`Migrating` entry,
     which runs MIGRATE on the source before forwarding to the target (``migrating.py``).
     """
 
@@ -53,6 +54,8 @@ class Router:
         self.group_order: list[Any] = []  # one entry per group, for fan-out commands
         self.reshard_data: bytes | None = None  # the reshard znode, for holding newly marked slots
         self.migration_released = True
+        # Called after every change of the table (never per request): clients holding leases follow it.
+        self.listeners: list[Callable[[], None]] = []
 
     @property
     def slot_backend(self) -> list[Any]:
@@ -101,11 +104,13 @@ class Router:
         """The reshard znode changed: may keys of migrating slots move yet? (``migrating.py``)."""
         self.reshard_data = data
         self.migration_released = released(data, self.slots.migrating if self.slots is not None else ())
+        self._changed()
 
     def _rebuild(self) -> None:
         if self.fenced:
             self.slot_backend = [self._fence] * SLOT_COUNT
             self.group_order = [self._fence] * max(1, len(self.groups or ()))
+            self._changed()
             return
         if self.groups is None:
             return
@@ -123,12 +128,17 @@ class Router:
         for m in self.slots.migrating if self.slots is not None else ():
             source, target = table.get(m.source), table.get(m.target)
             if isinstance(source, Backend) and isinstance(target, Backend):
-                entry: Any = Migrating(self, source, target)
+                entry = Migrating(self, source, target)
             else:  # either side down: nobody can tell where a key of these slots is
                 entry = source if not isinstance(source, Backend) else target
             slot_backend[m.lo : m.hi + 1] = [entry] * (m.hi - m.lo + 1)
         self.slot_backend = slot_backend
         self.group_order = order
+        self._changed()
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     # --- fencing --------------------------------------------------------------------------------
 

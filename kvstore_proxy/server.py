@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
 from kvstore_proxy import inspection
 from kvstore_proxy.commands import CommandSpec
@@ -25,6 +26,7 @@ from kvstore_proxy.router import Router
 from kvstore_proxy.router3 import Resp3Router
 from kvstore_proxy.session import Session
 from kvstore_proxy.siblings import Family, SiblingServer
+from kvstore_proxy.stateful import StatefulHub
 from kvstore_proxy.stats import OpsMeter, SlowLog, Stats
 from kvstore_proxy.topology import Topology, proxy_id
 
@@ -78,6 +80,8 @@ class Worker:
             streams={b"monitor": self.monitor.subscribe})
         self.listening = False
         self.topology: Topology | None = None
+        self.options = ClusterOptions()  # the cluster options record, applied live (Topology)
+        self.stateful = StatefulHub(self)  # leases, transactions, blocked clients, subscriptions
         self.server: asyncio.base_events.Server | None = None
         self._stop = asyncio.Event()
         self._zk: Any = None
@@ -166,7 +170,7 @@ class Worker:
                     reuse_port=cfg.workers > 1, reuse_address=True)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
-        sockets = self.server.sockets or []
+        sockets: Any = self.server.sockets or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
         self.listening = True
@@ -189,7 +193,8 @@ class Worker:
         idle = self.config.idle_timeout
         if idle > 0:
             for s in list(self.clients.values()):
-                if not s.fifo and now - s.last_active > idle:
+                # Subscribers are exempt, as from Redis's timeout.
+                if not s.fifo and now - s.last_active > idle and (s.state is None or s.state.subs is None):
                     self.stats.idle_closed += 1
                     s.close()
         self.loop.call_later(min(0.1, timeout / 4), self._tick)
@@ -213,13 +218,16 @@ class Worker:
             if s.transport is not None:
                 s.transport.pause_reading()
         deadline = time.monotonic() + self.config.drain_timeout
-        while any(s.fifo for s in self.clients.values()) and time.monotonic() < deadline:
+        # A blocked client's reply may never come: it is not waited for.
+        while any(s.fifo and (s.state is None or s.state.block is None) for s in self.clients.values()) \
+                and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for s in list(self.clients.values()):
             s.close()
         if self.topology is not None:
             await self.loop.run_in_executor(None, self.topology.deregister)
             self.topology.bridge.close()
+        self.stateful.close()
         self.router.close()
         if self._zk is not None:
             zk = self._zk

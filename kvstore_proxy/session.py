@@ -7,10 +7,11 @@
       ▼
     route: routes[name] ──fast Route──► slot_backend[slot] (one key), or split by group (MGET MSET DEL...)
       │      (after HELLO 3: each entry's RESP3 twin)                                (datapath.pyx)
-      │      └─ otherwise _slow (here): commands.lookup ─► arity ─► auth ─► kind
+      │      └─ otherwise _slow (here): commands.lookup ─► arity ─► auth ─► client state ─► kind
       │             MULTI ─► SessionCore.split_request (compiled, as the fast path)
-      │             KEYED / SAME_SLOT ─► -CROSSSLOT or the slot's backend
+      │             KEYED / SAME_SLOT / BLOCKING ─► -CROSSSLOT, a lease (blocking.py) or the slot's backend
       │             PROXY ─► answers.HANDLERS: answered here or fanned out          (answers.py, fanout.py)
+      │             TRANSACTION, PUBSUB ─► transactions.py, pubsub.py (leased connections: leases.py)
       │             REFUSED ─► one error naming the command
       │      inline commands (telnet) ─► _inline ─► _slow
       ▼
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from kvstore_proxy import answers, commands, resp
+from kvstore_proxy import answers, blocking, commands, pubsub, resp, transactions
+from kvstore_proxy.clientstate import ClientState
 from kvstore_proxy.commands import Kind
 from kvstore_proxy.datapath import Reply, SessionCore
 
@@ -49,11 +51,12 @@ class Session(SessionCore, asyncio.Protocol):
     """One client connection (an ``asyncio.Protocol``: no task per request, ever).
 
     SessionCore holds what the compiled path uses (``fifo``, ``routes``, ``transport``, ``resp3``,
-    the closing/pausing flags); the rest is here. A new attribute must be added to ``__slots__``.
+    ``dirty``, the closing/pausing flags, ``last_active``); the rest is here. A new attribute must
+    be added to ``__slots__``.
     """
 
     __slots__ = ('router', 'id', 'addr', 'laddr', 'name', 'protocol', 'enc', 'lib_name', 'lib_ver',
-                 'created', 'last_cmd', 'authenticated')
+                 'created', 'last_cmd', 'authenticated', 'state')
 
     def __init__(self, worker: Worker):
         SessionCore.__init__(self, worker)
@@ -70,6 +73,9 @@ class Session(SessionCore, asyncio.Protocol):
         self.last_cmd = b"NULL"
         self.authenticated = not worker.config.requirepass
         self.routes = worker.routes if self.authenticated else {}
+        # Transaction, held requests, blocked command, subscriptions (clientstate.py); None for
+        # the plain clients that use none of them.
+        self.state: ClientState | None = None
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -98,6 +104,8 @@ class Session(SessionCore, asyncio.Protocol):
         self.transport = None
         self._closing = True
         self.worker.forget(self)
+        if self.state is not None:
+            self.state.disconnected()
         log.debug("client_disconnected", client=self.id, addr=self.addr, pending=len(self.fifo))
         # Replies still on their way from backends land on Reply objects nobody reads; the
         # backend FIFOs stay aligned because every request still gets its reply there.
@@ -143,6 +151,10 @@ class Session(SessionCore, asyncio.Protocol):
     def _slow(self, args: list[bytes], raw: bytes, t0: float) -> None:
         """Everything but the KEYED fast path: lookup, arity, auth, then by kind."""
         worker = self.worker
+        st = self.state
+        if st is not None and st.held:
+            st.keep(args, raw, t0)  # behind a lease's reply (clientstate.py)
+            return
         spec = commands.lookup(args)
         if spec is None:
             if len(args) > 1 and args[0].lower() == b"client" and args[1].lower() == b"setinfo" \
@@ -151,11 +163,15 @@ class Session(SessionCore, asyncio.Protocol):
                 return
             self.answer(worker.stat_for(b"(unknown)"), args, t0,
                         resp.error(commands.unknown_command_error(args)))
+            if st is not None:
+                st.command_failed()
             return
         route = worker.route_for(spec)
         self.last_cmd = spec.name
         if not commands.check_arity(spec, len(args)):
             self.answer(route.stat, args, t0, resp.error(commands.arity_error(spec)))
+            if st is not None:
+                st.command_failed()
             return
         if not self.authenticated and spec.name not in answers.BEFORE_AUTH:
             self.answer(route.stat, args, t0, _NOAUTH)
@@ -165,8 +181,16 @@ class Session(SessionCore, asyncio.Protocol):
             if refusal is not None:
                 self.answer(route.stat, args, t0, refusal)
                 return
+        if st is not None:
+            if st.txn is not None and st.txn.multi and spec.name not in transactions.NOT_QUEUED:
+                transactions.queue(self, spec, route.stat, args, raw, t0)
+                return
+            if st.subs is not None and self.protocol == 2 and spec.name not in pubsub.ALLOWED_RESP2 \
+                    and st.subs.count():
+                self.answer(route.stat, args, t0, pubsub.not_allowed(spec))
+                return
         kind = spec.kind
-        if kind is Kind.KEYED or kind is Kind.SAME_SLOT:
+        if kind is Kind.KEYED or kind is Kind.SAME_SLOT or kind is Kind.BLOCKING:
             try:
                 keys = commands.key_indexes(spec, args)
             except commands.CommandError as exc:
@@ -179,7 +203,7 @@ class Session(SessionCore, asyncio.Protocol):
                     return
                 target = self.router.any_backend()
             else:
-                key_slot = self.worker.router.slotter.key_slot
+                key_slot = worker.router.slotter.key_slot
                 slot = key_slot(args[keys[0]])
                 for i in keys[1:]:
                     if key_slot(args[i]) != slot:
@@ -188,6 +212,9 @@ class Session(SessionCore, asyncio.Protocol):
                 refusal = answers.keyed_option(spec, args)
                 if refusal is not None:
                     self.answer(route.stat, args, t0, refusal)
+                    return
+                if kind is Kind.BLOCKING and blocking.blocks(spec, args):
+                    blocking.start(self, spec, route.stat, args, raw, t0, slot, [args[i] for i in keys])
                     return
                 target = self.router.slot_backend[slot]
             r = Reply(self, t0, route.stat, args)
@@ -212,6 +239,10 @@ class Session(SessionCore, asyncio.Protocol):
             out = handler(self, args, route.stat, t0)
             if out is not None:
                 self.answer(route.stat, args, t0, out)
+        elif kind is Kind.TRANSACTION:
+            transactions.handle(self, spec, route.stat, args, raw, t0)
+        elif kind is Kind.PUBSUB:
+            pubsub.handle(self, spec, route.stat, args, raw, t0)
         else:
             self.answer(route.stat, args, t0, resp.error("ERR " + spec.reason))
 
@@ -229,7 +260,12 @@ class Session(SessionCore, asyncio.Protocol):
 
     def authenticate(self) -> None:
         self.authenticated = True
-        self.routes = self.worker.routes
+        self.refresh_routes()
+
+    def refresh_routes(self) -> None:
+        """The fast path only for an authenticated client whose state does not need every request."""
+        st = self.state
+        self.routes = self.worker.routes if self.authenticated and (st is None or not st.slow) else {}
 
     def set_protocol(self, version: int) -> None:
         """Switch to RESP2 or RESP3 (HELLO, RESET): decided here once, never tested per request.
@@ -241,18 +277,33 @@ class Session(SessionCore, asyncio.Protocol):
         """
         self.protocol = version
         self.enc = resp.PROTOCOLS[version]
-        self.router = self.worker.router3 if version == 3 else self.worker.router
+        self.router = self.worker.router3 if version == 3 else self.worker.router  # type: ignore[assignment]
         self.resp3 = version == 3
+        if self.state is not None:
+            self.refresh_routes()  # a RESP2 subscriber is restricted, a RESP3 one is not
 
     def describe(self, now: float | None = None) -> bytes:
         """One CLIENT LIST line for this connection."""
         mono = time.monotonic()
         age = int(time.time() - self.created)
         idle = int(mono - self.last_active)
+        flags, sub, psub, ssub, multi = "N", 0, 0, 0, -1
+        st = self.state
+        if st is not None:
+            flags = ""
+            if st.block is not None:
+                flags += "b"
+            if st.subs is not None:
+                sub, psub, ssub = (len(names) for names in st.subs.names)
+                flags += "P" if sub + psub + ssub else ""
+            if st.txn is not None and st.txn.multi:
+                flags += "x"
+                multi = len(st.txn.queued)
+            flags = flags or "N"
         return (
             f"id={self.id} addr={self.addr} laddr={self.laddr} fd=-1 name={self.name.decode(errors='replace')} "
-            f"age={age} idle={idle} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 "
-            f"argv-mem=0 multi-mem=0 obl=0 oll={len(self.fifo)} omem=0 tot-mem=0 events=r "
+            f"age={age} idle={idle} flags={flags} db=0 sub={sub} psub={psub} ssub={ssub} multi={multi} qbuf=0 "
+            f"qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll={len(self.fifo)} omem=0 tot-mem=0 events=r "
             f"cmd={self.last_cmd.decode(errors='replace')} user=default redir=-1 resp={self.protocol} "
             f"lib-name={self.lib_name.decode(errors='replace')} lib-ver={self.lib_ver.decode(errors='replace')}"
         ).encode()

@@ -13,6 +13,7 @@ from kazoo.exceptions import KazooException, NoNodeError
 
 from kvstore_cluster import paths
 from kvstore_cluster.model import Groups, ModelError, SlotTable
+from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.proxy_registration import ProxyRegistration
 from kvstore_cluster.store import ClusterStore
 from kvstore_cluster.zkbridge import LoopBridge
@@ -58,6 +59,7 @@ class Topology:
         self.bridge.watch_data(paths.groups(self.cluster), self._on_groups)
         self.bridge.watch_data(paths.slots(self.cluster), self._on_slots)
         self.bridge.watch_data(paths.reshard(self.cluster), self._on_reshard)
+        self.bridge.watch_data(paths.options(self.cluster), self._on_options)
 
     # --- tables ---------------------------------------------------------------------------------
 
@@ -87,6 +89,16 @@ class Topology:
 
     def _on_reshard(self, data: bytes | None, stat: Any) -> None:
         self.worker.router.set_reshard(data)
+
+    def _on_options(self, data: bytes | None, stat: Any) -> None:
+        try:
+            value = ClusterOptions() if data is None else ClusterOptions.decode(data)
+        except ModelError as exc:
+            log.error("options_rejected", version=stat.version, error=str(exc), kept=self.worker.options.values)
+            return
+        if value != self.worker.options:
+            log.info("options_applied", version=stat.version if stat is not None else -1, options=value.values)
+        self.worker.options = value
 
     def _apply(self) -> None:
         if self.groups is None or self.slots is None or self._stopped:

@@ -167,6 +167,17 @@ def test_summary_reports_rss_and_idle_connections():
     assert lines[1].startswith("idle connections nutcracker: 100/100 open, 0.5 KiB RSS per connection")
 
 
+def test_a_baseline_commit_run_in_the_same_rounds_is_compared_with_kvstore():
+    ms = [m(target="kvstore", rps=98, cpu=0.0102), m(target="base", rps=100, cpu=0.01),
+          m(test="GET", target="kvstore", rps=50), m(test="GET", target="nutcracker", rps=50)]
+    rows = build_rows(ms, [("SET", 1), ("GET", 1)])
+    assert rows[0].base_ratio == pytest.approx(0.98) and rows[1].base_ratio is None
+    lines = summary_lines(rows, {}, [], "main")
+    assert lines[0] == "kvstore / base (main) ops/s, same run: SET P1 0.98×"
+    assert lines[1] == "kvstore / base CPU s/1M: SET P1 1.02×"
+    assert not [ln for ln in summary_lines(rows[1:], {}, []) if "base" in ln]
+
+
 def test_nutcracker_config_mirrors_the_kvstore_setup():
     from bench.cluster import nutcracker_config
 

@@ -87,8 +87,8 @@ def test_every_refused_command_has_a_reason_naming_it() -> None:
         ("sdiffstore", Kind.SAME_SLOT), ("bitop", Kind.SAME_SLOT), ("pfmerge", Kind.SAME_SLOT),
         ("copy", Kind.SAME_SLOT), ("georadius", Kind.SAME_SLOT), ("sort", Kind.SAME_SLOT),
         ("eval", Kind.SAME_SLOT), ("evalsha", Kind.SAME_SLOT), ("eval_ro", Kind.SAME_SLOT),
-        ("fcall", Kind.SAME_SLOT), ("fcall_ro", Kind.SAME_SLOT), ("xread", Kind.SAME_SLOT),
-        ("xreadgroup", Kind.SAME_SLOT), ("lcs", Kind.SAME_SLOT), ("pfcount", Kind.SAME_SLOT),
+        ("fcall", Kind.SAME_SLOT), ("fcall_ro", Kind.SAME_SLOT), ("xread", Kind.BLOCKING),
+        ("xreadgroup", Kind.BLOCKING), ("lcs", Kind.SAME_SLOT), ("pfcount", Kind.SAME_SLOT),
         ("sinter", Kind.SAME_SLOT), ("lmpop", Kind.SAME_SLOT), ("sintercard", Kind.SAME_SLOT),
         ("ping", Kind.PROXY), ("echo", Kind.PROXY), ("quit", Kind.PROXY), ("auth", Kind.PROXY),
         ("select", Kind.PROXY), ("hello", Kind.PROXY), ("reset", Kind.PROXY), ("info", Kind.PROXY),
@@ -98,13 +98,14 @@ def test_every_refused_command_has_a_reason_naming_it() -> None:
         ("client|getname", Kind.PROXY), ("client|id", Kind.PROXY), ("script|load", Kind.PROXY),
         ("script|exists", Kind.PROXY), ("script|flush", Kind.PROXY), ("slowlog|get", Kind.PROXY),
         ("slowlog|len", Kind.PROXY), ("slowlog|reset", Kind.PROXY), ("object|help", Kind.PROXY),
-        ("blpop", Kind.REFUSED), ("brpop", Kind.REFUSED), ("blmove", Kind.REFUSED),
-        ("brpoplpush", Kind.REFUSED), ("bzpopmin", Kind.REFUSED), ("bzpopmax", Kind.REFUSED),
-        ("blmpop", Kind.REFUSED), ("bzmpop", Kind.REFUSED), ("multi", Kind.REFUSED), ("exec", Kind.REFUSED),
-        ("discard", Kind.REFUSED), ("watch", Kind.REFUSED), ("unwatch", Kind.REFUSED),
-        ("subscribe", Kind.REFUSED), ("psubscribe", Kind.REFUSED), ("ssubscribe", Kind.REFUSED),
-        ("unsubscribe", Kind.REFUSED), ("publish", Kind.REFUSED), ("spublish", Kind.REFUSED),
-        ("pubsub|channels", Kind.REFUSED), ("monitor", Kind.PROXY), ("replicaof", Kind.REFUSED),
+        ("blpop", Kind.BLOCKING), ("brpop", Kind.BLOCKING), ("blmove", Kind.BLOCKING),
+        ("brpoplpush", Kind.BLOCKING), ("bzpopmin", Kind.BLOCKING), ("bzpopmax", Kind.BLOCKING),
+        ("blmpop", Kind.BLOCKING), ("bzmpop", Kind.BLOCKING), ("multi", Kind.TRANSACTION),
+        ("exec", Kind.TRANSACTION), ("discard", Kind.TRANSACTION), ("watch", Kind.TRANSACTION),
+        ("unwatch", Kind.TRANSACTION), ("subscribe", Kind.PUBSUB), ("psubscribe", Kind.PUBSUB),
+        ("ssubscribe", Kind.PUBSUB), ("unsubscribe", Kind.PUBSUB), ("publish", Kind.PUBSUB),
+        ("spublish", Kind.PUBSUB), ("pubsub|channels", Kind.PUBSUB), ("pubsub|numpat", Kind.PUBSUB),
+        ("pubsub|help", Kind.PROXY), ("monitor", Kind.PROXY), ("replicaof", Kind.REFUSED),
         ("slaveof", Kind.REFUSED), ("sync", Kind.REFUSED), ("psync", Kind.REFUSED),
         ("cluster|info", Kind.REFUSED), ("readonly", Kind.REFUSED), ("readwrite", Kind.REFUSED),
         ("asking", Kind.REFUSED), ("config|get", Kind.REFUSED), ("save", Kind.REFUSED),
@@ -123,10 +124,12 @@ def test_classification(name: str, kind: Kind) -> None:
     assert _spec(name).kind is kind
 
 
-def test_blocking_commands_are_refused_for_blocking_and_xread_is_left_to_the_core() -> None:
-    for name in ("blpop", "brpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax", "blmpop", "bzmpop"):
-        assert "blocking" in _spec(name).reason
-    assert "blocking" in _spec("xread").flags and _spec("xread").kind is Kind.SAME_SLOT
+def test_every_command_redis_flags_blocking_is_served_as_blocking() -> None:
+    blocking = {s.name for s in all_specs() if "blocking" in s.flags}
+    assert blocking == {s.name for s in all_specs() if s.kind is Kind.BLOCKING}
+    for spec in all_specs():
+        if spec.kind is Kind.BLOCKING:
+            assert spec._fixed != (), spec.name  # keys, which must share a slot
 
 
 def test_keyed_commands_have_exactly_one_key_at_a_fixed_position() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kvstore_cluster.node import CommandRefused, Node, NodeError
 from kvstore_cluster.ops.errors import MoveError
@@ -25,11 +25,9 @@ RESUME_HINT = "run 'kvstore-admin reshard --resume'"
 
 @dataclass
 class Progress:
-    """Counters the movers bump and the progress bar reads."""
+    """What the movers have moved so far, for the progress bar."""
 
     keys: int = 0
-    scanned: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 class SlotMap:
@@ -126,7 +124,6 @@ async def _one_pass(source: str, slots: SlotMap, batch: int, parallel: int, time
             async for keys in scanner.scan(SCAN_COUNT):
                 if failed:
                     break
-                progress.scanned += len(keys)
                 for t, ks in slots.split(keys).items():
                     seen += len(ks)
                     buf = pending.setdefault(t, [])

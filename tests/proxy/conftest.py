@@ -83,21 +83,26 @@ class ProxyCluster:
         return proc
 
 
-def _make_cluster(zookeeper: LocalProcess, base: Path, groups: int) -> tuple[ProxyCluster, Callable[[], None]]:
+def _make_cluster(zookeeper: LocalProcess, base: Path, groups: int, replicas: int = 0,
+                  mode: str = "cache") -> tuple[ProxyCluster, Callable[[], None]]:
     chroot = f"/p-{uuid.uuid4().hex[:12]}"
     admin = connect(zookeeper.address)
     admin.create(chroot)
     zk_hosts = f"{zookeeper.address}{chroot}"
     nodes = {f"g{i}": start_redis(base / f"redis-g{i}") for i in range(1, groups + 1)}
-    model = Groups(tuple(Group(gid, p.address) for gid, p in nodes.items()))
+    fast_sync = {"repl-diskless-sync-delay": "0"}
+    copies = {gid: [start_redis(base / f"redis-{gid}-r{j}", replicaof=m.address, extra=fast_sync)
+                    for j in range(1, replicas + 1)] for gid, m in nodes.items()}
+    model = Groups(tuple(Group(gid, p.address, tuple(r.address for r in copies[gid])) for gid, p in nodes.items()))
     client = connect(zk_hosts)
     try:
-        ClusterStore(client, "test").create(Meta("cache", time.time()), model,
+        ClusterStore(client, "test").create(Meta(mode, time.time()), model,
                                            SlotTable(tuple(even_split(model.ids()))))
     finally:
         client.stop()
         client.close()
     cluster = ProxyCluster(zk_hosts, "test", nodes, base)
+    cluster.extra_procs.extend(r for reps in copies.values() for r in reps)
 
     def cleanup() -> None:
         if cluster.proxy is not None:
