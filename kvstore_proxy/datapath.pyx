@@ -121,6 +121,31 @@ cdef void buf_free(Buf *b) noexcept:
     b.len = b.cap = 0
 
 
+cdef inline const char *read_start(Buf *carry, bytes data, Py_ssize_t *n) except NULL:
+    """Where a read's bytes are to be parsed from: after the partial message kept from the last
+    read if there is one (``carry`` then holds both), else in ``data`` itself."""
+    if carry.len:
+        buf_put(carry, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        n[0] = carry.len
+        return carry.data
+    n[0] = PyBytes_GET_SIZE(data)
+    return PyBytes_AS_STRING(data)
+
+
+cdef inline int read_end(Buf *carry, const char *buf, Py_ssize_t p, Py_ssize_t n) except -1:
+    """Keep ``buf[p:n]``, the start of a message the next read completes, in ``carry``; ``buf`` may
+    be ``carry``'s own bytes."""
+    if p >= n:
+        buf_empty(carry, KEEP_INPUT)
+    elif buf == carry.data:
+        memmove(carry.data, carry.data + p, n - p)
+        carry.len = n - p
+    else:
+        carry.len = 0
+        buf_put(carry, buf + p, n - p)
+    return 0
+
+
 cdef inline Py_ssize_t put_header(char *out, char tag, long long v) noexcept nogil:
     """``tag``, ``v`` in decimal and CRLF at ``out`` (room for 24 bytes); the length written."""
     cdef char digits[20]
@@ -181,37 +206,19 @@ cdef inline Py_ssize_t length_line(const char *buf, Py_ssize_t p, Py_ssize_t n, 
     return q
 
 
-cdef inline bint string2ll(const char *s, Py_ssize_t n, long long *out) noexcept nogil:
-    """Redis's strict integer parse: optional '-', no '+', spaces or leading zeros."""
+cdef inline bint parse_ll(const char *s, Py_ssize_t n, long long *out, bint strict) noexcept nogil:
+    """An integer: '-' and up to 18 digits. ``strict`` is Redis's string2ll, for what clients send:
+    no leading zero (but "0"), no "-0"; replies are read as Redis writes them, without it."""
     cdef Py_ssize_t i = 0
     cdef long long v = 0
     cdef bint neg = False
-    if n == 1 and s[0] == 48:
+    if strict and n == 1 and s[0] == 48:
         out[0] = 0
         return True
     if n > 0 and s[0] == 45:
         neg = True
         i = 1
-    if i >= n or n - i > 18 or s[i] < 49 or s[i] > 57:
-        return False
-    while i < n:
-        if s[i] < 48 or s[i] > 57:
-            return False
-        v = v * 10 + (s[i] - 48)
-        i += 1
-    out[0] = -v if neg else v
-    return True
-
-
-cdef inline bint reply_ll(const char *s, Py_ssize_t n, long long *out) noexcept nogil:
-    """A length or integer in a reply: '-' and digits (Redis writes them canonically)."""
-    cdef Py_ssize_t i = 0
-    cdef long long v = 0
-    cdef bint neg = False
-    if n > 0 and s[0] == 45:
-        neg = True
-        i = 1
-    if i >= n or n - i > 18:
+    if i >= n or n - i > 18 or (strict and s[i] == 48):
         return False
     while i < n:
         if s[i] < 48 or s[i] > 57:
@@ -284,6 +291,26 @@ cdef int req_keep(Req *rq) except -1:
     return 0
 
 
+cdef inline Py_ssize_t request_line(const char *buf, Py_ssize_t p, Py_ssize_t n, long long *v, int too_big,
+                                    int bad, int *problem) noexcept:
+    """The count or length line of a request at ``buf[p]`` ("*N", "$N"), as Redis reads it: where its
+    CRLF is; -1 when it is not all there yet, -2 when it is not valid (``problem``: ``too_big`` for a
+    line longer than Redis would wait for, ``bad`` for anything but an integer)."""
+    cdef Py_ssize_t nl = length_line(buf, p, n, v)
+    if nl >= 0:
+        return nl
+    nl = find_crlf(buf, p, n)
+    if nl < 0:
+        if n - p > INLINE_MAX:
+            problem[0] = too_big
+            return -2
+        return -1
+    if not parse_ll(buf + p + 1, nl - p - 1, v, True):
+        problem[0] = bad
+        return -2
+    return nl
+
+
 cdef int parse_request(Req *rq, const char *buf, Py_ssize_t start, Py_ssize_t n, Py_ssize_t max_bulk,
                        int *problem) except -2:
     """Parse (or go on parsing) the multibulk request at ``buf[start]``, as Redis's processMultibulkBuffer.
@@ -296,17 +323,9 @@ cdef int parse_request(Req *rq, const char *buf, Py_ssize_t start, Py_ssize_t n,
     cdef long long v
     cdef Py_ssize_t *el
     if rq.argc == 0:
-        nl = length_line(buf, start, n, &v)
+        nl = request_line(buf, start, n, &v, E_BIG_MBULK, E_MBULK_LEN, problem)
         if nl < 0:
-            nl = find_crlf(buf, start, n)
-            if nl < 0:
-                if n - start > INLINE_MAX:
-                    problem[0] = E_BIG_MBULK
-                    return -1
-                return 0
-            if not string2ll(buf + start + 1, nl - start - 1, &v):
-                problem[0] = E_MBULK_LEN
-                return -1
+            return 0 if nl == -1 else -1
         if v > MAX_MULTIBULK:
             problem[0] = E_MBULK_LEN
             return -1
@@ -322,17 +341,9 @@ cdef int parse_request(Req *rq, const char *buf, Py_ssize_t start, Py_ssize_t n,
         if buf[p] != 36:  # '$'
             problem[0] = E_DOLLAR
             return -1
-        nl = length_line(buf, p, n, &v)
+        nl = request_line(buf, p, n, &v, E_BIG_BULK, E_BULK_LEN, problem)
         if nl < 0:
-            nl = find_crlf(buf, p, n)
-            if nl < 0:
-                if n - p > INLINE_MAX:
-                    problem[0] = E_BIG_BULK
-                    return -1
-                return 0
-            if not string2ll(buf + p + 1, nl - p - 1, &v):
-                problem[0] = E_BULK_LEN
-                return -1
+            return 0 if nl == -1 else -1
         if v < 0 or v > max_bulk:
             problem[0] = E_BULK_LEN
             return -1
@@ -380,12 +391,12 @@ def request_args(bytes raw not None, Py_ssize_t off=0, Py_ssize_t size=-1):
     cdef long long count, v
     cdef list out = []
     nl = find_crlf(b, p, n)
-    if nl < 0 or b[p] != 42 or not string2ll(b + p + 1, nl - p - 1, &count):
+    if nl < 0 or b[p] != 42 or not parse_ll(b + p + 1, nl - p - 1, &count, True):
         raise ProtocolError("not a multibulk request")
     p = nl + 2
     for i in range(count):
         nl = find_crlf(b, p, n)
-        if nl < 0 or b[p] != 36 or not string2ll(b + p + 1, nl - p - 1, &v) or nl + 4 + v > n:
+        if nl < 0 or b[p] != 36 or not parse_ll(b + p + 1, nl - p - 1, &v, True) or nl + 4 + v > n:
             raise ProtocolError("not a multibulk request")
         out.append(PyBytes_FromStringAndSize(b + nl + 2, v))
         p = nl + 4 + v
@@ -474,7 +485,7 @@ cdef int scan(const char *buf, Py_ssize_t p, Py_ssize_t n, Stack *st, Py_ssize_t
             if nl < 0:
                 out[0] = p
                 return 0
-            if not reply_ll(buf + p + 1, nl - p - 1, &v):
+            if not parse_ll(buf + p + 1, nl - p - 1, &v, False):
                 v = LLONG_MIN  # not a number: only a one-line type or a streamed form may have that
         if c == 36 or c == 61 or c == 33:  # $ = !  (bulk, verbatim, blob error)
             if v == LLONG_MIN:
@@ -861,7 +872,7 @@ cdef class MultiReply(Reply):
         for raw in self.results:
             b = PyBytes_AS_STRING(raw)
             n = PyBytes_GET_SIZE(raw)
-            if n < 4 or b[0] != 58 or not reply_ll(b + 1, n - 3, &v):
+            if n < 4 or b[0] != 58 or not parse_ll(b + 1, n - 3, &v, False):
                 raise ValueError(f"expected an integer from a group, got {raw[:80]!r}")
             total += v
         n = put_header(head, 58, total)
@@ -936,7 +947,7 @@ cdef inline Py_ssize_t bulk_or_null_end(const char *b, Py_ssize_t p, Py_ssize_t 
     nl = find_crlf(b, p, n)
     if nl < 0:
         return -1
-    if b[p] == 36 and reply_ll(b + p + 1, nl - p - 1, &v):
+    if b[p] == 36 and parse_ll(b + p + 1, nl - p - 1, &v, False):
         if v < 0:
             return nl + 2 if v == -1 else -1
         return nl + v + 4 if nl + v + 4 <= n else -1
@@ -1170,22 +1181,13 @@ cdef class BackendCore:
     def data_received(self, object data):
         cdef const char *buf
         cdef Py_ssize_t n, p = 0, end = 0
-        cdef bint carry
         cdef int rc
         cdef Fifo fifo = self.fifo
         cdef double now = monotonic()
         cdef object entry, done
         if not PyBytes_CheckExact(data):
             data = bytes(data)
-        if self.inbuf.len:
-            buf_put(&self.inbuf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
-            buf = self.inbuf.data
-            n = self.inbuf.len
-            carry = True
-        else:
-            buf = PyBytes_AS_STRING(data)
-            n = PyBytes_GET_SIZE(data)
-            carry = False
+        buf = read_start(&self.inbuf, data, &n)
         try:
             while p < n:
                 if self.stack.depth:
@@ -1222,16 +1224,8 @@ cdef class BackendCore:
             # Garbage or an unsolicited reply: nothing after it can be matched to a request.
             self._protocol_failure(str(exc))
             return
-        if p >= n:
-            buf_empty(&self.inbuf, KEEP_INPUT)
-            self.scan = 0
-        elif carry:
-            memmove(self.inbuf.data, self.inbuf.data + p, n - p)
-            self.inbuf.len = n - p
-            self.scan -= p
-        else:
-            buf_put(&self.inbuf, buf + p, n - p)
-            self.scan -= p
+        read_end(&self.inbuf, buf, p, n)
+        self.scan = self.scan - p if p < n else 0
         if self.retired and not fifo.count:
             self._close_if_drained()
 
@@ -1290,7 +1284,6 @@ cdef class SessionCore:
         cdef const char *buf
         cdef const char *nl
         cdef Py_ssize_t n, pos = 0, size
-        cdef bint carry
         cdef object src
         cdef int rc, problem = 0
         cdef double t0
@@ -1303,17 +1296,8 @@ cdef class SessionCore:
             return
         if not PyBytes_CheckExact(data):
             data = bytes(data)
-        if self.inbuf.len:
-            buf_put(&self.inbuf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
-            buf = self.inbuf.data
-            n = self.inbuf.len
-            carry = True
-            src = None  # made from the buffer when a Reply needs it
-        else:
-            buf = PyBytes_AS_STRING(data)
-            n = PyBytes_GET_SIZE(data)
-            carry = False
-            src = data
+        src = None if self.inbuf.len else data  # bytes carried over: src is made when a Reply needs it
+        buf = read_start(&self.inbuf, data, &n)
         t0 = monotonic()
         self.last_active = t0
         routes = self.routes
@@ -1363,11 +1347,10 @@ cdef class SessionCore:
                             or (route.merge and (self.rq.argc - 1) % route.step):
                         route = None
             if route is not None:
-                if carry and src is None:
+                if src is None:
                     src = PyBytes_FromStringAndSize(buf, n)
                     buf = PyBytes_AS_STRING(src)  # same bytes; the Replies' offsets point into src
                     self.inbuf.len = 0
-                    carry = False
                 if route.merge:
                     self.split(route, src, buf + pos, size, t0, slots, slotter)
                 else:
@@ -1388,17 +1371,9 @@ cdef class SessionCore:
             req_begin(&self.rq)
         if self._closing:
             return
-        if pos >= n:
-            buf_empty(&self.inbuf, KEEP_INPUT)
-        else:
-            if carry:
-                memmove(self.inbuf.data, self.inbuf.data + pos, n - pos)
-                self.inbuf.len = n - pos
-            else:
-                self.inbuf.len = 0
-                buf_put(&self.inbuf, buf + pos, n - pos)
-            if self.rq.argc:
-                req_keep(&self.rq)
+        read_end(&self.inbuf, buf, pos, n)
+        if pos < n and self.rq.argc:
+            req_keep(&self.rq)
         if fifo.count:
             if fifo.count > MAX_PENDING and not self._paused_pending and self.transport is not None:
                 self._paused_pending = True
