@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstore_proxy.backend import Backend
-from kvstore_proxy.datapath import CommandStat, Outbox, Reply, reply_end
+from kvstore_proxy.datapath import CommandStat, Outbox, Reply, reply_end, scan_reply
 
 _TEXT = st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"r").replace(b"\n", b"n"))
 _NUM = st.integers(-(10**12), 10**12)
@@ -90,6 +90,21 @@ def test_reply_end_is_exact_and_says_when_a_reply_is_incomplete(reply: bytes, af
     assert reply_end(reply + after) == len(reply)
     for cut in range(len(reply)):
         assert reply_end(reply[:cut]) == -1
+
+
+@settings(max_examples=200, deadline=None)
+@given(_REPLY, st.sampled_from([b"", b"+NEXT\r\n"]), st.lists(st.integers(1, 50), min_size=1, max_size=30))
+def test_scan_reply_resumes_where_it_stopped(reply: bytes, after: bytes, steps: list[int]) -> None:
+    """resp.scan_reply, the resumable scanner Python code calls (leased connections): fed more and
+    more of the bytes, it ends exactly at the reply's end, with nothing left on its stack."""
+    buf = bytearray(reply + after)
+    pos, stack, n, complete = 0, [], 0, False  # type: ignore[var-annotated]
+    for step in steps * (len(buf) // sum(steps) + 1):
+        n = min(n + step, len(buf))
+        pos, complete = scan_reply(buf, pos, n, stack)
+        if complete or n == len(buf):
+            break
+    assert (pos, complete, stack) == (len(reply), True, [])
 
 
 def test_a_reply_byte_at_a_time(backend: Backend) -> None:
