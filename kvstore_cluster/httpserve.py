@@ -28,6 +28,9 @@ import structlog
 
 log = structlog.get_logger("kvstore.http")
 
+# Prometheus's text exposition format, which prometheus_client's generate_latest writes (and every
+# Prometheus 2.x scrapes).
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HEAD = 8192
 READ_TIMEOUT = 10.0  # seconds a client has to send its request head
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large",

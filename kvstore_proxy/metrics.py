@@ -30,9 +30,8 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from kvstore_cluster.httpserve import HttpServer, Request, Response
+from kvstore_cluster.httpserve import PROMETHEUS_TEXT, HttpServer, Request, Response
 from kvstore_proxy import siblings
 from kvstore_proxy.info import PROXY_VERSION, worker_snapshot
 from kvstore_proxy.latency import Histograms, _upper_ns
@@ -300,7 +299,7 @@ class MetricsEndpoint:
 
     async def _metrics(self, request: Request) -> Response:
         snaps, missing = await gather(self.worker)
-        return Response(200, render(snaps, missing, self.worker.family.workers), CONTENT_TYPE_LATEST)
+        return Response(200, render(snaps, missing, self.worker.family.workers), PROMETHEUS_TEXT)
 
     async def _index(self, request: Request) -> Response:
         return Response(200, f"kvstore-proxy {PROXY_VERSION} (pid {os.getpid()}, "

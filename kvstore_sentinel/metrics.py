@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from kvstore_cluster.httpserve import HttpServer, Request, Response
+from kvstore_cluster.httpserve import PROMETHEUS_TEXT, HttpServer, Request, Response
 from kvstore_cluster.model import GROUP_STATES
 
 if TYPE_CHECKING:
@@ -177,4 +176,4 @@ class MetricsEndpoint:
         self.http.close()
 
     async def _metrics(self, request: Request) -> Response:
-        return Response(200, self.metrics.render(), CONTENT_TYPE_LATEST)
+        return Response(200, self.metrics.render(), PROMETHEUS_TEXT)
