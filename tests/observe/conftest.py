@@ -1,4 +1,4 @@
-"""Observability fixtures: a datastore cluster (2 groups, a replica each) with a proxy and a sentinel serving metrics."""
+"""Observability fixtures: sentinel processes and a cuttable relay in front of ZooKeeper."""
 
 from __future__ import annotations
 

@@ -82,8 +82,7 @@ def test_page_follows_a_reshard_and_a_failover_live(make_cluster, proxy_factory,
 
         resumed = admin(cluster.zk_hosts, "reshard", "--resume")
         assert resumed.returncode == 0, resumed.stderr
-        browser.wait("[...document.querySelectorAll('#changes li')].some(li => li.dataset.change === 'reshard finished')",
-                     20, "the reshard's end")
+        browser.wait(_seen("reshard finished"), 20, "the reshard's end")
         assert browser.js("document.getElementById('slotmap').dataset.marked") == "0"
         assert _slot_colour(browser, 0) == _legend_colour(browser, "g2")
         assert browser.js("document.querySelector('#groups tr[data-group=g2] td:nth-child(3)').textContent") == "5561"
@@ -94,7 +93,7 @@ def test_page_follows_a_reshard_and_a_failover_live(make_cluster, proxy_factory,
         browser.wait(f"document.querySelector('#groups tr[data-group=g1]').dataset.master === '{replica.address}'",
                      30, "the new master of g1")
         change = f"group g1: master {old.address} → {replica.address}"
-        assert browser.js(f"[...document.querySelectorAll('#changes li')].some(li => li.dataset.change === {json.dumps(change)})")
+        assert browser.js(_seen(change))
         browser.wait(f"document.querySelector('[data-node=\"{old.address}\"]').dataset.health === 'down'", 20,
                      "the old master shown down")
 
@@ -112,6 +111,11 @@ def test_page_follows_a_reshard_and_a_failover_live(make_cluster, proxy_factory,
         browser.wait("document.body.dataset.stale === '0'", 30, "the page fresh again")
     finally:
         browser.close()
+
+
+def _seen(change: str) -> str:
+    """JavaScript: is ``change`` in the page's list of changes seen?"""
+    return f"[...document.querySelectorAll('#changes li')].some(li => li.dataset.change === {json.dumps(change)})"
 
 
 def _slot_colour(browser: Browser, slot: int) -> str:
