@@ -93,7 +93,7 @@ class _StateCollector:
                                labels=["node", "group", "role"])
         down = GaugeMetricFamily("kvstore_sentinel_node_down",
                                  "1 if the node is down for this sentinel (no answer for --down-after).",
-                                 labels=["node", "group"])
+                                 labels=["node", "group", "role"])
         diverged = GaugeMetricFamily("kvstore_sentinel_node_diverged",
                                      "1 if the node answers but its replication is not what its group says "
                                      "(wrong role, follows another master, link down).", labels=["node", "group"])
@@ -111,7 +111,7 @@ class _StateCollector:
             if health.seconds is not None:
                 seconds.add_metric([addr, gid], health.seconds)
             up.add_metric([addr, gid, role], 1 if last is not None and last.ok else 0)
-            down.add_metric([addr, gid], 1 if addr in down_now else 0)
+            down.add_metric([addr, gid, role], 1 if addr in down_now else 0)
             if last is not None and last.ok and group is not None:
                 problem = group.replication_problem(addr, last.role, last.master, last.link_up)
                 diverged.add_metric([addr, gid], 1 if problem else 0)
