@@ -101,6 +101,15 @@ bench: $(STAMP)
 	@$(PY) -c 'import matplotlib, psutil' 2>/dev/null || $(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# make bench-metrics: kvstore-proxy with and without --metrics-listen (scraped every second), same
+# run, interleaved (bench/metrics_cost.py), a few minutes; BENCH_ARGS=--quick for a short run.
+.PHONY: bench-metrics
+bench-metrics: $(STAMP)
+	@command -v redis-benchmark >/dev/null || { sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+		$$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q redis-tools; }
+	@$(PY) -c 'import psutil' 2>/dev/null || $(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) bench/metrics_cost.py $(BENCH_ARGS)
+
 # make chaos: the reliability suite (tests/chaos, docs/contracts.md) sharing CHAOS_SECONDS among its
 # faults, 20 minutes by default; plain `make test` runs the same suite CI-sized (a few minutes).
 CHAOS_SECONDS ?= 1200

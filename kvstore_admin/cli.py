@@ -31,7 +31,7 @@ from kvstore_admin.errors import (
     as_admin_error,
 )
 from kvstore_admin.importing.progress import Bar, Progress
-from kvstore_cluster import logs, paths
+from kvstore_cluster import clickopts, logs, paths
 from kvstore_cluster.model import parse_address
 from kvstore_cluster.node import NODE_TIMEOUT
 from kvstore_cluster.ops import cache, rebalance, reshard, switchover
@@ -371,15 +371,8 @@ def status_cmd(settings: Settings, as_json: bool, node_timeout: float) -> None:
         click.echo(status.render(found))
 
 
-def _listen_address(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, int]:
-    try:
-        return parse_address(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @cli.command("web")
-@click.option("--listen", default="127.0.0.1:8380", show_default=True, callback=_listen_address,
+@click.option("--listen", default="127.0.0.1:8380", show_default=True, callback=clickopts.address,
               metavar="HOST:PORT", help="Where to serve the page (/) and the JSON API (/api/).")
 @click.option("--refresh", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
               help="Seconds between re-reads of node health and the sentinels' views; changes of the "

@@ -16,7 +16,6 @@ Request latency is a summary (count and sum per command) by default; with ``--la
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -33,7 +32,7 @@ from prometheus_client.core import (
 
 from kvstore_cluster.httpserve import PROMETHEUS_TEXT, HttpServer, Request, Response
 from kvstore_proxy import siblings
-from kvstore_proxy.info import PROXY_VERSION, worker_snapshot
+from kvstore_proxy.info import PROXY_VERSION, parse_snapshot, worker_snapshot
 from kvstore_proxy.latency import Histograms, _upper_ns
 
 if TYPE_CHECKING:
@@ -71,13 +70,9 @@ def snapshot(w: Worker) -> dict[str, Any]:
 
 
 def _parse(raw: bytes | None) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    try:
-        snap = json.loads(raw)
-    except ValueError:
-        return None
-    return snap if isinstance(snap, dict) and isinstance(snap.get("metrics"), dict) else None
+    """A sibling's ``metrics`` reply, or None if it is not one (then the sibling counts as missing)."""
+    snap = parse_snapshot(raw)
+    return snap if snap is not None and isinstance(snap.get("metrics"), dict) else None
 
 
 async def gather(w: Worker) -> tuple[list[dict[str, Any]], list[int]]:

@@ -7,8 +7,7 @@ import sys
 
 import click
 
-from kvstore_cluster import logs
-from kvstore_cluster.model import parse_address
+from kvstore_cluster import clickopts, logs
 from kvstore_cluster.paths import check_name
 from kvstore_cluster.store import StoreError
 
@@ -23,15 +22,6 @@ def _name(kind: str):  # type: ignore[no-untyped-def]
             raise click.BadParameter(str(exc)) from None
 
     return check
-
-
-def _address(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, int] | None:
-    if value is None:
-        return None
-    try:
-        return parse_address(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -51,7 +41,7 @@ def _address(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
               help="ZooKeeper session timeout in seconds; a dead leader is replaced after about this long.")
 @click.option("--redis-password", envvar="KVSTORE_REDIS_PASSWORD", default=None,
               help="Password of the Redis nodes (env KVSTORE_REDIS_PASSWORD).")
-@click.option("--metrics-listen", default=None, callback=_address, metavar="HOST:PORT",
+@click.option("--metrics-listen", default=None, callback=clickopts.address, metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="console")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")

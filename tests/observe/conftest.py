@@ -1,4 +1,4 @@
-"""Observability fixtures: sentinel processes and a cuttable relay in front of ZooKeeper."""
+"""Observability fixtures: a cuttable relay in front of ZooKeeper (sentinels: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent / "sentinel"))
 
 from observe_helpers import ZkRelay  # noqa: E402
-from sentinel_helpers import SentinelFactory  # noqa: E402
 
 from kvstore_admin.processes import LocalProcess  # noqa: E402
-
-
-@pytest.fixture
-def sentinels(tmp_path: Path) -> Iterator[SentinelFactory]:
-    factory = SentinelFactory(tmp_path / "sentinels")
-    try:
-        yield factory
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture
