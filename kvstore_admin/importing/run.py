@@ -368,12 +368,14 @@ class Importer:
         t0 = time.monotonic()
         scratch = Scratch(self.workdir, databases=max(16, info.max_db + 1, opts.db + 1))
         rdb_size = self.link.receive_rdb(scratch.rdb, self.progress.rdb)
+        log.info("import_snapshot_received", bytes=rdb_size, seconds=round(time.monotonic() - t0, 3))
         self.link.start_stream()
         selected = stream_db(scratch.rdb)
         t_rdb = time.monotonic()
         self.scratch = scratch
         scratch.start()
         t_load = time.monotonic()
+        log.info("import_snapshot_loaded", seconds=round(t_load - t_rdb, 3))
         conn, side = scratch.connect(opts.db), scratch.connect(opts.db)
         total = int(conn.call("DBSIZE"))
         self.progress.snapshot_start(total)
@@ -409,6 +411,7 @@ class Importer:
             "seconds": round(copied, 3), "keys_per_second": round(stats.keys / copied) if copied > 0 else None,
         }
         self._save(phase="streaming", snapshot_keys=stats.keys)
+        log.info("import_snapshot_copied", keys=stats.keys, seconds=round(copied, 3), spooled=self.link.spool.buffered)
         self.progress.message(f"snapshot copied: {stats.keys:,} keys in {copied:.1f}s; following the source's writes")
         return selected
 
@@ -460,6 +463,7 @@ class Importer:
                 self._save()
             caught_up = spool.buffered == 0 and source_offset - applier.offset < self.opts.catchup_bytes
             if caught_up and (self.opts.cutover or self.cutover_requested.is_set()):
+                log.info("import_caught_up", offset=applier.offset, lag=max(0, source_offset - applier.offset))
                 self._cutover(spool)
                 break
             if caught_up and self.prompt and not prompted:
@@ -507,6 +511,7 @@ class Importer:
         paused_at = time.time()
         deadline = time.monotonic() + opts.pause - PAUSE_MARGIN
         target = source.master_offset(src)
+        log.info("import_source_paused", target=target, offset=applier.offset)
         self.progress.message(f"source writes paused for {opts.pause:g}s; applying the stream up to offset "
                               f"{target:,}")
         while applier.offset < target:
