@@ -364,7 +364,7 @@ class Importer:
                             snapshot_offset=sync.offset, offset=sync.offset, slots_digest=digest,
                             started_at=self.record.value.started_at if self.record else now, updated_at=now)
         self._write(state)
-        self.progress.message(f"snapshot of {opts.source} at offset {sync.offset:,}: receiving")
+        self.progress.message(f"snapshot of {opts.source} at offset {sync.offset:,}: receiving{self._delay_note()}")
         t0 = time.monotonic()
         scratch = Scratch(self.workdir, databases=max(16, info.max_db + 1, opts.db + 1))
         rdb_size = self.link.receive_rdb(scratch.rdb, self.progress.rdb)
@@ -414,6 +414,19 @@ class Importer:
         log.info("import_snapshot_copied", keys=stats.keys, seconds=round(copied, 3), spooled=self.link.spool.buffered)
         self.progress.message(f"snapshot copied: {stats.keys:,} keys in {copied:.1f}s; following the source's writes")
         return selected
+
+    def _delay_note(self) -> str:
+        """Why nothing may arrive for a while: a diskless source waits for more replicas first."""
+        assert self.src is not None
+        try:
+            flat = self.src.call("CONFIG", "GET", "repl-diskless-sync*")
+        except (ReplyError, LinkError):
+            return ""  # CONFIG renamed or not allowed: nothing to say
+        conf = dict(zip(flat[0::2], flat[1::2], strict=False)) if isinstance(flat, list) else {}
+        delay = conf.get(b"repl-diskless-sync-delay", b"0")
+        if conf.get(b"repl-diskless-sync") == b"yes" and delay.isdigit() and int(delay) > 0:
+            return f" (the source waits {int(delay)}s, its repl-diskless-sync-delay, before it starts sending)"
+        return ""
 
     # --- following --------------------------------------------------------------------------------------
 
