@@ -78,6 +78,7 @@ class Options:
     ttl_tolerance_ms: int = 0
     work_dir: Path | None = None
     big_key_bytes: int = BIG_KEY_BYTES
+    disk_snapshot: bool = False  # the source writes the snapshot to its disk first (no diskless-sync delay)
     cluster_password: str | None = field(default=None, repr=False)
     catchup_bytes: int = CATCHUP_BYTES
 
@@ -303,7 +304,7 @@ class Importer:
         self.watch = TopologyWatch(self.store, groups, slots, router)
         self.workdir = Path(tempfile.mkdtemp(prefix="kvstore-import-", dir=opts.work_dir))
         spool = Spool(self.workdir)
-        self.link = source.ReplicationLink(opts.source, opts.password, spool)
+        self.link = source.ReplicationLink(opts.source, opts.password, spool, disk_snapshot=opts.disk_snapshot)
         sync = self.link.handshake(resume.replid if resume else None, resume.offset if resume else None)
         if sync.full:
             self.summary.start = "snapshot" if rec is None else "resync"
@@ -424,7 +425,8 @@ class Importer:
             return ""  # CONFIG renamed or not allowed: nothing to say
         conf = dict(zip(flat[0::2], flat[1::2], strict=False)) if isinstance(flat, list) else {}
         delay = conf.get(b"repl-diskless-sync-delay", b"0")
-        if conf.get(b"repl-diskless-sync") == b"yes" and delay.isdigit() and int(delay) > 0:
+        diskless = conf.get(b"repl-diskless-sync") == b"yes" and not self.opts.disk_snapshot
+        if diskless and delay.isdigit() and int(delay) > 0:
             return f" (the source waits {int(delay)}s, its repl-diskless-sync-delay, before it starts sending)"
         return ""
 

@@ -243,3 +243,15 @@ def test_stream_commands_spanning_groups(cluster, source) -> None:  # type: igno
         assert cluster_client(cluster, key).dump(key) is not None, key
     assert cluster_client(cluster, "sorted").lrange("sorted", 0, -1) == src.lrange("sorted", 0, -1)
     assert cluster_client(cluster, "w_5").exists("w_5") == 0
+
+
+def test_disk_snapshot(cluster, redis_factory) -> None:  # type: ignore[no-untyped-def]
+    """--disk-snapshot: the source saves to its disk and sends the file ($<length>), without the diskless delay
+    (30 s here: the import has to finish well before it)."""
+    source = redis_factory.start(extra={"repl-diskless-sync": "yes", "repl-diskless-sync-delay": "30"})
+    fill(redis.Redis(port=source.port), 500)
+    proc = admin_process(cluster.zk_hosts, cluster.name, "import", "--from", source.address, "--disk-snapshot",
+                         "--cutover", "--pause", "1", "--verify", "--verify-keys", "all", "--json", timeout=25)
+    out = summary(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert out["verify"]["ok"] and out["snapshot"]["keys"] == redis.Redis(port=source.port).dbsize()
