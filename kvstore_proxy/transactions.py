@@ -377,9 +377,9 @@ def _plan(s: Session, run: _Exec, slot: int | None, per_group: bool) -> None:
     if not per_group:
         entry = table[slot] if slot is not None else s.router.any_backend()
         everything = range(len(run.queued))
-        part = _Part(run, {entry: _keys(run.queued, everything) if isinstance(entry, Migrating) else []})
-        part.indexes = list(everything)
-        run.parts = [part]
+        whole = _Part(run, {entry: _keys(run.queued, everything) if isinstance(entry, Migrating) else []})
+        whole.indexes = list(everything)
+        run.parts = [whole]
         return
     first = next((q[1] for q in run.queued if q[1] is not None), None)
     by: dict[Any, _Part] = {}

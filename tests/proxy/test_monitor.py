@@ -35,16 +35,22 @@ def mc(zookeeper, tmp_path_factory):
         cleanup()
 
 
-def connect_to_worker(port: int, index: int | None = None) -> tuple[Raw, int]:
-    """A raw connection (to worker ``index`` if given) and the index of the worker serving it."""
-    for _ in range(200):
+def connect_to_worker(port: int, index: int | None = None, timeout: float = 30.0) -> tuple[Raw, int]:
+    """A raw connection (to worker ``index`` if given) and the index of the worker serving it.
+
+    The kernel spreads connections over the workers listening; one still starting gets none yet.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
         raw = Raw(port)
         info = raw.call("INFO", "server").decode()
         got = int(re.search(r"worker_index:(\d+)", info).group(1))  # type: ignore[union-attr]
         if index is None or got == index:
             return raw, got
         raw.close()
-    raise AssertionError(f"no connection reached worker {index}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no connection reached worker {index} in {timeout:g}s")
+        time.sleep(0.01)
 
 
 def start_monitor(port: int, index: int | None = None) -> tuple[Raw, int]:
@@ -141,9 +147,9 @@ def test_arguments_are_quoted_as_sdscatrepr_does(args, text):
 
 def test_commands_of_every_worker_appear_including_the_other_ones(mc):
     port = mc.proxy.port
+    clients = {i: connect_to_worker(port, i)[0] for i in (0, 1)}  # both workers are up
     mon, mine = start_monitor(port)
     other = 1 - mine
-    clients = {i: connect_to_worker(port, i)[0] for i in (mine, other)}
     try:
         for i, c in clients.items():  # sent right after +OK: the sibling must already stream
             assert c.call("SET", f"from-worker-{i}", "v") == b"OK"
@@ -263,9 +269,9 @@ def test_a_sibling_that_dies_disconnects_monitors_and_monitoring_resumes_after_i
 
 def test_two_monitors_attaching_together_each_see_every_command_once(mc):
     port = mc.proxy.port
+    others = {i: connect_to_worker(port, i)[0] for i in (0, 1)}
     first, mine = connect_to_worker(port)
     second, _ = connect_to_worker(port, mine)
-    others = {i: connect_to_worker(port, i)[0] for i in (0, 1)}
     try:
         first.send("MONITOR")
         second.send("MONITOR")  # while the first one's links to the sibling are being made
