@@ -522,12 +522,15 @@ def _verify_keys(value: str) -> int | None:
                    "[default: the temp dir].")
 @click.option("--big-key-bytes", type=click.IntRange(min=1024), default=64 << 20, show_default=True,
               help="Keys whose DUMP is larger are rebuilt in chunks instead of one RESTORE.")
+@click.option("--disk-snapshot", is_flag=True,
+              help="Ask the source to save its snapshot to its own disk first: it starts at once, where a diskless "
+                   "snapshot waits the source's repl-diskless-sync-delay (5s by default).")
 @click.option("--forget", is_flag=True, help="Drop the recorded import and the groups' markers (keys stay).")
 @json_option
 @pass_settings
 def import_cmd(settings: Settings, source: str | None, password: str | None, db: int, cutover: bool, pause: float,
                verify: bool, verify_keys: str, ttl_tolerance: int, work_dir: Path | None, big_key_bytes: int,
-               forget: bool, as_json: bool) -> None:
+               disk_snapshot: bool, forget: bool, as_json: bool) -> None:
     """Copy a running standalone Redis into the cluster, then follow its writes until --cutover (or Ctrl-C).
 
     On a terminal, once the cluster has caught up, Enter starts the cutover.
@@ -556,7 +559,8 @@ def import_cmd(settings: Settings, source: str | None, password: str | None, db:
         raise click.BadParameter(str(exc), param_hint="--from") from None
     opts = importing.Options(source=source, password=password or None, db=db, cutover=cutover, pause=pause,
                              verify=verify, verify_keys=_verify_keys(verify_keys), ttl_tolerance_ms=ttl_tolerance,
-                             work_dir=work_dir, big_key_bytes=big_key_bytes, cluster_password=settings.redis_password)
+                             work_dir=work_dir, big_key_bytes=big_key_bytes, disk_snapshot=disk_snapshot,
+                             cluster_password=settings.redis_password)
     with open_store(settings) as store:
         if verify and not cutover:
             found = importing.run_verify(store, opts).to_json()
