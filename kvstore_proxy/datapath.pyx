@@ -1369,11 +1369,10 @@ cdef class SessionCore:
             slots = table.slot_map
             slotter = table.slotter
             req_begin(&self.rq)
-        if self._closing:
-            return
-        read_end(&self.inbuf, buf, pos, n)
-        if pos < n and self.rq.argc:
-            req_keep(&self.rq)
+        if not self._closing:  # QUIT: what follows it is never read
+            read_end(&self.inbuf, buf, pos, n)
+            if pos < n and self.rq.argc:
+                req_keep(&self.rq)
         if fifo.count:
             if fifo.count > MAX_PENDING and not self._paused_pending and self.transport is not None:
                 self._paused_pending = True

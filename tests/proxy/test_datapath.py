@@ -234,7 +234,7 @@ def test_inline_commands_take_the_same_path(cmds: list[tuple[bytes, ...]], data:
     assert got == expected
 
 
-async def _one(stream: bytes, groups: int = 3) -> tuple[Session, FakeTransport, Worker]:
+async def _one(stream: bytes, groups: int = 3) -> tuple[Session, FakeTransport, Worker, list[Server]]:
     worker, servers = _worker(asyncio.get_running_loop(), groups)
     session, client = _session(worker)
     session.data_received(stream)
@@ -246,14 +246,27 @@ async def _one(stream: bytes, groups: int = 3) -> tuple[Session, FakeTransport, 
             if replies:
                 server.backend.data_received(replies)
     worker.outbox.run()
-    return session, client, worker
+    return session, client, worker, servers
 
 
 def test_a_protocol_error_answers_what_came_before_then_closes() -> None:
     async def go() -> None:
-        session, client, _ = await _one(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n:5\r\n")
+        _, client, _, _ = await _one(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n:5\r\n")
         assert client.out == b"$-1\r\n+PONG\r\n-ERR Protocol error: expected '$', got ':'\r\n"
         assert client.closed
+
+    asyncio.run(go())
+
+
+def test_quit_is_answered_then_the_connection_closes_and_nothing_after_it_runs() -> None:
+    async def go() -> None:
+        for stream in (b"NOSUCH\r\nQUIT\r\nSET after 1\r\n",
+                       hiredis.pack_command((b"GET", b"a")) + hiredis.pack_command((b"QUIT",))
+                       + hiredis.pack_command((b"SET", b"after", b"1"))):
+            _, client, _, servers = await _one(stream)
+            assert client.out.endswith(b"+OK\r\n") and client.closed
+            assert client.out.startswith(b"-ERR unknown command 'NOSUCH'" if stream[0] == 78 else b"$-1\r\n")
+            assert not any(b"after" in s.redis.data for s in servers)
 
     asyncio.run(go())
 
@@ -261,7 +274,7 @@ def test_a_protocol_error_answers_what_came_before_then_closes() -> None:
 def test_a_split_request_counts_once_in_commandstats() -> None:
     async def go() -> None:
         keys = [b"k%d" % i for i in range(20)]
-        _, client, worker = await _one(hiredis.pack_command((b"MSET", *[x for k in keys for x in (k, b"v")]))
+        _, client, worker, _ = await _one(hiredis.pack_command((b"MSET", *[x for k in keys for x in (k, b"v")]))
                                        + hiredis.pack_command((b"MGET", *keys)) * 2)
         assert _replies(bytes(client.out)) == [b"OK", [b"v"] * 20, [b"v"] * 20]
         assert worker.commandstats["mget"].calls == 2 and worker.commandstats["mset"].calls == 1
