@@ -426,6 +426,9 @@ def _plan(s: Session, run: _Exec, slot: int | None, per_group: bool) -> None:
         qslot = q.slot if q.slot is not None and per_group else first
         entry = table[qslot] if qslot is not None else s.router.any_backend()
         part_for(entry).add(i, q.raw, entry)
+    if not by:  # WATCH, MULTI, EXEC: nothing queued, but EXEC must still check the WATCH
+        entry = table[first] if first is not None else s.router.any_backend()
+        part_for(entry).entries[entry] = []
     for part in by.values():
         for entry in part.entries:
             if isinstance(entry, Migrating):
