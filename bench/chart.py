@@ -14,9 +14,9 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from bench.report import TARGETS, Row, fmt_ratio  # noqa: E402
 
-COLORS = {"direct": "#9e9e9e", "nutcracker": "#f28e2b", "kvstore": "#4e79a7"}
+COLORS = {"direct": "#9e9e9e", "nutcracker": "#f28e2b", "kvstore": "#4e79a7", "base": "#a0cbe8"}
 LABELS = {"direct": "direct Redis (one backend)", "nutcracker": "nutcracker (twemproxy)",
-          "kvstore": "kvstore-proxy (1 worker)"}
+          "kvstore": "kvstore-proxy (1 worker)", "base": "kvstore-proxy, baseline commit"}
 
 
 def _kops(v: float, _pos: object) -> str:

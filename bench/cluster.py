@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -181,22 +182,39 @@ def kvstore_runnable() -> bool:
     return (ROOT / "kvstore_proxy" / "__main__.py").exists()
 
 
+def checkout(ref: str, dest: Path) -> Path:
+    """The source tree of git ``ref`` of this repository in ``dest`` (built if it has extensions)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref], capture_output=True)
+    if archive.returncode != 0:
+        raise ProcessError(f"git archive {ref}: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    if (dest / "setup.py").exists():
+        built = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=dest,
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            raise ProcessError(f"building {ref} failed:\n{built.stderr[-2000:]}")
+    return dest
+
+
 def start_kvstore(stack: contextlib.ExitStack, tmp: Path, zk: LocalProcess,
-                  extra_args: list[str] | None = None) -> Target:
-    if not kvstore_runnable():
+                  extra_args: list[str] | None = None, name: str = "kvstore", root: Path = ROOT) -> Target:
+    """kvstore-proxy --workers 1; ``root`` is the source tree it runs from (``checkout`` for a baseline)."""
+    if not (root / "kvstore_proxy" / "__main__.py").exists():
         raise ProcessError("kvstore_proxy has no __main__.py yet: run with --targets direct,nutcracker")
-    d = tmp / "kvstore-proxy"
+    d = tmp / f"{name}-proxy"
     d.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk.address, "--cluster", CLUSTER,
             "--listen", f"127.0.0.1:{port}", "--workers", "1",
             # like nutcracker here: no client limit, logs warnings only
             "--max-clients", "100000", "--log-level", "warning", *(extra_args or [])]
-    proc = spawn("kvstore-proxy", argv, port, d / "kvstore-proxy.log", cwd=ROOT)
+    # -m from the tree's own directory: its packages come first, before the installed ones
+    proc = spawn(f"{name}-proxy", argv, port, d / "kvstore-proxy.log", cwd=root)
     tree = ProcTree(proc.pid)
     _stop_later(stack, proc, tree)
     _wait_ping(proc, port, 30, d / "kvstore-proxy.log")
-    return Target("kvstore", port, proc, tree, " ".join(argv[argv.index("--workers"):]))
+    return Target(name, port, proc, tree, " ".join(argv[argv.index("--workers"):]))
 
 
 PING = b"*1\r\n$4\r\nPING\r\n"  # multibulk: twemproxy does not parse inline commands

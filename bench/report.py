@@ -18,9 +18,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Targets in the order columns are shown. "direct" is one of the two redis-servers, unproxied.
-TARGETS = ("direct", "nutcracker", "kvstore")
-PROXIES = ("nutcracker", "kvstore")
+# Targets in the order columns are shown. "direct" is one of the two redis-servers, unproxied;
+# "base" is kvstore-proxy as of another commit (run.py --baseline), to show what a change costs.
+TARGETS = ("direct", "nutcracker", "kvstore", "base")
+PROXIES = ("nutcracker", "kvstore", "base")
 
 # Targets from the issue (#3): kvstore >= 1.0x nutcracker ops/s, p99 <= 1.2x nutcracker's,
 # <= 16 KiB RSS per idle client connection.
@@ -144,6 +145,11 @@ class Row:
         return ratio(self.ops.get("kvstore"), self.ops.get("nutcracker"))
 
     @property
+    def base_ratio(self) -> float | None:
+        """kvstore / the same proxy as of the baseline commit."""
+        return ratio(self.ops.get("kvstore"), self.ops.get("base"))
+
+    @property
     def p99_ratio(self) -> float | None:
         return ratio(self.p99_ms.get("kvstore"), self.p99_ms.get("nutcracker"))
 
@@ -153,6 +159,7 @@ class Row:
             "proxy_cpu_s_per_1m_requests": self.cpu_s_per_m, "ops_per_s_each_round": self.rounds_ops,
             "ratio_kvstore_nutcracker_ops": self.ops_ratio, "ratio_kvstore_nutcracker_p99": self.p99_ratio,
             "ratio_kvstore_nutcracker_ops_each_round": self.paired_ratios,
+            "ratio_kvstore_base_ops": self.base_ratio,
             "errors": self.errors,
         }
 
@@ -291,9 +298,16 @@ def _per_conn(before: int | None, after: int | None, n: int) -> float | None:
 
 
 def summary_lines(rows: Sequence[Row], rss: dict[str, dict[str, int | None]],
-                  idle: Sequence[IdleResult]) -> list[str]:
-    """The lines under the table: RSS, per-connection RSS, and where the issue's targets are missed."""
+                  idle: Sequence[IdleResult], baseline: str | None = None) -> list[str]:
+    """The lines under the table: RSS, per-connection RSS, where the issue's targets are missed, and
+    kvstore against the baseline commit when there is one."""
     out = []
+    compared = [r for r in rows if r.base_ratio is not None]
+    if compared:
+        out.append(f"kvstore / base ({baseline or 'baseline'}) ops/s, same run: "
+                   + ", ".join(f"{r.label} {fmt_ratio(r.base_ratio)}" for r in compared))
+        cpu = [(r.label, ratio(r.cpu_s_per_m.get("kvstore"), r.cpu_s_per_m.get("base"))) for r in compared]
+        out.append("kvstore / base CPU s/1M: " + ", ".join(f"{label} {fmt_ratio(c)}" for label, c in cpu))
     for t in PROXIES:
         r = rss.get(t)
         if r:

@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--distribution", default="modula", choices=("modula", "ketama"),
                     help="nutcracker distribution (default: modula, an even split like kvstore's slots)")
     ap.add_argument("--nutcracker-mbuf", type=int, help="nutcracker -m (default: its own, 16384)")
+    ap.add_argument("--baseline", metavar="REF",
+                    help="also run kvstore-proxy as of git REF (e.g. main) as target 'base', in the same "
+                         "rounds: what a change costs shows as kvstore/base")
     ap.add_argument("--proxy-arg", action="append", default=[],
                     help="extra argument for kvstore-proxy (repeatable), e.g. --proxy-arg=--log-level=warning")
     ap.add_argument("--name", help="results file name without extension (default: latest; --quick: quick)")
@@ -83,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seconds = args.seconds or (0.4 if args.quick else 2.5)
     args.name = args.name or ("quick" if args.quick else "latest")
     args.target_list = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.baseline and "base" not in args.target_list:
+        args.target_list.append("base")
+    if "base" in args.target_list and not args.baseline:
+        ap.error("--targets base needs --baseline REF")
     bad = [t for t in args.target_list if t not in report.TARGETS]
     if bad or not args.target_list:
         ap.error(f"--targets: unknown {bad}; choose from {', '.join(report.TARGETS)}")
@@ -281,16 +288,21 @@ def main(argv: list[str] | None = None) -> int:
             if "nutcracker" in args.target_list:
                 targets["nutcracker"] = cluster.start_nutcracker(stack, tmp, backends, args.distribution,
                                                                  args.nutcracker_mbuf)
-            if "kvstore" in args.target_list:
+            if "kvstore" in args.target_list or "base" in args.target_list:
                 zk = cluster.start_zk_cluster(stack, tmp, backends)
+            if "kvstore" in args.target_list:
                 targets["kvstore"] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg)
+            if "base" in args.target_list:
+                tree = cluster.checkout(args.baseline, tmp / "baseline-tree")
+                targets["base"] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name="base", root=tree)
+                targets["base"].note += f" (as of {args.baseline})"
             for name, t in targets.items():
                 print(f"  {name}: 127.0.0.1:{t.port}" + (f" pid {t.proc.pid}" if t.proc else "")
                       + (f" — {t.note}" if t.note else ""), flush=True)
             sanity: dict[str, str | None] = {}
             ports = [b.port for b in backends]
             for name in proxies:
-                exp = expected_backends(ports) if name == "kvstore" else None
+                exp = expected_backends(ports) if name != "nutcracker" else None
                 sanity[name] = workload.sanity_check(name, targets[name].port, ports, exp)
                 print(f"  sanity check {name}: " + (f"FAILED: {sanity[name]}" if sanity[name] else
                       "MSET/MGET/DEL of 64 keys right, each key on the right backend"), flush=True)
@@ -302,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.rounds()
             idle_results = []
             if idle_conns:
-                for name in proxies:
+                for name in [p for p in proxies if p != "base"]:
                     print(f"idle connections: {idle_conns:,} to {name} ...", flush=True)
                     res = idle.run(name, targets[name].port, targets[name].tree, idle_conns)  # type: ignore[arg-type]
                     idle_results.append(res)
@@ -322,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds_per_measurement": args.seconds, "keyspace": args.keyspace,
                 "pipelines": args.pipeline_list, "tests": [t.name for t in args.test_list],
                 "idle_conns": idle_conns, "quick": args.quick, "elapsed_s": round(elapsed, 1),
+                "baseline": args.baseline,
             },
             "targets": {n: {"port": t.port, "note": t.note} for n, t in targets.items()},
             "sanity_check_errors": sanity,
@@ -360,7 +373,7 @@ def finish(doc: dict[str, Any], out: Path, name: str) -> None:
     row_order = [(t, p) for p in cfg["pipelines"] for t in cfg["tests"]]
     table = report.build_rows(measurements, row_order, cfg["targets"])
     idle_results = [report.IdleResult(**{k: r.get(k) for k in IDLE_FIELDS}) for r in doc["idle_connections"]]
-    lines = report.summary_lines(table, doc["rss_bytes"], idle_results)
+    lines = report.summary_lines(table, doc["rss_bytes"], idle_results, cfg.get("baseline"))
     lines += [f"sanity check FAILED: {err}" for err in doc["sanity_check_errors"].values() if err]
     doc["rows"] = [r.to_json() for r in table]
     doc["idle_connections"] = [r.to_json() for r in idle_results]

@@ -80,7 +80,7 @@ def worker_snapshot(w: Worker) -> dict[str, Any]:
         "index": w.family.index,
         "pid": os.getpid(),
         "clients": len(sessions),
-        "blocked": s.blocked_clients,
+        "blocked": len(w.stateful.blocked),  # clients waiting in BLPOP, XREAD BLOCK, ... (blocking.py)
         "monitors": len(w.monitor.clients),
         # getattr: the partial request a session holds, whatever the session's implementation calls it
         "max_input": max((len(getattr(c, "_carry", None) or b"") for c in sessions), default=0),

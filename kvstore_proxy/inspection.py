@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from kvstore_proxy import aggregate, fanout, info, resp, siblings
+from kvstore_proxy import aggregate, fanout, info, latency, resp, siblings
 from kvstore_proxy.backend import _notify
 from kvstore_proxy.request import CommandStat, Reply
 
@@ -130,7 +130,9 @@ def _latency_reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) 
         return resp.integer(len(had))
 
     async def build() -> bytes:
-        request = b"latency-reset " + json.dumps(names).encode()
+        # Only events a worker can have: the request line stays short whatever the client sent.
+        known = None if names is None else [n for n in latency.EVENTS if n in names]
+        request = b"latency-reset " + json.dumps(known).encode()
         for raw in (await siblings.ask(w.family, request)).values():
             try:
                 theirs = json.loads(raw or b"[]")

@@ -22,9 +22,6 @@ class Stats:
         self.rejected_connections = 0
         self.protocol_errors = 0
         self.idle_closed = 0
-        # Clients waiting in a blocking command (BLPOP, XREAD BLOCK, ...): whatever blocks a client
-        # adds one here and takes it back when the client is served, times out or leaves.
-        self.blocked_clients = 0
         self.errors: dict[str, int] = {}  # error replies by code: INFO errorstats
 
     def count_error(self, reply: bytes | bytearray) -> None:

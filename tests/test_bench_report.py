@@ -72,12 +72,12 @@ def test_build_rows_takes_medians_over_rounds_and_the_kvstore_over_nutcracker_ra
         m(target="kvstore", rps=99, p99=4.5, cpu=0.03),
     ]
     (row,) = build_rows(ms, [("SET", 1)])
-    assert row.ops == {"direct": 200, "nutcracker": 100, "kvstore": 99}
+    assert row.ops == {"direct": 200, "nutcracker": 100, "kvstore": 99, "base": None}
     assert row.ops_ratio == pytest.approx(0.99)
     assert row.p99_ms["nutcracker"] == 3.0 and row.p99_ms["kvstore"] == 4.5
     assert row.p99_ratio == pytest.approx(1.5)
     # 0.011 s of proxy CPU for 1000 requests = 11 s per million
-    assert row.cpu_s_per_m == {"nutcracker": pytest.approx(11.0), "kvstore": pytest.approx(20.0)}
+    assert row.cpu_s_per_m == {"nutcracker": pytest.approx(11.0), "kvstore": pytest.approx(20.0), "base": None}
     assert "direct" not in row.cpu_s_per_m
     assert sorted(row.rounds_ops["direct"]) == [100, 200, 300]
 
@@ -152,6 +152,17 @@ def test_summary_reports_rss_and_idle_connections():
     lines = summary_lines([], {"nutcracker": {"start": 2**20, "peak": 3 * 2**20}}, idle)
     assert lines[0] == "RSS nutcracker: 1.0 MiB after start, 3.0 MiB peak during the runs"
     assert lines[1].startswith("idle connections nutcracker: 100/100 open, 0.5 KiB RSS per connection")
+
+
+def test_a_baseline_commit_run_in_the_same_rounds_is_compared_with_kvstore():
+    ms = [m(target="kvstore", rps=98, cpu=0.0102), m(target="base", rps=100, cpu=0.01),
+          m(test="GET", target="kvstore", rps=50), m(test="GET", target="nutcracker", rps=50)]
+    rows = build_rows(ms, [("SET", 1), ("GET", 1)])
+    assert rows[0].base_ratio == pytest.approx(0.98) and rows[1].base_ratio is None
+    lines = summary_lines(rows, {}, [], "main")
+    assert lines[0] == "kvstore / base (main) ops/s, same run: SET P1 0.98×"
+    assert lines[1] == "kvstore / base CPU s/1M: SET P1 1.02×"
+    assert not [ln for ln in summary_lines(rows[1:], {}, []) if "base" in ln]
 
 
 def test_nutcracker_config_mirrors_the_kvstore_setup():

@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import hiredis
 import structlog
@@ -43,6 +44,7 @@ log = structlog.get_logger("kvstore.admin.import")
 
 BATCH_COMMANDS = 2000
 BATCH_BYTES = 4 << 20
+MAX_BATCH_IN_MULTI = 100_000  # a source transaction longer than this is not applied atomically per group
 BATCH_SECONDS = 0.005  # a batch waits at most this long for more commands
 HEARTBEAT_SECONDS = 1.0  # markers of idle groups move forward this often (shorter resumes)
 MAX_OUTSTANDING = 20_000  # replies a group may owe before the applier waits for them
@@ -69,6 +71,16 @@ class ApplyStats:
     unsupported: dict[str, int] = field(default_factory=dict)  # command name -> times skipped
 
 
+_FRAMING = [len(b"$%d\r\n\r\n" % n) for n in range(4096)]  # bytes RESP adds around a bulk of length n
+
+
+def _frame_sizes(lens: list[int]) -> int:
+    try:
+        return sum(map(_FRAMING.__getitem__, lens))
+    except IndexError:
+        return sum(len(b"$%d\r\n\r\n" % n) for n in lens)
+
+
 class StreamParser:
     """The commands of the raw stream, each with its exact bytes and the offset just after it."""
 
@@ -93,10 +105,11 @@ class StreamParser:
                 del self.buf[: self.pos]
                 self.pos = 0
             return None
-        if not (isinstance(cmd, list) and cmd and all(isinstance(a, bytes) for a in cmd)):
+        if type(cmd) is not list or not cmd or not all(map(isinstance, cmd, repeat(bytes))):
             raise StreamError(f"the source sent {cmd!r:.80} in its replication stream at offset {self.offset}, "
                               "not a command; the import stopped")
-        size = len(b"*%d\r\n" % len(cmd)) + sum(len(a) + len(b"$%d\r\n\r\n" % len(a)) for a in cmd)
+        lens = list(map(len, cmd))
+        size = _frame_sizes([len(cmd)]) - 2 + sum(lens) + _frame_sizes(lens)  # "*n\r\n" is "$n\r\n\r\n" - 2
         raw = bytes(self.buf[self.pos : self.pos + size])
         if raw[:1] != b"*" or raw[-2:] != b"\r\n":
             raise StreamError(f"the source's replication stream is not in canonical RESP at offset {self.offset}; "
@@ -118,7 +131,9 @@ class Applier:
         self.db = db
         self.replid = replid
         self.parser = StreamParser(offset)
-        self.selected = selected  # the source database the stream has selected (-1: none yet)
+        # The source database the stream has selected; like a replica's master client, database 0 until
+        # told otherwise (-1: the snapshot did not say).
+        self.selected = max(selected, 0)
         self.in_multi = False
         self.skip = skip or [0] * len(links)  # per group: commands ending at or below this were applied
         self.out: list[bytearray] = [bytearray() for _ in links]
@@ -149,8 +164,8 @@ class Applier:
             handle(*item)
             # Only now is the command in a batch (or applied): a marker may cover it from here on.
             self.offset = item[2]
-            if self.buffered >= BATCH_COMMANDS and not self.in_multi:
-                self.flush()
+            if self.buffered >= BATCH_COMMANDS and (not self.in_multi or self.buffered >= MAX_BATCH_IN_MULTI):
+                self.flush()  # a huge source transaction is cut: its commands still apply in order
 
     def handle(self, args: list[bytes], raw: bytes, end: int) -> None:
         name = args[0].lower()
@@ -204,11 +219,17 @@ class Applier:
         if not keys:
             self._unsupported(args[0].decode(errors="replace"), "a write without keys the import does not know")
             return
+        name = args[0].lower()
+        if name == b"sort" and _sort_patterns(args):
+            # BY/GET patterns read keys the command does not declare: they count as keys it reads.
+            self.sync()
+            read = [(k, [b"RO"]) for k in self._pattern_keys(args)]
+            keys_flags = (keys_flags if keys_flags is not None else self._keys_and_flags(args)) + read
+            keys = keys + [k for k, _ in read]
         groups = {group(k) for k in keys}
         if len(groups) == 1:
             self._add(groups.pop(), raw, end)
             return
-        name = args[0].lower()
         stride = SPLITTABLE.get(name)
         if stride is not None:
             parts: dict[int, list[bytes]] = {}
@@ -219,6 +240,21 @@ class Applier:
                 self._add(g, pack(verb, *part), end)
             return
         self._cross(args, raw, end, keys_flags if keys_flags is not None else self._keys_and_flags(args))
+
+    def _pattern_keys(self, args: list[bytes]) -> list[bytes]:
+        """The keys SORT's BY/GET patterns name for the elements of the sorted key (as it is now, before)."""
+        link = self.links[self.router.group(args[1])]
+        kind = link.call("TYPE", args[1])
+        fetch = {b"list": ("LRANGE", args[1], 0, -1), b"set": ("SMEMBERS", args[1]),
+                 b"zset": ("ZRANGE", args[1], 0, -1)}.get(kind)
+        elements = link.call(*fetch) if fetch else []
+        out: list[bytes] = []
+        for pattern in _sort_patterns(args):
+            star = pattern.find(b"*")
+            arrow = pattern.find(b"->", star + 1)
+            stem = pattern if arrow < 0 or arrow + 2 >= len(pattern) else pattern[:arrow]
+            out.extend(stem.replace(b"*", e, 1) for e in elements)
+        return list(dict.fromkeys(out))
 
     def _keys_and_flags(self, args: list[bytes]) -> list[tuple[bytes, list[bytes]]]:
         reply = self.control.call("COMMAND", "GETKEYSANDFLAGS", *args)
@@ -397,6 +433,25 @@ class Applier:
             idle = idle and link.pending == 0
         if idle:
             self.applied = self.sent
+
+
+def _sort_patterns(args: list[bytes]) -> list[bytes]:
+    """SORT's BY and GET patterns that name other keys (with a ``*``; ``#`` and constant ones do not)."""
+    out: list[bytes] = []
+    i = 2
+    while i < len(args):
+        word = args[i].upper()
+        if word in (b"BY", b"GET") and i + 1 < len(args):
+            if b"*" in args[i + 1]:
+                out.append(args[i + 1])
+            i += 2
+        elif word == b"LIMIT":
+            i += 3
+        elif word == b"STORE":
+            i += 2
+        else:
+            i += 1
+    return out
 
 
 def _int(value: bytes) -> int | None:

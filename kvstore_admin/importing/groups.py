@@ -190,6 +190,8 @@ def expect_exec(link: GroupLink, on_error: Callable[[ReplyError], None] | None =
 
 def expect_ok(link: GroupLink, what: str) -> Check:
     def check(replies: list[Any]) -> None:
+        if replies.count(b"OK") == len(replies):  # the common case, at C speed
+            return
         for r in replies:
             if isinstance(r, ReplyError):
                 raise GroupError(f"{link.name} {link.address} refused {what} ({r})")

@@ -35,6 +35,10 @@ class Router:
         # The one place the import computes a slot: key rules of the slot function apply here too.
         return self.by_slot[key_slot(key)]
 
+    def groups(self, keys: list[bytes]) -> list[int]:
+        """The group index of each key, in order."""
+        return list(map(self.group, keys))
+
 
 class UnknownCommand(Exception):
     """A command the cluster's Redis does not know (a module's, or a newer version's)."""

@@ -46,7 +46,8 @@ def _restore(key: bytes, expire_at: int, payload: bytes) -> bytes:
         len(key), key, len(payload), payload)
 
 
-def _dump_requests(keys: list[bytes]) -> bytes:
+def dump_requests(keys: list[bytes]) -> bytes:
+    """``DUMP k`` and ``PEXPIRETIME k`` for each key, as one request."""
     return b"".join(b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n*2\r\n$11\r\nPEXPIRETIME\r\n$%d\r\n%s\r\n" % (
         len(k), k, len(k), k) for k in keys)
 
@@ -76,7 +77,7 @@ class Copier:
         while True:
             cursor, keys = scan_reply
             more = cursor != b"0"
-            scratch.send(_dump_requests(keys) + (_scan(cursor) if more else b""))
+            scratch.send(dump_requests(keys) + (_scan(cursor) if more else b""))
             if previous is not None:
                 self._restore_batch(*previous)
             replies = scratch.read_many(2 * len(keys))
@@ -95,30 +96,32 @@ class Copier:
         return reply[0], reply[1]
 
     def _restore_batch(self, keys: list[bytes], replies: list[Any]) -> None:
-        group = self.router.group
-        out: list[bytearray] = [bytearray() for _ in self.links]
-        counts = [0] * len(self.links)
+        n = len(self.links)
+        out: list[bytearray] = [bytearray() for _ in range(n)]
+        counts = [0] * n
         stats = self.stats
-        for i, key in enumerate(keys):
-            payload = replies[2 * i]
-            if payload is None:
-                continue  # expired or gone since the SCAN
-            if isinstance(payload, ReplyError):
-                raise GroupError(f"the scratch redis-server refused DUMP of {key!r} ({payload})")
-            expire_at = replies[2 * i + 1]
-            if not isinstance(expire_at, int):
-                raise GroupError(f"the scratch redis-server answered PEXPIRETIME {key!r} with {expire_at!r}")
+        big = self.big_key_bytes
+        copied = size = 0
+        for key, payload, expire_at, g in zip(keys, replies[0::2], replies[1::2], self.router.groups(keys),
+                                              strict=True):
+            if type(payload) is not bytes or type(expire_at) is not int:
+                if payload is None:
+                    continue  # expired or gone since the SCAN
+                raise GroupError(f"the scratch redis-server answered DUMP/PEXPIRETIME of {key!r} with "
+                                 f"{payload!r:.100} / {expire_at!r:.100}")
             if expire_at == -2:
                 continue
-            g = group(key)
-            if len(payload) > self.big_key_bytes:
+            length = len(payload)
+            if length > big:
                 self._flush(out, counts)
-                self._rebuild(self.links[g], key, expire_at, len(payload))
+                self._rebuild(self.links[g], key, expire_at, length)
             else:
                 out[g] += _restore(key, expire_at, payload)
                 counts[g] += 1
-            stats.keys += 1
-            stats.bytes += len(payload)
+            copied += 1
+            size += length
+        stats.keys += copied
+        stats.bytes += size
         self._flush(out, counts)
         if self.on_progress is not None:
             self.on_progress(stats)

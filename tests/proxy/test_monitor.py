@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 import hiredis
 import pytest
@@ -35,16 +37,22 @@ def mc(zookeeper, tmp_path_factory):
         cleanup()
 
 
-def connect_to_worker(port: int, index: int | None = None) -> tuple[Raw, int]:
-    """A raw connection (to worker ``index`` if given) and the index of the worker serving it."""
-    for _ in range(200):
+def connect_to_worker(port: int, index: int | None = None, timeout: float = 30.0) -> tuple[Raw, int]:
+    """A raw connection (to worker ``index`` if given) and the index of the worker serving it.
+
+    The kernel spreads connections over the workers listening; one still starting gets none yet.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
         raw = Raw(port)
         info = raw.call("INFO", "server").decode()
         got = int(re.search(r"worker_index:(\d+)", info).group(1))  # type: ignore[union-attr]
         if index is None or got == index:
             return raw, got
         raw.close()
-    raise AssertionError(f"no connection reached worker {index}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no connection reached worker {index} in {timeout:g}s")
+        time.sleep(0.01)
 
 
 def start_monitor(port: int, index: int | None = None) -> tuple[Raw, int]:
@@ -141,9 +149,9 @@ def test_arguments_are_quoted_as_sdscatrepr_does(args, text):
 
 def test_commands_of_every_worker_appear_including_the_other_ones(mc):
     port = mc.proxy.port
+    clients = {i: connect_to_worker(port, i)[0] for i in (0, 1)}  # both workers are up
     mon, mine = start_monitor(port)
     other = 1 - mine
-    clients = {i: connect_to_worker(port, i)[0] for i in (mine, other)}
     try:
         for i, c in clients.items():  # sent right after +OK: the sibling must already stream
             assert c.call("SET", f"from-worker-{i}", "v") == b"OK"
@@ -180,21 +188,35 @@ def test_a_monitor_may_not_touch_keys_and_reset_ends_monitoring(mc):
 
 
 def test_redis_cli_monitor_shows_a_command_sent_by_another_client(mc):
+    for i in (0, 1):  # both workers are up (one starting after MONITOR is linked only at its first tick)
+        connect_to_worker(mc.proxy.port, i)[0].close()
     argv = ["redis-cli", "-p", str(mc.proxy.port), "MONITOR"]
     if shutil.which("stdbuf"):
         argv = ["stdbuf", "-oL", *argv]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, bufsize=0)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen = b""
+
+    def read_until(done: Callable[[bytes], bool]) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 20
+        while not done(seen):
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"redis-cli printed only:\n{seen.decode(errors='replace')}"
+            chunk = os.read(fd, 65536)
+            assert chunk, f"redis-cli ended; it printed:\n{seen.decode(errors='replace')}"
+            seen += chunk
+
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "OK"
-        other = redis.Redis(port=mc.proxy.port)
-        for i in range(4):  # several connections: some reach the other worker
-            other.connection_pool.disconnect()
-            other.set(f"cli-monitor-{i}", "x")
-        seen = ""
-        while not all(f'"cli-monitor-{i}"' in seen for i in range(4)):
-            seen += proc.stdout.readline()
-        assert re.search(r'^\d+\.\d{6} \[0 127\.0\.0\.1:\d+\] "SET" "cli-monitor-0" "x"$', seen, re.M)
+        read_until(lambda out: out.startswith(b"OK\n"))
+        for i in (0, 1):  # one of them is not the worker redis-cli is connected to
+            raw, _ = connect_to_worker(mc.proxy.port, i)
+            assert raw.call("SET", f"cli-monitor-{i}", "x") == b"OK"
+            raw.close()
+        read_until(lambda out: all(b'"cli-monitor-%d"' % i in out for i in (0, 1)))
+        for i in (0, 1):
+            assert re.search(rb'^\d+\.\d{6} \[0 127\.0\.0\.1:\d+\] "SET" "cli-monitor-%d" "x"$' % i, seen, re.M)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -263,9 +285,9 @@ def test_a_sibling_that_dies_disconnects_monitors_and_monitoring_resumes_after_i
 
 def test_two_monitors_attaching_together_each_see_every_command_once(mc):
     port = mc.proxy.port
+    others = {i: connect_to_worker(port, i)[0] for i in (0, 1)}
     first, mine = connect_to_worker(port)
     second, _ = connect_to_worker(port, mine)
-    others = {i: connect_to_worker(port, i)[0] for i in (0, 1)}
     try:
         first.send("MONITOR")
         second.send("MONITOR")  # while the first one's links to the sibling are being made

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -75,4 +76,41 @@ def test_replica_refusing_replicaof_is_logged_and_the_failover_completes(zk_host
     assert done["master"] == good.address
     # The reconciler keeps trying (and logging) without crashing.
     wait_for(lambda: len(sentinel.events("replica_repoint_failed")) >= 2, 20, "a second, backed-off attempt")
+    assert sentinel.alive()
+
+
+def test_an_unreadable_view_is_logged_and_not_counted_and_the_leader_acts_on_the_others(
+        make_cluster, sentinels, store):
+    cluster = make_cluster(groups=2, mode="cache")
+    # A fresh view that says g1's master is down, but is not a well-formed view: it must not vote.
+    victim = cluster.nodes["g1"][0]
+    now = time.time()
+    liar = {"id": "liar", "time": now, "leader": "yes", "down": {victim.address: now}, "nodes": {}}
+    store.client.create(paths.sentinel("test", "liar"), json.dumps(liar).encode(), ephemeral=True)
+    sentinel = sentinels.start(cluster.zk_hosts, cluster.name, *FAST)
+    event = sentinel.wait_event("view_unreadable", sentinel="liar")
+    assert "field 'leader' has the wrong type" in event["error"]
+    time.sleep(2.0)  # longer than down-after: a counted vote would have removed g1 by now; not synchronisation
+    assert store.read_groups().value.get("g1").state == "ok"
+    assert len(sentinel.events("view_unreadable")) == 1  # logged once, not every round
+    victim.signal(signal.SIGKILL)  # its own view still counts
+    sentinel.wait_event("group_removed", group="g1")
+    store.client.delete(paths.sentinel("test", "liar"))
+    sentinel.wait_event("view_unreadable_cleared", sentinel="liar")
+    assert sentinel.alive()
+
+
+def test_an_unreadable_failover_record_leaves_its_group_alone_until_it_is_gone(make_cluster, sentinels, store):
+    cluster = make_cluster(groups=2, mode="cache")
+    store.client.create(paths.failover("test", "g1"), b'{"kind": "failover", "group": "g1"}')
+    sentinel = sentinels.start(cluster.zk_hosts, cluster.name, *FAST)
+    event = sentinel.wait_event("failover_record_unreadable", group="g1")
+    assert "failover/g1 holds malformed data" in event["error"]
+    cluster.nodes["g1"][0].signal(signal.SIGKILL)
+    sentinel.wait_event("node_down", node=cluster.nodes["g1"][0].address)
+    time.sleep(1.0)  # a few leader rounds with g1 down: it must be left alone; not synchronisation
+    assert store.read_groups().value.get("g1").state == "ok"
+    assert len(sentinel.events("failover_record_unreadable")) == 1
+    store.client.delete(paths.failover("test", "g1"))  # the admin cleared it
+    sentinel.wait_event("group_removed", group="g1")
     assert sentinel.alive()
