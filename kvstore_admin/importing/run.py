@@ -368,7 +368,12 @@ class Importer:
         self.progress.message(f"snapshot of {opts.source} at offset {sync.offset:,}: receiving{self._delay_note()}")
         t0 = time.monotonic()
         scratch = Scratch(self.workdir, databases=max(16, info.max_db + 1, opts.db + 1))
-        rdb_size = self.link.receive_rdb(scratch.rdb, self.progress.rdb)
+        def on_bytes(received: int) -> None:
+            self.progress.rdb(received)
+            if self.stop.is_set():
+                raise Interrupted()
+
+        rdb_size = self.link.receive_rdb(scratch.rdb, on_bytes)
         log.info("import_snapshot_received", bytes=rdb_size, seconds=round(time.monotonic() - t0, 3))
         self.link.start_stream()
         selected = stream_db(scratch.rdb)
@@ -386,6 +391,9 @@ class Importer:
             crash_point("snapshot")
             if self.stop.is_set():
                 raise Interrupted()
+            if self.watch is not None and self.watch.reason is not None:
+                raise ImportStopped(f"the import stopped while copying the snapshot: {self.watch.reason}. Run it "
+                                    "again once the cluster is settled; it copies a fresh snapshot")
 
         copier = Copier(conn, side, router, self.links, opts.big_key_bytes, on_progress)
         try:
