@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from kvstore_admin.errors import DIFFERENT, IMPORT_STOPPED, NODE_FAILED, USER_ERROR, AdminError
 from kvstore_admin.importing import apply, source
@@ -44,7 +44,7 @@ from kvstore_admin.importing.spool import Spool, SpoolClosed
 from kvstore_admin.importing.testhooks import crash_point
 from kvstore_admin.importing.verify import Report, Verifier
 from kvstore_cluster import paths
-from kvstore_cluster.import_state import ImportState, slots_digest
+from kvstore_cluster.import_state import ImportRunner, ImportState, slots_digest
 from kvstore_cluster.model import Groups, ModelError, SlotTable
 from kvstore_cluster.store import ClusterStore, Create, Delete, Set, Versioned
 
@@ -132,28 +132,26 @@ def refuse_cutover_on_replica(info: source.SourceInfo) -> None:
 def import_lock(store: ClusterStore) -> Iterator[None]:
     """One import per cluster: an ephemeral znode naming this process (taken over from a dead one on this host)."""
     path = paths.import_lock(store.cluster)
-    me = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}".encode()
+    me = ImportRunner(socket.gethostname(), os.getpid())
     store.read_meta()
     for _ in range(3):
         try:
-            store.client.create(path, me, ephemeral=True)
+            store.client.create(path, me.encode(), ephemeral=True)
             break
         except NodeExistsError:
-            try:
-                data, _ = store.client.get(path)
-            except NoNodeError:
+            holder = store.read_import_runner()
+            if holder is None:
                 continue
-            host, _, rest = data.decode(errors="replace").partition(" ")
-            pid_text = rest.split(" ")[0]
-            if host == socket.gethostname() and pid_text.isdigit() and not _alive(int(pid_text)):
+            other = holder.value
+            if other.host == me.host and not _alive(other.pid):
                 # Its process is dead; the znode only waits for the ZooKeeper session to expire.
                 try:
-                    store.client.delete(path)
-                except NoNodeError:
+                    store.client.delete(path, version=holder.version)
+                except (NoNodeError, BadVersionError):
                     pass
                 continue
-            raise AdminError(f"another import is running on this cluster ({host}, pid {pid_text}); one at a time",
-                             USER_ERROR) from None
+            raise AdminError(f"another import is running on this cluster ({other.host}, pid {other.pid}, since "
+                             f"{_when(other.started_at)}); one at a time", USER_ERROR) from None
     else:
         raise AdminError("could not take the import lock (it keeps changing hands)", USER_ERROR)
     try:
