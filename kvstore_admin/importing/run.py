@@ -36,7 +36,7 @@ from kvstore_admin.errors import DIFFERENT, IMPORT_STOPPED, NODE_FAILED, USER_ER
 from kvstore_admin.importing import apply, source
 from kvstore_admin.importing.groups import GroupError, GroupLink, Marker
 from kvstore_admin.importing.progress import Progress
-from kvstore_admin.importing.resp import Conn, LinkError, ReplyError
+from kvstore_admin.importing.resp import Conn, LinkError, ProtocolError, ReplyError
 from kvstore_admin.importing.routing import CommandTable, Router
 from kvstore_admin.importing.scratch import Scratch, stream_db
 from kvstore_admin.importing.snapshot import BIG_KEY_BYTES, Copier
@@ -275,6 +275,9 @@ class Importer:
                 self._run_locked(info, groups, slots, router)
         except Interrupted:
             self.summary.result = "stopped while copying the snapshot; the next run copies a fresh one"
+        except (LinkError, ProtocolError, ReplyError) as exc:
+            # A connection failed where nothing more specific was said: the state is kept, the run can resume.
+            raise ImportStopped(f"the import stopped: {exc}; run the same command again to resume") from None
         finally:
             self._cleanup()
             self.summary.seconds = time.monotonic() - started
