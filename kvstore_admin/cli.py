@@ -31,7 +31,7 @@ from kvstore_admin.errors import (
     as_admin_error,
 )
 from kvstore_admin.importing.progress import Bar, Progress
-from kvstore_cluster import logs, paths
+from kvstore_cluster import clickopts, logs, paths
 from kvstore_cluster.model import parse_address
 from kvstore_cluster.node import NODE_TIMEOUT
 from kvstore_cluster.ops import cache, rebalance, reshard, switchover
@@ -66,12 +66,12 @@ class AdminGroup(click.Group):
 
 
 @contextlib.contextmanager
-def open_store(settings: Settings) -> Iterator[ClusterStore]:
+def open_store(settings: Settings, **kwargs: Any) -> Iterator[ClusterStore]:
     try:
         paths.check_name("cluster", settings.cluster)
     except ValueError as exc:
         raise AdminError(str(exc), USER_ERROR) from None
-    client = connect(settings.zk, settings.zk_timeout)
+    client = connect(settings.zk, settings.zk_timeout, **kwargs)
     try:
         yield ClusterStore(client, settings.cluster)
     finally:
@@ -369,6 +369,37 @@ def status_cmd(settings: Settings, as_json: bool, node_timeout: float) -> None:
         emit_json(found)
     else:
         click.echo(status.render(found))
+
+
+@cli.command("web")
+@click.option("--listen", default="127.0.0.1:8380", show_default=True, callback=clickopts.address,
+              metavar="HOST:PORT", help="Where to serve the page (/) and the JSON API (/api/).")
+@click.option("--refresh", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds between re-reads of node health and the sentinels' views; changes of the "
+                   "tables, proxies, failovers and reshards show at once (ZooKeeper watches).")
+@click.option("--node-timeout", type=click.FloatRange(min=0.05), default=NODE_TIMEOUT, show_default=True,
+              help="Seconds to wait for each Redis node's answer.")
+@click.option("--zk-session-timeout", type=click.FloatRange(min=1.0), default=10.0, show_default=True,
+              help="ZooKeeper session timeout; the page shows its data as stale after about 2/3 of it "
+                   "without ZooKeeper.")
+@pass_settings
+def web(settings: Settings, listen: tuple[str, int], refresh: float, node_timeout: float,
+        zk_session_timeout: float) -> None:
+    """Serve a live, read-only status page of the cluster and the same data as JSON under /api/."""
+    from kvstore_admin.web import app
+
+    with open_store(settings, session_timeout=zk_session_timeout) as store:
+        store.read_meta()  # a missing cluster is an error here, not an empty page
+
+        def ready(port: int) -> None:
+            click.echo(f"serving the status of cluster {settings.cluster!r} at http://{listen[0]}:{port}/ "
+                       "(API: /api/; Ctrl-C stops)")
+
+        try:
+            asyncio.run(app.serve(store.client, settings.cluster, listen[0], listen[1], refresh, node_timeout,
+                                  settings.redis_password, ready))
+        except OSError as exc:
+            raise AdminError(f"cannot listen on {listen[0]}:{listen[1]}: {exc.strerror or exc}", USER_ERROR) from None
 
 
 @cli.command()

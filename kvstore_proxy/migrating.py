@@ -77,6 +77,7 @@ class _ThenOnTarget:
         entry = self.entry
         entry.inflight -= 1
         if reply[:1] == b"+":  # OK, NOKEY (the key was already gone from the source) or PONG
+            entry.router.keys_migrated_on_access += len(self.keys)
             entry.remember(self.keys)
             entry.target.send(self.r, self.raw)
             return None
@@ -116,6 +117,7 @@ class Migrating:
 
     def send(self, r: Any, raw: bytes) -> None:
         if not self.router.migration_released:
+            self.router.migration_tryagain += 1
             done = r.fail(HELD_ERROR)
             if done is not None:
                 _notify(done, self.outbox)
@@ -128,6 +130,8 @@ class Migrating:
             self.target.send(r, raw)
             return
         self.inflight += 1
+        if keys:
+            self.router.migrations_on_access += 1
         # With nothing left to move, a PING keeps the command in line behind the earlier ones.
         self.source.send(_ThenOnTarget(self, r, raw, keys), resp.command([*self.prefix, *keys]) if keys else _PING)
 

@@ -51,6 +51,11 @@ class Router:
         self.group_order: list[Any] = []  # one entry per group, for fan-out commands
         self.reshard_data: bytes | None = None  # the reshard znode, for holding newly marked slots
         self.migration_released = True
+        # Read by --metrics-listen (metrics.py); counted on the migrating slots' path only.
+        self.migrations_on_access = 0  # MIGRATE commands sent for a request's keys
+        self.keys_migrated_on_access = 0  # keys those MIGRATEs moved (or found gone)
+        self.migration_tryagain = 0  # requests answered TRYAGAIN while their slot is held
+        self.requests_held = 0  # requests made to wait (not refused) for a held slot
         # Called after every change of the table (never per request): clients holding leases follow it.
         self.listeners: list[Callable[[], None]] = []
 
