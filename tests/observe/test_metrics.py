@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -179,3 +182,24 @@ def test_metrics_keep_answering_while_zookeeper_is_unreachable(make_cluster, pro
     wait_until(lambda: scrape(pport).value("kvstore_proxy_fenced_workers") == 0, 20, "the proxy unfenced")
     wait_until(lambda: scrape(sport).value("kvstore_sentinel_cluster_read_age_seconds") < 2, 20,
                "the sentinel reading ZooKeeper again")
+
+
+def test_metrics_flag_refuses_bad_addresses_and_taken_ports(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster = make_cluster(groups=1)
+    common = ["--zk", cluster.zk_hosts, "--cluster", "test"]
+    for module in ("kvstore_proxy", "kvstore_sentinel"):
+        bad = subprocess.run([sys.executable, "-m", module, *common, "--metrics-listen", "no-port"],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "HOST:PORT" in bad.stderr, (module, bad.stderr)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        proxy = subprocess.run([sys.executable, "-m", "kvstore_proxy", *common, "--listen", f"127.0.0.1:{free_port()}",
+                                "--workers", "1", "--metrics-listen", address], capture_output=True, text=True,
+                               timeout=60)
+        assert proxy.returncode == 2 and f"cannot serve metrics on {address}" in proxy.stderr, proxy.stderr
+        sentinel = subprocess.run([sys.executable, "-m", "kvstore_sentinel", *common, "--metrics-listen", address],
+                                  capture_output=True, text=True, timeout=60)
+        assert sentinel.returncode == 1 and f"cannot serve metrics on {address}" in sentinel.stderr, sentinel.stderr
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -176,3 +177,18 @@ def test_api_has_status_json_shape_and_refuses_bad_requests(make_cluster, web, z
     events = raw_request(page.port, b"HEAD /api/events HTTP/1.1\r\n\r\n")
     assert status_of(events) == 200 and b"text/event-stream" in events
     assert get(page.port, "/api/status")[0] == 200
+
+
+def test_web_command_refuses_bad_input(make_cluster, zk_hosts: str) -> None:  # type: ignore[no-untyped-def]
+    make_cluster(groups=1)
+    bad = admin(zk_hosts, "web", "--listen", "nonsense")
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "kvstore_admin", "--zk", zk_hosts, "--cluster", "nope", "web",
+                              "--listen", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 4 and "nope" in missing.stderr, missing.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = admin(zk_hosts, "web", "--listen", f"127.0.0.1:{taken.getsockname()[1]}")
+    assert busy.returncode == 1 and "cannot listen" in busy.stderr, busy.stderr
+
