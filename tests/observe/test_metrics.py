@@ -138,8 +138,21 @@ def test_proxy_and_sentinel_metrics_follow_a_load_and_a_failover(make_cluster, p
 def test_metrics_endpoints_answer_bad_requests_with_4xx(make_cluster, proxy_factory, sentinels) -> None:  # type: ignore[no-untyped-def]
     cluster = make_cluster(groups=1)
     pport, sport = free_port(), free_port()
-    proxy = proxy_factory.start(cluster.zk_hosts, "test", "--metrics-listen", f"127.0.0.1:{pport}")
+    proxy = proxy_factory.start(cluster.zk_hosts, "test", "--metrics-listen", f"127.0.0.1:{pport}",
+                                "--latency-tracking")
     sentinels.start(cluster.zk_hosts, "test", *FAST, "--metrics-listen", f"127.0.0.1:{sport}")
+    # With --latency-tracking the latency is a histogram: cumulative buckets, +Inf = the count.
+    client = redis.Redis(port=proxy.port)
+    for i in range(50):
+        client.set(f"h{i}", i)
+    hist = scrape(pport)
+    assert hist.types["kvstore_proxy_request_duration_seconds"] == "histogram"
+    buckets = sorted(((float(lab["le"]), v) for lab, v in hist.all("kvstore_proxy_request_duration_seconds_bucket",
+                                                                   command="set")))
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts) and counts[-1] == 50 and buckets[-1][0] == float("inf")
+    assert hist.value("kvstore_proxy_request_duration_seconds_count", command="set") == 50
+    assert counts[-2] == 50  # every SET answered within 10 s
     for port in (pport, sport):
         assert get(port, "/nope")[0] == 404
         assert get(port, "/metrics/x")[0] == 404
