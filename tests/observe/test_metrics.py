@@ -67,6 +67,8 @@ def test_proxy_and_sentinel_metrics_follow_a_load_and_a_failover(make_cluster, p
     assert during.value("kvstore_proxy_connected_clients") >= 8
     assert during.value("kvstore_proxy_connections_received_total") >= 8
 
+    wait_until(lambda: scrape(sport).sum("kvstore_sentinel_node_up") == 4, 10,
+               "the sentinel's first probes of the four nodes")
     s0 = scrape(sport)
     assert s0.value("kvstore_sentinel_leader") == 1
     assert s0.value("kvstore_sentinel_zookeeper_connected") == 1
@@ -176,7 +178,9 @@ def test_metrics_keep_answering_while_zookeeper_is_unreachable(make_cluster, pro
                         "--zk-session-timeout", "3")
     sentinels.start(zk_relay.hosts, "test", *FAST, "--metrics-listen", f"127.0.0.1:{sport}")
     assert scrape(pport).value("kvstore_proxy_zookeeper_connected_workers") == 1
-    assert scrape(sport).value("kvstore_sentinel_cluster_read_age_seconds") < 2
+    # NaN until the sentinel's first round has read the cluster.
+    wait_until(lambda: scrape(sport).value("kvstore_sentinel_cluster_read_age_seconds") < 2, 10,
+               "the sentinel's first read of the cluster")
     zk_relay.cut()
     try:
         wait_until(lambda: scrape(pport).value("kvstore_proxy_zookeeper_connected_workers") == 0, 10,
