@@ -143,12 +143,19 @@ class SourceMover:
                 except NodeError:
                     pass
             if self.read and self.tracker is not None and self.tracker.lost is None:
+                pending: dict[int, list[bytes]] = {}
                 for s in slot_targets:
                     keys = self.kept.pop(s, [])
                     self.kept_count -= len(keys)
                     keys.extend(self.written.pop(s, ()))
-                    if keys:
-                        await work.add(slots.index[s], keys)
+                    buf = pending.setdefault(slots.index[s], [])
+                    buf.extend(keys)
+                    if len(buf) >= self.tuning.batch:
+                        await work.add(slots.index[s], buf)
+                        pending[slots.index[s]] = []
+                for t, buf in pending.items():
+                    if buf:
+                        await work.add(t, buf)
             else:
                 await self._pass(work)
         return work.moved

@@ -351,6 +351,8 @@ class Executor:
             stale.update({pid: reg.slots_version for pid, reg in proxies.items.items()
                           if reg.slots_version < version})
             if not stale:
+                log.debug("reshard_barrier", version=version, seconds=round(time.monotonic() - deadline +
+                                                                            self.options.timeout, 3))
                 return
             if time.monotonic() >= deadline:
                 names = ", ".join(f"{pid} (at {v if v is not None else 'unknown'})" for pid, v in sorted(stale.items()))
@@ -440,7 +442,7 @@ class Executor:
             self.result.move_seconds += time.monotonic() - began
             self._take_progress()
         self._report(state)
-        log.info("reshard_moved", at=state.describe(), keys=moved)
+        log.info("reshard_moved", at=state.describe(), keys=moved, seconds=round(time.monotonic() - began, 3))
         return int(moved)
 
     def _take_progress(self) -> None:
