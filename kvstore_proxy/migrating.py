@@ -76,28 +76,30 @@ def released(reshard_data: bytes | None, migrating: tuple[Migration, ...]) -> bo
 class _ThenOnTarget:
     """Source FIFO entry of a take (or of a PING keeping order): on success send the command to the target."""
 
-    __slots__ = ("entry", "r", "raw", "keys", "taken", "t0")
+    __slots__ = ("entry", "r", "raw", "keys", "taken", "t0", "deadline")
     session = None  # the source backend must not notify anyone for this entry
 
-    def __init__(self, entry: Migrating, r: Any, raw: bytes, keys: list[bytes], taken: list[bytes]):
+    def __init__(self, entry: Migrating, r: Any, raw: bytes, keys: list[bytes], taken: list[bytes],
+                 deadline: float | None):
         self.entry = entry
         self.r = r
         self.raw = raw
         self.keys = keys
         self.taken = taken
         self.t0 = time.monotonic()
+        self.deadline = deadline  # of a request held before: it keeps its first deadline
 
     def done(self, reply: bytes | bytearray) -> Any:
         entry = self.entry
         entry.unbusy(self.keys)
         if reply[:1] == b"+":  # OK (moved, or nothing to move) or PONG
             entry.remember(self.taken)
-            entry.forward(self.r, self.raw, self.keys)
+            entry.forward(self.r, self.raw, self.keys, self.deadline)
             return None
         if reply.startswith(_MOVING) or reply.startswith(_NOSCRIPT):
             if reply.startswith(_NOSCRIPT):
                 entry.script_loaded = False
-            entry.hold(self.r, self.raw, self.keys, block=True)
+            entry.hold(self.r, self.raw, self.keys, block=True, deadline=self.deadline)
             return None
         text = bytes(reply[1:]).rstrip(b"\r\n").decode(errors="replace")
         return self.r.fail(resp.error(f"ERR kvstore could not move the key to its new group: {text}"))
@@ -165,12 +167,12 @@ class Migrating:
             return
         self.dispatch(r, raw, keys)
 
-    def dispatch(self, r: Any, raw: bytes, keys: list[bytes]) -> None:
+    def dispatch(self, r: Any, raw: bytes, keys: list[bytes], deadline: float | None = None) -> None:
         if self.evicted:
             redispatch(self.router, [_Held(r, raw, keys, 0.0)], self.is_resp3)
             return
         if self.blocked and not self.blocked.isdisjoint(keys):
-            self.hold(r, raw, keys)  # behind an earlier request on one of its keys
+            self.hold(r, raw, keys, deadline=deadline)  # behind an earlier request on one of its keys
             return
         gone, busy = self.gone, self.busy
         taken = [k for k in keys if k not in gone]
@@ -186,12 +188,12 @@ class Migrating:
         else:
             self.script_loaded = True
             command = resp.command([b"EVAL", TAKE, *_args(taken, self.host, self.port)[1:]])
-        self.source.send(_ThenOnTarget(self, r, raw, keys, taken), command)
+        self.source.send(_ThenOnTarget(self, r, raw, keys, taken, deadline), command)
 
-    def forward(self, r: Any, raw: bytes, keys: list[bytes]) -> None:
+    def forward(self, r: Any, raw: bytes, keys: list[bytes], deadline: float | None = None) -> None:
         """The keys are off the source: to the target, unless an earlier request on them is held."""
         if self.blocked and not self.blocked.isdisjoint(keys):
-            self.hold(r, raw, keys)
+            self.hold(r, raw, keys, deadline=deadline)
         else:
             self.target.send(r, raw)
 
@@ -211,7 +213,7 @@ class Migrating:
 
     # --- holding --------------------------------------------------------------------------------------
 
-    def hold(self, r: Any, raw: bytes, keys: list[bytes], block: bool = False) -> None:
+    def hold(self, r: Any, raw: bytes, keys: list[bytes], block: bool = False, deadline: float | None = None) -> None:
         """Keep the request until the slots are released or its keys are off the source (bounded)."""
         router = self.router
         if self.evicted:  # a take answered after this entry left the table: where the slot is now
@@ -221,7 +223,7 @@ class Migrating:
             self._answer(r, HELD_ERROR)
             return
         router.held_bytes += len(raw)
-        self.waiting.append(_Held(r, raw, keys, time.monotonic() + HOLD_SECONDS))
+        self.waiting.append(_Held(r, raw, keys, deadline or time.monotonic() + HOLD_SECONDS))
         if block or self.blocked:
             self.blocked.update(keys)
         if self.timer is None:
@@ -257,7 +259,7 @@ class Migrating:
         self.blocked = set()
         for h in held:
             self.router.held_bytes -= len(h.raw)
-            self.dispatch(h.r, h.raw, h.keys)
+            self.dispatch(h.r, h.raw, h.keys, h.deadline)
 
     def evict(self) -> list[_Held]:
         """This entry left the table: its held requests, for the new table to take (``router.py``)."""

@@ -24,6 +24,7 @@ import structlog
 
 from kvstore_cluster.keymove import COPY_DB, LOCK, RELEASE
 from kvstore_cluster.node import Node
+from kvstore_cluster.ops.context import crash_point
 from kvstore_cluster.ops.errors import MoveError
 
 log = structlog.get_logger("kvstore.ops.big_keys")
@@ -108,6 +109,7 @@ async def move(source: Node, target: Node, key: bytes, stalls: Stalls, resuming:
         async for command in _chunks(source, key, kind, stalls):
             # Every write re-selects the copy database: a reconnected connection starts in database 0.
             await stalls.timed(target, [("SELECT", COPY_DB), command, ("SELECT", 0)], str(command[0]))
+            crash_point("piece")
             elements += len(command) - 2
         if expire_at > 0:
             await target.pipeline([("SELECT", COPY_DB), ("PEXPIREAT", key, expire_at), ("SELECT", 0)],

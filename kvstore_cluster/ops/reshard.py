@@ -41,7 +41,6 @@ forward keeps the invariant that a slot's owner holds all its keys.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +51,7 @@ from kvstore_cluster import paths
 from kvstore_cluster.model import Migration, SlotTable
 from kvstore_cluster.node import Node
 from kvstore_cluster.ops import mover
+from kvstore_cluster.ops.context import crash_point
 from kvstore_cluster.ops.errors import OpError, ReshardInProgress, ReshardStopped
 from kvstore_cluster.ops.fence import NO_FENCE, Fence
 from kvstore_cluster.ops.slot_moves import split_steps
@@ -64,19 +64,6 @@ log = structlog.get_logger("kvstore.ops.reshard")
 
 DEFAULT_SLOTS_PER_STEP = 1024
 DEFAULTS = mover.Tuning()  # batch sizes and parallelism (tuned by measurement: docs/design.md)
-
-# Test hook: the executor exits (code 86, no cleanup, as if killed) right after the named step,
-# so tests can resume a half-done reshard. Values: marked, acked, migrated (after the first
-# MIGRATE batch), moved, committed.
-CRASH_HOOK_ENV = "KVSTORE_TEST_CRASH_AFTER"
-CRASH_HOOK_EXIT = 86
-
-
-def _crash_point(step: str) -> None:
-    if os.environ.get(CRASH_HOOK_ENV) == step:
-        log.warning("test_crash_hook", step=step)
-        os._exit(CRASH_HOOK_EXIT)
-
 
 def in_progress_error(state: ReshardState) -> ReshardInProgress:
     return ReshardInProgress(f"a reshard is already in progress ({state.request_text}, {state.describe()}); "
@@ -240,13 +227,13 @@ class Executor:
         if state.phase == "marked":
             self._barrier(state, state.version)
             cur = self._set_phase(cur, "moving")
-            _crash_point("acked")
+            crash_point("acked")
             return cur
         if state.phase == "moving":
             # The barrier again: cheap, and a proxy that registered while no admin ran must have the mark too.
             self._barrier(state, state.version)
             moved = self._move(state)
-            _crash_point("moved")
+            crash_point("moved")
             return self._commit(cur, moved)
         # committed: a --no-data step, or the last one
         self._barrier(state, state.version)
@@ -305,7 +292,7 @@ class Executor:
         log.info("reshard_marked" if phase == "marked" else "reshard_reassigned", at=state.describe(),
                  slots_version=state.version)
         self._report(state)
-        _crash_point(phase)
+        crash_point(phase)
         return Versioned(state, cur.version + 1)
 
     def _set_phase(self, cur: Versioned[ReshardState], phase: str) -> Versioned[ReshardState]:
@@ -422,7 +409,7 @@ class Executor:
                 raise dropped[0]
             if not first_batch[0] and self.mover is not None and self.mover.progress.keys > before:
                 first_batch[0] = True
-                _crash_point("migrated")
+                crash_point("migrated")
 
         future = self.mover.submit(self.mover.move(by_source, still_allowed))
         try:
@@ -497,7 +484,7 @@ class Executor:
         log.info("reshard_committed", at=cur.value.describe(), next=None if last else state.describe(),
                  slots_version=state.version)
         self._report(state)
-        _crash_point("committed")
+        crash_point("committed")
         return Versioned(state, cur.version + 1)
 
     def _drop_old_keys(self, state: ReshardState) -> None:

@@ -10,7 +10,7 @@ from reshard_helpers import keys_in_slots, load_keys
 
 from kvstore_admin.errors import RESHARD_STOPPED
 from kvstore_cluster import paths
-from kvstore_cluster.ops.reshard import CRASH_HOOK_ENV, CRASH_HOOK_EXIT
+from kvstore_cluster.ops.context import CRASH_HOOK_ENV, CRASH_HOOK_EXIT
 from kvstore_cluster.proxy_registration import PROTOCOLS, ProxyRegistration
 from kvstore_cluster.slots import key_slot
 
