@@ -18,7 +18,6 @@ Usage: python tools/reshard_bench.py [--keys 600000] [--only speed,serving,bigke
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -32,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hiredis
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,10 +85,11 @@ def fill(ports: dict[str, int], owners: tuple[str | None, ...], keys: int) -> No
 # --- the client load (a process of its own: 50 connections, one request in flight each) ----------------
 
 LOAD = r"""
-import asyncio, random, struct, sys, time, hiredis
+import asyncio, random, signal, struct, sys, time, hiredis
 port, conns, keys, seconds, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 records = bytearray()
 errors = [0]
+stopping = [False]
 async def client():
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     parser = hiredis.Reader()
@@ -98,7 +97,7 @@ async def client():
     end = time.monotonic() + seconds
     while True:
         t = time.monotonic()
-        if t >= end:
+        if t >= end or stopping[0]:
             break
         k = b"key:%d" % random.randrange(keys)
         if random.random() < 0.5:
@@ -116,6 +115,7 @@ async def client():
         records.extend(struct.pack("dd", done, done - t))
     writer.close()
 async def main():
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: stopping.__setitem__(0, True))
     await asyncio.gather(*(client() for _ in range(conns)))
 asyncio.run(main())
 with open(out, "wb") as f:
