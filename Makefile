@@ -59,8 +59,23 @@ status:
 	$(ADMIN) --zk "$$($(PY) -c 'import json, sys; print(json.load(open(sys.argv[1]))["zk"])' \
 		$(LOCAL_DIR)/state.json)" status
 
+# What only the tests need, installed like redis-server when missing: headless Chromium for the
+# status page's test (tests/observe/test_web.py) and promtool (Debian's prometheus package) for
+# the alert rules. Without recommends: no Prometheus node exporter or desktop extras.
+.PHONY: test-packages
+test-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing test packages:$$missing"; \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+		$$sudo apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
 # pytest exits 5 when it collected no test; like every non-zero exit it fails this target.
-test: $(STAMP)
+test: $(STAMP) test-packages
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -85,6 +100,15 @@ bench: $(STAMP)
 	fi
 	@$(PY) -c 'import matplotlib, psutil' 2>/dev/null || $(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# make bench-metrics: kvstore-proxy with and without --metrics-listen (scraped every second), same
+# run, interleaved (bench/metrics_cost.py), a few minutes; BENCH_ARGS=--quick for a short run.
+.PHONY: bench-metrics
+bench-metrics: $(STAMP)
+	@command -v redis-benchmark >/dev/null || { sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+		$$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q redis-tools; }
+	@$(PY) -c 'import psutil' 2>/dev/null || $(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) bench/metrics_cost.py $(BENCH_ARGS)
 
 # make chaos: the reliability suite (tests/chaos, docs/contracts.md) sharing CHAOS_SECONDS among its
 # faults, 20 minutes by default; plain `make test` runs the same suite CI-sized (a few minutes).

@@ -31,7 +31,7 @@ from kvstore_admin.errors import (
     as_admin_error,
 )
 from kvstore_admin.importing.progress import Bar, Progress
-from kvstore_cluster import logs, paths
+from kvstore_cluster import clickopts, logs, paths
 from kvstore_cluster.model import parse_address
 from kvstore_cluster.node import NODE_TIMEOUT
 from kvstore_cluster.ops import cache, rebalance, reshard, switchover
@@ -66,12 +66,12 @@ class AdminGroup(click.Group):
 
 
 @contextlib.contextmanager
-def open_store(settings: Settings) -> Iterator[ClusterStore]:
+def open_store(settings: Settings, **kwargs: Any) -> Iterator[ClusterStore]:
     try:
         paths.check_name("cluster", settings.cluster)
     except ValueError as exc:
         raise AdminError(str(exc), USER_ERROR) from None
-    client = connect(settings.zk, settings.zk_timeout)
+    client = connect(settings.zk, settings.zk_timeout, **kwargs)
     try:
         yield ClusterStore(client, settings.cluster)
     finally:
@@ -377,6 +377,37 @@ def status_cmd(settings: Settings, as_json: bool, node_timeout: float) -> None:
         click.echo(status.render(found))
 
 
+@cli.command("web")
+@click.option("--listen", default="127.0.0.1:8380", show_default=True, callback=clickopts.address,
+              metavar="HOST:PORT", help="Where to serve the page (/) and the JSON API (/api/).")
+@click.option("--refresh", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds between re-reads of node health and the sentinels' views; changes of the "
+                   "tables, proxies, failovers and reshards show at once (ZooKeeper watches).")
+@click.option("--node-timeout", type=click.FloatRange(min=0.05), default=NODE_TIMEOUT, show_default=True,
+              help="Seconds to wait for each Redis node's answer.")
+@click.option("--zk-session-timeout", type=click.FloatRange(min=1.0), default=10.0, show_default=True,
+              help="ZooKeeper session timeout; the page shows its data as stale after about 2/3 of it "
+                   "without ZooKeeper.")
+@pass_settings
+def web(settings: Settings, listen: tuple[str, int], refresh: float, node_timeout: float,
+        zk_session_timeout: float) -> None:
+    """Serve a live, read-only status page of the cluster and the same data as JSON under /api/."""
+    from kvstore_admin.web import app
+
+    with open_store(settings, session_timeout=zk_session_timeout) as store:
+        store.read_meta()  # a missing cluster is an error here, not an empty page
+
+        def ready(port: int) -> None:
+            click.echo(f"serving the status of cluster {settings.cluster!r} at http://{listen[0]}:{port}/ "
+                       "(API: /api/; Ctrl-C stops)")
+
+        try:
+            asyncio.run(app.serve(store.client, settings.cluster, listen[0], listen[1], refresh, node_timeout,
+                                  settings.redis_password, ready))
+        except OSError as exc:
+            raise AdminError(f"cannot listen on {listen[0]}:{listen[1]}: {exc.strerror or exc}", USER_ERROR) from None
+
+
 @cli.command()
 @json_option
 @pass_settings
@@ -497,12 +528,15 @@ def _verify_keys(value: str) -> int | None:
                    "[default: the temp dir].")
 @click.option("--big-key-bytes", type=click.IntRange(min=1024), default=64 << 20, show_default=True,
               help="Keys whose DUMP is larger are rebuilt in chunks instead of one RESTORE.")
+@click.option("--disk-snapshot", is_flag=True,
+              help="Ask the source to save its snapshot to its own disk first: it starts at once, where a diskless "
+                   "snapshot waits the source's repl-diskless-sync-delay (5s by default).")
 @click.option("--forget", is_flag=True, help="Drop the recorded import and the groups' markers (keys stay).")
 @json_option
 @pass_settings
 def import_cmd(settings: Settings, source: str | None, password: str | None, db: int, cutover: bool, pause: float,
                verify: bool, verify_keys: str, ttl_tolerance: int, work_dir: Path | None, big_key_bytes: int,
-               forget: bool, as_json: bool) -> None:
+               disk_snapshot: bool, forget: bool, as_json: bool) -> None:
     """Copy a running standalone Redis into the cluster, then follow its writes until --cutover (or Ctrl-C).
 
     On a terminal, once the cluster has caught up, Enter starts the cutover.
@@ -531,7 +565,8 @@ def import_cmd(settings: Settings, source: str | None, password: str | None, db:
         raise click.BadParameter(str(exc), param_hint="--from") from None
     opts = importing.Options(source=source, password=password or None, db=db, cutover=cutover, pause=pause,
                              verify=verify, verify_keys=_verify_keys(verify_keys), ttl_tolerance_ms=ttl_tolerance,
-                             work_dir=work_dir, big_key_bytes=big_key_bytes, cluster_password=settings.redis_password)
+                             work_dir=work_dir, big_key_bytes=big_key_bytes, disk_snapshot=disk_snapshot,
+                             cluster_password=settings.redis_password)
     with open_store(settings) as store:
         if verify and not cutover:
             found = importing.run_verify(store, opts).to_json()

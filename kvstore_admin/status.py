@@ -19,15 +19,10 @@ from kvstore_cluster.store import ClusterStore, CorruptData, Records
 
 def _node_health(group: Group, probe: dict[str, Any]) -> dict[str, Any]:
     expected = "master" if probe["address"] == group.master else "replica"
-    problem = None
     if not probe["up"]:
         problem = probe["error"]
-    elif probe["role"] != expected:
-        problem = f"node {probe['address']} is a {probe['role']}, expected {expected}"
-    elif expected == "replica" and probe["master"] != group.master:
-        problem = f"replica {probe['address']} follows {probe['master']}, not the master {group.master}"
-    elif expected == "replica" and not probe["link_up"]:
-        problem = f"replica {probe['address']} has its link to {group.master} down"
+    else:
+        problem = group.replication_problem(probe["address"], probe["role"], probe["master"], probe["link_up"])
     return {**probe, "expected_role": expected, "ok": problem is None, "problem": problem}
 
 

@@ -67,6 +67,22 @@ class Group:
     def nodes(self) -> tuple[str, ...]:
         return (self.master, *self.replicas)
 
+    def replication_problem(self, address: str, role: str | None, master: str | None,
+                            link_up: bool | None) -> str | None:
+        """What is wrong with an answering node's replication as this group expects it, or None.
+
+        The one rule behind ``kvstore-admin status``'s health column and the sentinel's
+        ``kvstore_sentinel_node_diverged`` metric.
+        """
+        expected = "master" if address == self.master else "replica"
+        if role != expected:
+            return f"node {address} is a {role}, expected {expected}"
+        if expected == "replica" and master != self.master:
+            return f"replica {address} follows {master}, not the master {self.master}"
+        if expected == "replica" and not link_up:
+            return f"replica {address} has its link to {self.master} down"
+        return None
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "master": self.master, "replicas": list(self.replicas), "state": self.state}
 

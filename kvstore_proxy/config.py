@@ -35,6 +35,8 @@ class ProxyConfig:
     # A subscriber is disconnected past ``hard`` bytes of unsent output, or past ``soft`` bytes for
     # ``soft_seconds`` (Redis's client-output-buffer-limit pubsub, same defaults).
     pubsub_output_limit: tuple[int, int, float] = (32 * 1024**2, 8 * 1024**2, 60.0)
+    # --metrics-listen: where /metrics is served (every worker binds it, SO_REUSEPORT); None: nowhere
+    metrics_listen: tuple[str, int] | None = None
 
 
 def parse_output_limit(text: str) -> tuple[int, int, float]:

@@ -94,6 +94,7 @@ class _ThenOnTarget:
         entry.unbusy(self.keys)
         if reply[:1] == b"+":  # OK (moved, or nothing to move) or PONG
             entry.remember(self.taken)
+            entry.router.keys_migrated_on_access += len(self.taken)
             entry.forward(self.r, self.raw, self.keys, self.deadline)
             return None
         if reply.startswith(_MOVING) or reply.startswith(_NOSCRIPT):
@@ -184,9 +185,11 @@ class Migrating:
         if not taken:
             command = _PING  # nothing to move: keeps the command in line behind the earlier ones
         elif self.script_loaded:
+            self.router.migrations_on_access += 1
             command = resp.command([b"EVALSHA", *_args(taken, self.host, self.port)])
         else:
             self.script_loaded = True
+            self.router.migrations_on_access += 1
             command = resp.command([b"EVAL", TAKE, *_args(taken, self.host, self.port)[1:]])
         self.source.send(_ThenOnTarget(self, r, raw, keys, taken, deadline), command)
 
@@ -223,6 +226,7 @@ class Migrating:
             self._answer(r, HELD_ERROR)
             return
         router.held_bytes += len(raw)
+        router.requests_held += 1
         self.waiting.append(_Held(r, raw, keys, deadline or time.monotonic() + HOLD_SECONDS))
         if block or self.blocked:
             self.blocked.update(keys)
@@ -275,6 +279,7 @@ class Migrating:
         return held
 
     def _answer(self, r: Any, err: bytes) -> None:
+        self.router.migration_tryagain += 1
         done = r.fail(err)
         if done is not None:
             _notify(done, self.outbox)

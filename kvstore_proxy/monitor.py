@@ -134,6 +134,9 @@ class _Link(asyncio.Protocol):
             data = data[5:]
         end = data.rfind(b"\r\n") + 2  # lines never hold a raw CRLF: arguments are quoted
         self.carry = data[end:]
+        if len(self.carry) > self.hub.output_limit:  # not MONITOR lines: not a sibling of ours
+            self.transport.abort()
+            return
         if end > 1:
             self.hub.deliver(data[:end])
 
@@ -163,6 +166,7 @@ class Hub:
         self._scheduled = False
         self._linking: asyncio.Task[None] | None = None
         self._link_lock = asyncio.Lock()
+        self._unreachable: set[int] = set()
 
     # --- this worker's monitors -------------------------------------------------------------------
 
@@ -179,6 +183,7 @@ class Hub:
             self._answer(reply)
             return
         task = self.loop.create_task(self._link_all())
+        self.worker.tasks.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(lambda t: self._linked(t, reply))
 
     def detach(self, session: Session) -> None:
@@ -193,10 +198,8 @@ class Hub:
             self.links.clear()
         self._switch()
 
-    def is_monitor(self, session: Session) -> bool:
-        return session in self.clients
-
     def _linked(self, task: asyncio.Task[None], reply: Reply) -> None:
+        self.worker.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("monitor_link_failed", error=str(task.exception()))
         self._answer(reply)
@@ -299,8 +302,11 @@ class Hub:
                     await asyncio.wait_for(
                         self.loop.create_unix_connection(link, self.family.path(index)), LINK_TIMEOUT)
                 except (OSError, TimeoutError) as exc:
-                    log.info("monitor_sibling_unreachable", worker=index, error=str(exc) or type(exc).__name__)
+                    if index not in self._unreachable:  # relink retries every tick: say it once
+                        self._unreachable.add(index)
+                        log.info("monitor_sibling_unreachable", worker=index, error=str(exc) or type(exc).__name__)
                     continue
+                self._unreachable.discard(index)
                 if not self.clients:  # the last monitor left meanwhile
                     link.close()
                     continue

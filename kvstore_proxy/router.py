@@ -63,6 +63,11 @@ class Router:
         self.migration_released = True
         self.migrating: list[Migrating] = []  # the Migrating entries of the table (kept across table changes)
         self.held_bytes = 0  # requests held by them (migrating.py bounds it)
+        # Read by --metrics-listen (metrics.py); counted on the migrating slots' path only.
+        self.migrations_on_access = 0  # takes (MIGRATE) sent for a request's keys
+        self.keys_migrated_on_access = 0  # keys those takes moved (or found gone)
+        self.migration_tryagain = 0  # requests answered TRYAGAIN after being held too long (or too many held)
+        self.requests_held = 0  # requests made to wait (not refused) for a held slot or a key in pieces
         # Called after every change of the table (never per request): clients holding leases follow it.
         self.listeners: list[Callable[[], None]] = []
 

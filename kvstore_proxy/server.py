@@ -92,13 +92,15 @@ class Worker:
             self.family, loop,
             one_shot={b"stats": lambda arg: json.dumps(worker_snapshot(self)).encode(),
                       b"latency-reset": lambda arg: json.dumps(
-                          inspection.reset_events(self, _event_names(arg))).encode()},
+                          inspection.reset_events(self, _event_names(arg))).encode(),
+                      b"metrics": lambda arg: json.dumps(_metrics().snapshot(self)).encode()},
             streams={b"monitor": self.monitor.subscribe})
         self.listening = False
         self.topology: Topology | None = None
         self.options = ClusterOptions()  # the cluster options record, applied live (Topology)
         self.stateful = StatefulHub(self)  # leases, transactions, blocked clients, subscriptions
         self.server: asyncio.base_events.Server | None = None
+        self.metrics: Any = None  # metrics.MetricsEndpoint with --metrics-listen
         self._stop = asyncio.Event()
         self._zk: Any = None
 
@@ -180,6 +182,13 @@ class Worker:
         sockets: Any = self.server.sockets or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        if cfg.metrics_listen is not None:
+            self.metrics = _metrics().MetricsEndpoint(self, *cfg.metrics_listen)
+            try:
+                await self.metrics.start()
+            except OSError as exc:
+                raise StartupError(f"cannot serve metrics on {cfg.metrics_listen[0]}:{cfg.metrics_listen[1]}: "
+                                   f"{exc.strerror or exc}") from None
         self.listening = True
         self.topology.register()
         self._tick()
@@ -220,6 +229,8 @@ class Worker:
             self.server.close()
         self.siblings.close()
         self.monitor.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.listening = False
         for s in list(self.clients.values()):
             if s.transport is not None:
@@ -291,7 +302,16 @@ def run(config: ProxyConfig, sock: Any = None, family: Family | None = None) -> 
     return 0
 
 
+def _metrics() -> Any:
+    """metrics.py, imported only by a proxy that serves metrics (prometheus_client is not free to load)."""
+    from kvstore_proxy import metrics
+
+    return metrics
+
+
 async def _abandon(worker: Worker) -> None:
+    if worker.metrics is not None:
+        worker.metrics.close()
     worker.siblings.close()
     worker.router.close()
     if worker._zk is not None:

@@ -45,6 +45,9 @@ class Topology:
         self.state = "connected"
         self.groups: tuple[Groups, int] | None = None
         self.slots: tuple[SlotTable, int] | None = None
+        # The newest znode version of each table a watch delivered, applied or not (metrics.py).
+        self.seen: dict[str, int] = {}
+        self.options_version = -1  # the options record's version applied (-1: none, or no znode)
         self.ready = asyncio.Event()
         self.proxy_id = worker.proxy_id
         self.path = paths.proxy(self.cluster, worker.proxy_id)
@@ -64,6 +67,8 @@ class Topology:
     # --- tables ---------------------------------------------------------------------------------
 
     def _on_groups(self, data: bytes | None, stat: Any) -> None:
+        if stat is not None:
+            self.seen["groups"] = stat.version
         if data is None:
             log.error("table_missing", table="groups", path=paths.groups(self.cluster))
             return
@@ -76,6 +81,8 @@ class Topology:
         self._apply()
 
     def _on_slots(self, data: bytes | None, stat: Any) -> None:
+        if stat is not None:
+            self.seen["slots"] = stat.version
         if data is None:
             log.error("table_missing", table="slots", path=paths.slots(self.cluster))
             return
@@ -91,6 +98,8 @@ class Topology:
         self.worker.router.set_reshard(data)
 
     def _on_options(self, data: bytes | None, stat: Any) -> None:
+        if stat is not None:
+            self.seen["options"] = stat.version
         try:
             value = ClusterOptions() if data is None else ClusterOptions.decode(data)
         except ModelError as exc:
@@ -99,6 +108,7 @@ class Topology:
         if value != self.worker.options:
             log.info("options_applied", version=stat.version if stat is not None else -1, options=value.values)
         self.worker.options = value
+        self.options_version = stat.version if stat is not None else -1
 
     def _apply(self) -> None:
         if self.groups is None or self.slots is None or self._stopped:

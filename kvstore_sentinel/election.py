@@ -71,6 +71,7 @@ class Leadership:
         self._wake = asyncio.Event()
         self._node: str | None = None
         self._is_leader_node = False
+        self.elected = 0  # times this sentinel became leader (metrics)
         self._state = KazooState.CONNECTED if client.connected else KazooState.SUSPENDED
         client.add_listener(self._on_state)
 
@@ -145,6 +146,7 @@ class Leadership:
                     self.fence.revoke()
                     return
                 self._is_leader_node = True
+                self.elected += 1
                 log.info("leader_elected", node=self._node)
         else:
             if self.fence.acting:

@@ -21,6 +21,12 @@ async def probe(node: Node) -> ProbeResult:
                        link_up=info.link_up)
 
 
+async def _timed(node: Node) -> tuple[ProbeResult, float]:
+    started = time.monotonic()
+    result = await probe(node)
+    return result, time.monotonic() - started
+
+
 @dataclass
 class NodeHealth:
     """What this sentinel knows of one node over time: last success, current failure streak."""
@@ -31,6 +37,7 @@ class NodeHealth:
     failing_since: float | None = None  # wall time of the first failure of the current streak
     ok_since: float | None = None  # monotonic time of the first success of the current streak
     last: ProbeResult | None = None
+    seconds: float | None = None  # how long the last probe took (an unanswered one: until its timeout)
 
     def up_for(self, now: float) -> float:
         """Seconds this node has answered every probe (0 if the last probe failed)."""
@@ -69,15 +76,16 @@ class Prober:
     async def probe_all(self) -> list[tuple[ProbeResult, ProbeResult | None]]:
         """Probe every node once; return ``(result, previous result)`` pairs for logging transitions."""
         addrs = list(self.nodes)
-        results = await asyncio.gather(*(probe(self._probes[a]) for a in addrs))
+        results = await asyncio.gather(*(_timed(self._probes[a]) for a in addrs))
         now = time.monotonic()
         out = []
-        for addr, result in zip(addrs, results, strict=True):
+        for addr, (result, seconds) in zip(addrs, results, strict=True):
             health = self.nodes.get(addr)
             if health is None:  # removed while probing
                 continue
             previous = health.last
             health.last = result
+            health.seconds = seconds
             if result.ok:
                 if previous is None or not previous.ok:
                     health.ok_since = now

@@ -15,18 +15,21 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from kazoo.client import KazooState
 from kazoo.exceptions import KazooException
 
 from kvstore_cluster import paths
+from kvstore_cluster.failover_record import FailoverRecord
 from kvstore_cluster.model import Groups, Meta
 from kvstore_cluster.ops.context import Context
 from kvstore_cluster.ops.fence import Fenced
+from kvstore_cluster.reshard_state import ReshardState
 from kvstore_cluster.sentinel_view import fresh_views
-from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
+from kvstore_cluster.store import ClusterNotFound, ClusterStore, CorruptData, StoreError, connect
 from kvstore_sentinel.background_rebalance import BackgroundRebalance
 from kvstore_sentinel.election import Leadership
 from kvstore_sentinel.leader import Leader
@@ -47,6 +50,7 @@ class Config:
     auto_rejoin: bool = False
     zk_session_timeout: float = 6.0
     password: str | None = None
+    metrics_listen: tuple[str, int] | None = None  # where /metrics is served (metrics.py); None: nowhere
 
     @property
     def probe_timeout(self) -> float:
@@ -57,6 +61,19 @@ class Config:
     def stale_after(self) -> float:
         """A published view older than this no longer votes."""
         return max(3 * self.interval + self.down_after, 3.0)
+
+
+class StartupError(Exception):
+    """The sentinel cannot start; the message is one line for the user."""
+
+
+@dataclass
+class Progress:
+    """The failovers and the reshard in progress, as last read from ZooKeeper (for the metrics)."""
+
+    failovers: dict[str, FailoverRecord] = field(default_factory=dict)
+    reshard: ReshardState | None = None
+    read_at: float | None = None  # time.time() of the last round that read groups and these
 
 
 def default_id() -> str:
@@ -73,6 +90,11 @@ class Sentinel:
         self._said: dict[str, str] = {}
         self._bad_views: dict[str, str] = {}  # sentinel id -> why its published view is unreadable
         self._down: set[str] = set()  # nodes we last reported down, to log transitions once
+        self.mode = "?"
+        self.rounds = 0
+        self.progress = Progress()
+        self.leadership: Leadership | None = None
+        self.client: Any = None
 
     def _say_once(self, event: str, message: str | None, **fields: object) -> None:
         """Log ``event`` when its message changes (so a persistent fault is one line, not one per round)."""
@@ -92,7 +114,9 @@ class Sentinel:
         self.store = ClusterStore(self.client, cfg.cluster)
         self.ctx = Context(self.store, node_timeout=max(1.0, cfg.down_after), password=cfg.password,
                            actor=self.id, zk_timeout=cfg.zk_session_timeout)
+        endpoint = await self._serve_metrics() if cfg.metrics_listen is not None else None
         meta = await self._wait_for_meta()
+        self.mode = meta.mode
         self.leadership = Leadership(self.client, paths.sentinel_leader(cfg.cluster), self.id, loop)
         fence = self.leadership.fence
         self.rebalance = BackgroundRebalance(self.store, fence, cfg.password) if cfg.auto_rejoin else None
@@ -114,12 +138,45 @@ class Sentinel:
             for t in (*tasks, stopper):
                 t.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            if endpoint is not None:
+                endpoint.close()
             await self.prober.close()
             if self.rebalance is not None:
                 await self.rebalance.close()
             await self.leadership.resign()
             await loop.run_in_executor(None, self._close_zk)
             log.info("sentinel_stopped", id=self.id)
+
+    async def _serve_metrics(self) -> Any:
+        from kvstore_sentinel.metrics import MetricsEndpoint, SentinelMetrics
+
+        assert self.config.metrics_listen is not None
+        metrics = SentinelMetrics(self)
+        self.ctx.observers.append(metrics.observe)
+        endpoint = MetricsEndpoint(metrics, *self.config.metrics_listen)
+        try:
+            await endpoint.start()
+        except OSError as exc:
+            await self.ctx.zk(self._close_zk)
+            host, port = self.config.metrics_listen
+            raise StartupError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+        log.info("metrics_listening", address=f"{self.config.metrics_listen[0]}:{endpoint.http.port}")
+        return endpoint
+
+    # --- what the metrics read ----------------------------------------------------------------
+
+    @property
+    def groups(self) -> Groups | None:
+        return self._groups
+
+    def is_leader(self) -> bool:
+        return self.leadership is not None and self.leadership.fence.acting
+
+    def elections(self) -> int:
+        return self.leadership.elected if self.leadership is not None else 0
+
+    def zk_connected(self) -> bool:
+        return self.client is not None and self.client.state == KazooState.CONNECTED
 
     def _close_zk(self) -> None:
         self.client.stop()
@@ -140,11 +197,21 @@ class Sentinel:
         try:
             self._groups = (await self.ctx.zk(self.store.read_groups)).value
             self._say_once("groups_unreadable", None)
+            await self._read_progress()
         except (StoreError, KazooException, TimeoutError) as exc:
             # ClusterStore lets kazoo's ConnectionLoss & co. through; a flaky link is not a crash.
             self._say_once("groups_unreadable", f"{type(exc).__name__}: {exc}",
                            action="probing the last good groups")
         return self._groups
+
+    async def _read_progress(self) -> None:
+        """The failover and reshard records, for the metrics (unreadable ones: left out, logged by their readers)."""
+        try:
+            failovers = (await self.ctx.zk(self.store.failovers)).items
+            reshard = await self.ctx.zk(self.store.read_reshard)
+        except CorruptData:
+            reshard = None
+        self.progress = Progress(dict(failovers), reshard.value if reshard is not None else None, time.time())
 
     async def _probe_loop(self) -> None:
         interval = self.config.interval
@@ -156,6 +223,7 @@ class Sentinel:
                 raise
             except Exception as exc:  # noqa: BLE001 - probing must go on whatever one round hit
                 log.exception("probe_round_crashed", error=f"{type(exc).__name__}: {exc}")
+            self.rounds += 1
             self._round.set()
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
@@ -182,7 +250,7 @@ class Sentinel:
     async def _publish(self) -> None:
         if self.client.state != KazooState.CONNECTED:
             return
-        view = build_view(self.id, self.prober, self.leadership.fence.acting)
+        view = build_view(self.id, self.prober, self.is_leader())
         try:
             await self.ctx.zk(self.store.publish_view, view)
             self._say_once("publish_failed", None)
@@ -206,7 +274,7 @@ class Sentinel:
         while True:
             await self._round.wait()
             self._round.clear()
-            if not self.leadership.fence.acting:
+            if not self.is_leader():
                 continue
             try:
                 down = await self._verdict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,10 @@ from kazoo.client import KazooClient
 
 from kvstore_admin.processes import LocalProcess, start_proxy, start_redis, start_zookeeper
 from kvstore_cluster.store import connect
+
+sys.path.insert(0, str(Path(__file__).parent / "sentinel"))
+
+from sentinel_helpers import SentinelFactory  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +105,16 @@ class ProxyFactory:
 @pytest.fixture
 def proxy_factory(tmp_path: Path) -> Iterator[ProxyFactory]:
     factory = ProxyFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[SentinelFactory]:
+    """Starts kvstore-sentinel processes (sentinel_helpers.py) and stops every one afterwards."""
+    factory = SentinelFactory(tmp_path / "sentinels")
     try:
         yield factory
     finally:

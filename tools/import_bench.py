@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=0, help="replicas per group")
     ap.add_argument("--source-delay", type=int, default=5, help="the source's repl-diskless-sync-delay (Redis: 5)")
     ap.add_argument("--lag-seconds", type=float, default=20.0)
+    ap.add_argument("--disk-snapshot", action="store_true", help="import --disk-snapshot")
     ap.add_argument("--pause", type=float, default=120.0, help="the cutover's pause (covers the verify)")
     args = ap.parse_args()
 
@@ -135,7 +136,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
                    f"{platform.python_version()}, Redis {redis_version}",
         "keys": args.keys, "rate": args.rate, "groups": args.groups, "replicas": args.replicas,
-        "source_diskless_sync_delay": args.source_delay,
+        "source_diskless_sync_delay": args.source_delay, "disk_snapshot": args.disk_snapshot,
     }
     try:
         zk = start_zookeeper(base / "zk")
@@ -170,8 +171,9 @@ def main() -> None:
         result["load_before"] = loadavg()
         keys_before = src.dbsize()
         t = time.monotonic()
+        extra = ["--disk-snapshot"] if args.disk_snapshot else []
         run = subprocess.run(admin(zk.address, "--from", source.address, "--cutover", "--pause", str(args.pause),
-                                   "--json"), capture_output=True, text=True)
+                                   "--json", *extra), capture_output=True, text=True)
         wall = time.monotonic() - t
         result["load_after"] = loadavg()
         if run.returncode != 0:

@@ -219,11 +219,17 @@ class Applier:
         if not keys:
             self._unsupported(args[0].decode(errors="replace"), "a write without keys the import does not know")
             return
+        name = args[0].lower()
+        if name == b"sort" and _sort_patterns(args):
+            # BY/GET patterns read keys the command does not declare: they count as keys it reads.
+            self.sync()
+            read = [(k, [b"RO"]) for k in self._pattern_keys(args)]
+            keys_flags = (keys_flags if keys_flags is not None else self._keys_and_flags(args)) + read
+            keys = keys + [k for k, _ in read]
         groups = {group(k) for k in keys}
         if len(groups) == 1:
             self._add(groups.pop(), raw, end)
             return
-        name = args[0].lower()
         stride = SPLITTABLE.get(name)
         if stride is not None:
             parts: dict[int, list[bytes]] = {}
@@ -234,6 +240,21 @@ class Applier:
                 self._add(g, pack(verb, *part), end)
             return
         self._cross(args, raw, end, keys_flags if keys_flags is not None else self._keys_and_flags(args))
+
+    def _pattern_keys(self, args: list[bytes]) -> list[bytes]:
+        """The keys SORT's BY/GET patterns name for the elements of the sorted key (as it is now, before)."""
+        link = self.links[self.router.group(args[1])]
+        kind = link.call("TYPE", args[1])
+        fetch = {b"list": ("LRANGE", args[1], 0, -1), b"set": ("SMEMBERS", args[1]),
+                 b"zset": ("ZRANGE", args[1], 0, -1)}.get(kind)
+        elements = link.call(*fetch) if fetch else []
+        out: list[bytes] = []
+        for pattern in _sort_patterns(args):
+            star = pattern.find(b"*")
+            arrow = pattern.find(b"->", star + 1)
+            stem = pattern if arrow < 0 or arrow + 2 >= len(pattern) else pattern[:arrow]
+            out.extend(stem.replace(b"*", e, 1) for e in elements)
+        return list(dict.fromkeys(out))
 
     def _keys_and_flags(self, args: list[bytes]) -> list[tuple[bytes, list[bytes]]]:
         reply = self.control.call("COMMAND", "GETKEYSANDFLAGS", *args)
@@ -412,6 +433,25 @@ class Applier:
             idle = idle and link.pending == 0
         if idle:
             self.applied = self.sent
+
+
+def _sort_patterns(args: list[bytes]) -> list[bytes]:
+    """SORT's BY and GET patterns that name other keys (with a ``*``; ``#`` and constant ones do not)."""
+    out: list[bytes] = []
+    i = 2
+    while i < len(args):
+        word = args[i].upper()
+        if word in (b"BY", b"GET") and i + 1 < len(args):
+            if b"*" in args[i + 1]:
+                out.append(args[i + 1])
+            i += 2
+        elif word == b"LIMIT":
+            i += 3
+        elif word == b"STORE":
+            i += 2
+        else:
+            i += 1
+    return out
 
 
 def _int(value: bytes) -> int | None:

@@ -78,6 +78,7 @@ class Options:
     ttl_tolerance_ms: int = 0
     work_dir: Path | None = None
     big_key_bytes: int = BIG_KEY_BYTES
+    disk_snapshot: bool = False  # the source writes the snapshot to its disk first (no diskless-sync delay)
     cluster_password: str | None = field(default=None, repr=False)
     catchup_bytes: int = CATCHUP_BYTES
 
@@ -303,7 +304,7 @@ class Importer:
         self.watch = TopologyWatch(self.store, groups, slots, router)
         self.workdir = Path(tempfile.mkdtemp(prefix="kvstore-import-", dir=opts.work_dir))
         spool = Spool(self.workdir)
-        self.link = source.ReplicationLink(opts.source, opts.password, spool)
+        self.link = source.ReplicationLink(opts.source, opts.password, spool, disk_snapshot=opts.disk_snapshot)
         sync = self.link.handshake(resume.replid if resume else None, resume.offset if resume else None)
         if sync.full:
             self.summary.start = "snapshot" if rec is None else "resync"
@@ -364,16 +365,18 @@ class Importer:
                             snapshot_offset=sync.offset, offset=sync.offset, slots_digest=digest,
                             started_at=self.record.value.started_at if self.record else now, updated_at=now)
         self._write(state)
-        self.progress.message(f"snapshot of {opts.source} at offset {sync.offset:,}: receiving")
+        self.progress.message(f"snapshot of {opts.source} at offset {sync.offset:,}: receiving{self._delay_note()}")
         t0 = time.monotonic()
         scratch = Scratch(self.workdir, databases=max(16, info.max_db + 1, opts.db + 1))
         rdb_size = self.link.receive_rdb(scratch.rdb, self.progress.rdb)
+        log.info("import_snapshot_received", bytes=rdb_size, seconds=round(time.monotonic() - t0, 3))
         self.link.start_stream()
         selected = stream_db(scratch.rdb)
         t_rdb = time.monotonic()
         self.scratch = scratch
         scratch.start()
         t_load = time.monotonic()
+        log.info("import_snapshot_loaded", seconds=round(t_load - t_rdb, 3))
         conn, side = scratch.connect(opts.db), scratch.connect(opts.db)
         total = int(conn.call("DBSIZE"))
         self.progress.snapshot_start(total)
@@ -409,8 +412,23 @@ class Importer:
             "seconds": round(copied, 3), "keys_per_second": round(stats.keys / copied) if copied > 0 else None,
         }
         self._save(phase="streaming", snapshot_keys=stats.keys)
+        log.info("import_snapshot_copied", keys=stats.keys, seconds=round(copied, 3), spooled=self.link.spool.buffered)
         self.progress.message(f"snapshot copied: {stats.keys:,} keys in {copied:.1f}s; following the source's writes")
         return selected
+
+    def _delay_note(self) -> str:
+        """Why nothing may arrive for a while: a diskless source waits for more replicas first."""
+        assert self.src is not None
+        try:
+            flat = self.src.call("CONFIG", "GET", "repl-diskless-sync*")
+        except (ReplyError, LinkError):
+            return ""  # CONFIG renamed or not allowed: nothing to say
+        conf = dict(zip(flat[0::2], flat[1::2], strict=False)) if isinstance(flat, list) else {}
+        delay = conf.get(b"repl-diskless-sync-delay", b"0")
+        diskless = conf.get(b"repl-diskless-sync") == b"yes" and not self.opts.disk_snapshot
+        if diskless and delay.isdigit() and int(delay) > 0:
+            return f" (the source waits {int(delay)}s, its repl-diskless-sync-delay, before it starts sending)"
+        return ""
 
     # --- following --------------------------------------------------------------------------------------
 
@@ -460,6 +478,7 @@ class Importer:
                 self._save()
             caught_up = spool.buffered == 0 and source_offset - applier.offset < self.opts.catchup_bytes
             if caught_up and (self.opts.cutover or self.cutover_requested.is_set()):
+                log.info("import_caught_up", offset=applier.offset, lag=max(0, source_offset - applier.offset))
                 self._cutover(spool)
                 break
             if caught_up and self.prompt and not prompted:
@@ -507,6 +526,7 @@ class Importer:
         paused_at = time.time()
         deadline = time.monotonic() + opts.pause - PAUSE_MARGIN
         target = source.master_offset(src)
+        log.info("import_source_paused", target=target, offset=applier.offset)
         self.progress.message(f"source writes paused for {opts.pause:g}s; applying the stream up to offset "
                               f"{target:,}")
         while applier.offset < target:

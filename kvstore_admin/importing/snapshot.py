@@ -46,7 +46,8 @@ def _restore(key: bytes, expire_at: int, payload: bytes) -> bytes:
         len(key), key, len(payload), payload)
 
 
-def _dump_requests(keys: list[bytes]) -> bytes:
+def dump_requests(keys: list[bytes]) -> bytes:
+    """``DUMP k`` and ``PEXPIRETIME k`` for each key, as one request."""
     return b"".join(b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n*2\r\n$11\r\nPEXPIRETIME\r\n$%d\r\n%s\r\n" % (
         len(k), k, len(k), k) for k in keys)
 
@@ -76,7 +77,7 @@ class Copier:
         while True:
             cursor, keys = scan_reply
             more = cursor != b"0"
-            scratch.send(_dump_requests(keys) + (_scan(cursor) if more else b""))
+            scratch.send(dump_requests(keys) + (_scan(cursor) if more else b""))
             if previous is not None:
                 self._restore_batch(*previous)
             replies = scratch.read_many(2 * len(keys))

@@ -165,8 +165,10 @@ def psync_refused(address: str, text: str) -> SourceError:
 class ReplicationLink:
     """The import's replica connection to the source."""
 
-    def __init__(self, address: str, password: str | None, spool: Spool, timeout: float = CONNECT_TIMEOUT):
+    def __init__(self, address: str, password: str | None, spool: Spool, timeout: float = CONNECT_TIMEOUT,
+                 disk_snapshot: bool = False):
         self.address = address
+        self.disk_snapshot = disk_snapshot
         self.password = password
         self.spool = spool
         self.timeout = timeout
@@ -208,7 +210,9 @@ class ReplicationLink:
         conn = self.conn
         try:
             try:
-                conn.call("REPLCONF", "capa", "eof", "capa", "psync2")
+                # Without "capa eof" the source saves the snapshot to its disk first (and starts at once).
+                capa = ("capa", "psync2") if self.disk_snapshot else ("capa", "eof", "capa", "psync2")
+                conn.call("REPLCONF", *capa)
             except ReplyError as exc:
                 raise psync_refused(self.address, str(exc)) from None
             # The reply to PSYNC is a status line followed by raw data: read it by hand from here on.

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kvstore_admin.importing.resp import Conn, ReplyError
+from kvstore_admin.importing.resp import Conn, first_error
 from kvstore_admin.importing.routing import Router
+from kvstore_admin.importing.snapshot import dump_requests
 
 TYPES = ("string", "list", "set", "zset", "hash", "stream")
 SCAN_COUNT = 1000
@@ -195,11 +196,12 @@ def _brief(value: tuple[str, Any]) -> str:
 
 
 def _dump_all(conn: Conn, keys: list[bytes]) -> list[tuple[Any, Any]]:
-    replies = conn.call_many([c for k in keys for c in (("DUMP", k), ("PEXPIRETIME", k))])
-    for r in replies:
-        if isinstance(r, ReplyError):
-            raise r
-    return [(replies[2 * i], replies[2 * i + 1]) for i in range(len(keys))]
+    conn.send(dump_requests(keys))
+    replies = conn.read_many(2 * len(keys))
+    error = first_error(replies)
+    if error is not None:
+        raise error
+    return list(zip(replies[0::2], replies[1::2], strict=True))
 
 
 def value_of(conn: Conn, key: bytes) -> tuple[str, Any]:

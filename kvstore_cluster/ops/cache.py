@@ -47,6 +47,7 @@ async def remove_group(ctx: Context, fence: Fence, group_id: str, down: set[str]
     ])
     moved = slots_v.value.counts().get(group_id, 0)
     log.warning("group_removed", group=group_id, master=group.master, slots_moved=moved, to=healthy)
+    ctx.report("failover", group=group_id, result="removed", master=group.master, seconds=None)
     for m in dropped:
         log.warning("migration_dropped", lo=m.lo, hi=m.hi, source=m.source, target=m.target,
                     reason=f"group {group_id} failed; the reshard was cancelled, run rebalance again")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -39,6 +39,8 @@ class Context:
     password: str | None = None
     actor: str = "admin"  # who acts, as recorded in failover records: a sentinel id or "admin"
     zk_timeout: float = 10.0
+    # Told of each repair's outcome (``report``): the sentinel counts them for its metrics.
+    observers: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
 
     async def zk(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking kazoo / ClusterStore call off the loop, bounded by ``zk_timeout``."""
@@ -47,6 +49,14 @@ class Context:
 
     def node(self, address: str) -> Node:
         return Node(address, self.node_timeout, self.password)
+
+    def report(self, event: str, **fields: Any) -> None:
+        """An operation ended (``failover`` with ``group``, ``result``, ``seconds``...); never fails it."""
+        for observer in self.observers:
+            try:
+                observer(event, fields)
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must not break a repair
+                log.warning("observer_failed", event=event, error=f"{type(exc).__name__}: {exc}")
 
     async def hook(self, step: str, **fields: Any) -> None:
         if os.environ.get(HANG_AT_STEP_ENV) == step:

@@ -71,6 +71,7 @@ async def start_failover(ctx: Context, fence: Fence, group_id: str, down: set[st
             ])
             log.error("group_down_no_replica", group=group_id, master=group.master,
                       replicas=list(group.replicas), action="marked down, not promoted")
+            ctx.report("failover", group=group_id, result="no_replica", master=group.master, seconds=None)
         return False
     record = FailoverRecord(kind="failover", group=group_id, old_master=group.master, candidate=candidate,
                             step="promote", by=ctx.actor)
@@ -111,6 +112,8 @@ async def resume_failover(ctx: Context, fence: Fence, current: Versioned[Failove
                 except NodeError as exc:
                     log.error("failover_promote_failed", group=group_id, candidate=candidate, error=str(exc))
                     await _abandon(ctx, fence, group_id, current.version, reason=str(exc))
+                    ctx.report("failover", group=group_id, result="abandoned", master=old_master,
+                               seconds=record.age)
                     return
             log.warning("replica_promoted", group=group_id, node=candidate)
             current = await _record_step(ctx, fence, current, "repoint")
@@ -136,6 +139,7 @@ async def resume_failover(ctx: Context, fence: Fence, current: Versioned[Failove
                 log.error("failover_group_vanished", group=group_id)
                 fence.check()
                 await ctx.zk(ctx.store.commit, [Delete(path, current.version), *fence.zk_checks()])
+                ctx.report("failover", group=group_id, result="group_removed", master=old_master, seconds=record.age)
                 return
             # The old master goes last: it is the one expected back later, as a replica.
             replicas = (*(n for n in group.nodes if n not in (candidate, old_master)), old_master)
@@ -148,6 +152,7 @@ async def resume_failover(ctx: Context, fence: Fence, current: Versioned[Failove
             ])
             log.warning("failover_done", group=group_id, master=candidate, old_master=old_master,
                         seconds=round(record.age, 3))
+            ctx.report("failover", group=group_id, result="promoted", master=old_master, seconds=record.age)
             return
 
 

@@ -77,6 +77,7 @@ class Deployment:
     proxy_port: int
     zk_port: int
     redis: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> {"port", "group", "role"}
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # proxy/sentinel host -> its /metrics port
 
     def host_dir(self, host: str) -> Path:
         return self.base / "hosts" / host
@@ -115,8 +116,9 @@ class Deployment:
 
 def make_deployment(base: Path, cluster: str = "deploytest") -> Deployment:
     """Inventory: 1 ZooKeeper, groups g1 and g2 as master + replica "hosts", 1 proxy, 1 sentinel."""
-    ports = free_ports(9)
+    ports = free_ports(11)
     zk_client, zk_peer, zk_election, proxy_port = ports[:4]
+    proxy_metrics_port, sentinel_metrics_port = ports[9:11]
     redis = {
         "r1m": {"port": ports[4], "group": "g1", "role": "master"},
         "r1r": {"port": ports[5], "group": "g1", "role": "replica"},
@@ -141,13 +143,16 @@ def make_deployment(base: Path, cluster: str = "deploytest") -> Deployment:
             "zookeeper": {"hosts": {"zk1": host("zk1", zookeeper_myid=1, zookeeper_client_port=zk_client,
                                                 zookeeper_peer_port=zk_peer, zookeeper_election_port=zk_election)}},
             "redis": {"hosts": {name: host(name, redis_instances=[inst]) for name, inst in redis.items()}},
-            "kvstore_proxy": {"hosts": {"proxy1": host("proxy1", kvstore_proxy_port=proxy_port)}},
-            "kvstore_sentinel": {"hosts": {"sentinel1": host("sentinel1")}},
+            "kvstore_proxy": {"hosts": {"proxy1": host("proxy1", kvstore_proxy_port=proxy_port,
+                                                       kvstore_proxy_metrics_port=proxy_metrics_port)}},
+            "kvstore_sentinel": {"hosts": {"sentinel1": host("sentinel1",
+                                                             kvstore_sentinel_metrics_port=sentinel_metrics_port)}},
         },
     }}
     path = base / "inventory.json"
     path.write_text(json.dumps(inventory, indent=2))
-    return Deployment(base=base, inventory=path, proxy_port=proxy_port, zk_port=zk_client, redis=redis)
+    return Deployment(base=base, inventory=path, proxy_port=proxy_port, zk_port=zk_client, redis=redis,
+                      metrics_ports={"proxy1": proxy_metrics_port, "sentinel1": sentinel_metrics_port})
 
 
 def common_vars(base: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,6 +159,10 @@ def test_site_yml_deploys_a_healthy_cluster(deployed: Deployment) -> None:
     assert found["proxies"]["count"] == 1
     assert found["sentinels"]["count"] == 1
     assert found["healthy"], found["problems"]
+    # The roles serve each proxy's and sentinel's Prometheus metrics on their ports.
+    for host, family in (("proxy1", b"kvstore_proxy_requests_total"), ("sentinel1", b"kvstore_sentinel_leader")):
+        with urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_ports[host]}/metrics", timeout=10) as r:
+            assert family in r.read(), host
     # Datastore safety settings on every node (any may become master), as docs/contracts.md asks.
     for host, inst in d.redis.items():
         node = client(inst["port"])

@@ -208,3 +208,50 @@ def test_interactive_enter_cuts_over(cluster, source, zk, monkeypatch) -> None: 
                         threading.Event(), prompt=True).run()
     assert summary_.result.startswith("cut over"), summary_
     assert any(m.startswith("IN SYNC") for m in messages), messages
+
+
+def test_stream_commands_spanning_groups(cluster, source) -> None:  # type: ignore[no-untyped-def]
+    """Commands whose keys sit in several groups (SORT's BY/GET patterns too) give the source's result."""
+    src = redis.Redis(port=source.port)
+    src.rpush("ids", *range(30))
+    for i in range(30):
+        src.set(f"w_{i}", (i * 7) % 30)
+        src.hset(f"obj_{i}", "name", f"n{i}")
+    proc = start_admin(cluster.zk_hosts, cluster.name, "import", "--from", source.address, "--json")
+    wait_until(lambda: cluster_client(cluster, "ids").llen("ids") == 30, 30, "the snapshot")
+    src.sort("ids", by="w_*", get=["obj_*->name", "#"], store="sorted")
+    src.sadd("s1", 1, 2)
+    src.sadd("s2", 2, 3)
+    src.sunionstore("u", ["s1", "s2"])
+    src.zadd("z1", {"a": 1})
+    src.zunionstore("zu", ["z1", "u"])
+    src.rpoplpush("ids", "other")
+    src.copy("obj_3", "copied")
+    src.rename("w_5", "renamed")
+    wait_until(lambda: cluster_client(cluster, "renamed").exists("renamed") == 1, 15, "the stream to be applied")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    done = admin_process(cluster.zk_hosts, cluster.name, "import", "--from", source.address, "--cutover",
+                         "--pause", "3", "--verify", "--verify-keys", "all", "--json")
+    res = summary(done)
+    assert done.returncode == 0, done.stderr
+    assert res["verify"]["ok"], res["verify"]
+    assert res["stream"]["errors"] == 0 and not res["stream"]["unsupported"], res["stream"]
+    assert res["start"] == "continue"
+    for key in ("sorted", "u", "zu", "other", "copied", "renamed", "ids"):
+        assert cluster_client(cluster, key).dump(key) is not None, key
+    assert cluster_client(cluster, "sorted").lrange("sorted", 0, -1) == src.lrange("sorted", 0, -1)
+    assert cluster_client(cluster, "w_5").exists("w_5") == 0
+
+
+def test_disk_snapshot(cluster, redis_factory) -> None:  # type: ignore[no-untyped-def]
+    """--disk-snapshot: the source saves to its disk and sends the file ($<length>), without the diskless delay
+    (30 s here: the import has to finish well before it)."""
+    source = redis_factory.start(extra={"repl-diskless-sync": "yes", "repl-diskless-sync-delay": "30"})
+    fill(redis.Redis(port=source.port), 500)
+    proc = admin_process(cluster.zk_hosts, cluster.name, "import", "--from", source.address, "--disk-snapshot",
+                         "--cutover", "--pause", "1", "--verify", "--verify-keys", "all", "--json", timeout=25)
+    out = summary(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert out["verify"]["ok"] and out["snapshot"]["keys"] == redis.Redis(port=source.port).dbsize()

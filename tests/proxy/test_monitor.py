@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 import hiredis
 import pytest
@@ -186,21 +188,35 @@ def test_a_monitor_may_not_touch_keys_and_reset_ends_monitoring(mc):
 
 
 def test_redis_cli_monitor_shows_a_command_sent_by_another_client(mc):
+    for i in (0, 1):  # both workers are up (one starting after MONITOR is linked only at its first tick)
+        connect_to_worker(mc.proxy.port, i)[0].close()
     argv = ["redis-cli", "-p", str(mc.proxy.port), "MONITOR"]
     if shutil.which("stdbuf"):
         argv = ["stdbuf", "-oL", *argv]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, bufsize=0)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen = b""
+
+    def read_until(done: Callable[[bytes], bool]) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 20
+        while not done(seen):
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"redis-cli printed only:\n{seen.decode(errors='replace')}"
+            chunk = os.read(fd, 65536)
+            assert chunk, f"redis-cli ended; it printed:\n{seen.decode(errors='replace')}"
+            seen += chunk
+
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "OK"
-        other = redis.Redis(port=mc.proxy.port)
-        for i in range(4):  # several connections: some reach the other worker
-            other.connection_pool.disconnect()
-            other.set(f"cli-monitor-{i}", "x")
-        seen = ""
-        while not all(f'"cli-monitor-{i}"' in seen for i in range(4)):
-            seen += proc.stdout.readline()
-        assert re.search(r'^\d+\.\d{6} \[0 127\.0\.0\.1:\d+\] "SET" "cli-monitor-0" "x"$', seen, re.M)
+        read_until(lambda out: out.startswith(b"OK\n"))
+        for i in (0, 1):  # one of them is not the worker redis-cli is connected to
+            raw, _ = connect_to_worker(mc.proxy.port, i)
+            assert raw.call("SET", f"cli-monitor-{i}", "x") == b"OK"
+            raw.close()
+        read_until(lambda out: all(b'"cli-monitor-%d"' % i in out for i in (0, 1)))
+        for i in (0, 1):
+            assert re.search(rb'^\d+\.\d{6} \[0 127\.0\.0\.1:\d+\] "SET" "cli-monitor-%d" "x"$' % i, seen, re.M)
     finally:
         proc.terminate()
         proc.wait(10)

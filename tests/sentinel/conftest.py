@@ -1,4 +1,4 @@
-"""Sentinel test fixtures: sentinel subprocesses (stopped whatever happens) and a store on the test cluster."""
+"""Sentinel test fixtures: a store on the test cluster (the sentinel processes are tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,8 @@ import pytest
 
 from kvstore_cluster.store import ClusterStore, connect
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # the tests import sentinel_helpers
 
-from sentinel_helpers import SentinelFactory  # noqa: E402
-
-
-@pytest.fixture
-def sentinels(tmp_path: Path) -> Iterator[SentinelFactory]:
-    factory = SentinelFactory(tmp_path / "sentinels")
-    try:
-        yield factory
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture
