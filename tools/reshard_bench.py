@@ -5,8 +5,9 @@ Starts ZooKeeper, three redis-servers and one kvstore-proxy (loopback, free port
 
 1. **speed**: ``kvstore-admin group add`` g3, then ``kvstore-admin rebalance`` timed from start to
    exit (keys/s = keys moved / that time), and the way back (``rebalance --drain g3``);
-2. **serving**: 50 client connections doing GET/SET through the proxy on keys of every slot; ops/s
-   and p99 over a window without a reshard, then over the rebalance (start to exit);
+2. **serving**: redis-benchmark, 50 connections, SET and GET of those keys through the proxy (every
+   slot: moving and not); ops/s and p99 over a window without a reshard, then over the rebalance
+   (start to exit);
 3. **big key**: a hash of 1,000,000 fields with a TTL, written to by a client through the proxy
    while its slot moves; PING latency on the source and the target all along (the longest stall),
    every acknowledged write checked afterwards and the TTL kept.
@@ -21,8 +22,6 @@ import argparse
 import json
 import os
 import platform
-import random
-import struct
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,8 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kvstore_admin.processes import LocalProcess, start_proxy, start_redis, start_zookeeper  # noqa: E402
+from bench.report import CsvError, CsvResult, parse_csv  # noqa: E402
+from kvstore_admin.processes import LocalProcess, require_binary, start_proxy, start_redis, start_zookeeper  # noqa: E402
 from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split  # noqa: E402
 from kvstore_cluster.slots import key_slot  # noqa: E402
 from kvstore_cluster.store import ClusterStore, connect  # noqa: E402
@@ -69,7 +69,7 @@ def fill(ports: dict[str, int], owners: tuple[str | None, ...], keys: int) -> No
                                  stdout=subprocess.DEVNULL) for g, p in ports.items()}
     chunks: dict[str, list[bytes]] = {g: [] for g in ports}
     for i in range(keys):
-        k = b"key:%d" % i
+        k = b"key:%012d" % i  # redis-benchmark's -r names: key:__rand_int__
         g = owners[key_slot(k)]
         assert g is not None
         chunks[g].append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$100\r\n%s\r\n" % (len(k), k, VALUE))
@@ -82,54 +82,46 @@ def fill(ports: dict[str, int], owners: tuple[str | None, ...], keys: int) -> No
         proc.wait()
 
 
-# --- the client load (a process of its own: 50 connections, one request in flight each) ----------------
+# --- the client load: redis-benchmark (50 connections, GET and SET alternating runs of ~0.5 s) --------
 
-LOAD = r"""
-import asyncio, random, signal, struct, sys, time, hiredis
-port, conns, keys, seconds, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-records = bytearray()
-errors = [0]
-stopping = [False]
-async def client():
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    parser = hiredis.Reader()
-    value = b"v" * 100
-    end = time.monotonic() + seconds
-    while True:
-        t = time.monotonic()
-        if t >= end or stopping[0]:
-            break
-        k = b"key:%d" % random.randrange(keys)
-        if random.random() < 0.5:
-            writer.write(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k))
-        else:
-            writer.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$100\r\n%s\r\n" % (len(k), k, value))
-        while (reply := parser.gets()) is False:
-            data = await reader.read(65536)
-            if not data:
-                raise SystemExit("the proxy closed a connection")
-            parser.feed(data)
-        if isinstance(reply, hiredis.ReplyError):
-            errors[0] += 1
-        done = time.monotonic()
-        records.extend(struct.pack("dd", done, done - t))
-    writer.close()
-async def main():
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: stopping.__setitem__(0, True))
-    await asyncio.gather(*(client() for _ in range(conns)))
-asyncio.run(main())
-with open(out, "wb") as f:
-    f.write(records)
-print(errors[0])
-"""
+class Load:
+    """redis-benchmark runs back to back through the proxy, each timestamped: windows are cut from them."""
 
+    def __init__(self, port: int, keys: int):
+        self.port, self.keys = port, keys
+        self.runs: list[tuple[float, float, CsvResult]] = []
+        self.requests = 20_000
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
 
-def window(records: list[tuple[float, float]], start: float, end: float) -> dict[str, float]:
-    lat = sorted(latency for done, latency in records if start <= done < end)
-    if not lat:
-        return {"ops_per_second": 0.0, "p99_ms": 0.0, "requests": 0}
-    return {"ops_per_second": round(len(lat) / (end - start)), "p99_ms": round(1000 * lat[int(len(lat) * 0.99)], 2),
-            "p50_ms": round(1000 * lat[len(lat) // 2], 2), "max_ms": round(1000 * lat[-1], 1), "requests": len(lat)}
+    def run(self) -> None:
+        binary = require_binary("redis-benchmark", "redis-tools")
+        n = 0
+        while not self.stop.is_set():
+            test = ("set", "get")[n % 2]
+            n += 1
+            began = time.monotonic()
+            out = subprocess.run([binary, "-h", "127.0.0.1", "-p", str(self.port), "-c", "50", "-n",
+                                  str(self.requests), "-r", str(self.keys), "-d", "100", "-t", test, "--csv"],
+                                 capture_output=True, text=True, timeout=120)
+            ended = time.monotonic()
+            try:
+                result = parse_csv(out.stdout)[0]
+            except CsvError:
+                raise SystemExit(f"redis-benchmark failed: {out.stdout}{out.stderr}") from None
+            self.runs.append((began, ended, result))
+            # About half a second per run at the rate just seen.
+            self.requests = max(2_000, int(result.rps * 0.5))
+
+    def window(self, start: float, end: float) -> dict[str, Any]:
+        runs = [(b, e, r) for b, e, r in self.runs if start <= b and e <= end]
+        if not runs:
+            return {"ops_per_second": 0, "p99_ms": 0.0, "runs": 0}
+        seconds = sum(e - b for b, e, _ in runs)
+        requests = sum(r.rps * (e - b) for b, e, r in runs)
+        p99 = sorted(r.p99_ms for _, _, r in runs)
+        return {"ops_per_second": round(requests / seconds), "p99_ms": round(max(p99), 2),
+                "median_run_p99_ms": p99[len(p99) // 2], "runs": len(runs)}
 
 
 class Pinger:
@@ -208,29 +200,27 @@ def speed(c: Cluster, tuning: list[str], rounds: int) -> dict[str, Any]:
 
 
 def serving(c: Cluster, keys: int, tuning: list[str], idle_seconds: float) -> dict[str, Any]:
-    out = c.base / "load.bin"
-    seconds = idle_seconds + 60
-    load = subprocess.Popen([sys.executable, "-c", LOAD, str(c.proxy.port), "50", str(keys), str(seconds), str(out)],
-                            stdout=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # connections up, warm
+    load = Load(c.proxy.port, keys)
+    load.thread.start()
+    time.sleep(2.0)  # warm, and the run size adapted to the rate
     idle_start = time.monotonic()
     time.sleep(idle_seconds)
+    idle_end = time.monotonic()
     c.add_g3()
     start = time.monotonic()
     wall, result = timed_admin(c.zk.address, "rebalance", *tuning)
     end = time.monotonic()
-    load.terminate()
-    errors = load.communicate(timeout=120)[0]
-    raw = out.read_bytes()
-    records = [struct.unpack_from("dd", raw, i) for i in range(0, len(raw), 16)]
-    before = window(records, idle_start, idle_start + idle_seconds)
-    during = window(records, start, end)
+    load.stop.set()
+    load.thread.join(120)
+    before = load.window(idle_start, idle_end)
+    during = load.window(start, end)
     c.remove_g3(tuning)
     figures = {
-        "connections": 50, "before": before, "during": during, "reshard_seconds": round(wall, 2),
-        "keys_moved": result["keys_moved"], "errors": errors.strip() or None,
-        "throughput_ratio": round(during["ops_per_second"] / before["ops_per_second"], 3),
-        "p99_ratio": round(during["p99_ms"] / before["p99_ms"], 2),
+        "client": "redis-benchmark -c 50 -d 100 -r KEYS, SET and GET runs alternating (~0.5 s each); a run "
+                  "counts in a window when it lies wholly inside it; p99 = the worst run's",
+        "before": before, "during": during, "reshard_seconds": round(wall, 2), "keys_moved": result["keys_moved"],
+        "throughput_ratio": round(during["ops_per_second"] / max(1, before["ops_per_second"]), 3),
+        "p99_ratio": round(during["p99_ms"] / max(0.001, before["p99_ms"]), 2),
     }
     print(f"serving: {before['ops_per_second']:,} ops/s p99 {before['p99_ms']} ms without a reshard; "
           f"{during['ops_per_second']:,} ops/s p99 {during['p99_ms']} ms during the rebalance "
@@ -332,5 +322,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    random.seed(1)
     main()
