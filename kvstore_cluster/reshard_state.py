@@ -167,9 +167,7 @@ class ReshardProgress:
     @classmethod
     def decode(cls, raw: bytes | str) -> ReshardProgress:
         obj = codec.load_object(raw, _PROGRESS)
-        eta = obj.get("eta_seconds")
-        if eta is not None and (isinstance(eta, bool) or not isinstance(eta, int | float)):
-            raise ModelError(f"{_PROGRESS}: eta_seconds must be a number or null")
+        eta = codec.optional(obj, "eta_seconds", (int, float), _PROGRESS)
         return cls(
             keys_moved=codec.field(obj, "keys_moved", int, _PROGRESS),
             keys_total=codec.field(obj, "keys_total", int, _PROGRESS),

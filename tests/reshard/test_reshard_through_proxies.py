@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,17 @@ class Workload(threading.Thread):
             self.problems.append(f"{type(exc).__name__}: {exc}")
 
 
+def check_workloads(workers: list[Workload], read: Callable[[bytes], bytes | None]) -> None:
+    """Every acknowledged INCR got a distinct value, the final value counts them all, every SET is there."""
+    for i in range(COUNTERS):
+        replies = sorted(r for w in workers for r in w.incr_replies[i])
+        assert replies == list(range(1, len(replies) + 1)), f"counter {i}: missed or repeated increments"
+        assert int(read(f"counter:{{c{i}}}".encode()) or 0) == len(replies)
+    for w in workers:
+        for key, value in w.written.items():
+            assert read(key) == value, f"acknowledged SET of {key!r} lost"
+
+
 @pytest.mark.timeout(300)
 def test_8000_slots_move_back_and_forth_twice_under_load_through_two_proxies(cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     c = cluster(groups=2)
@@ -116,13 +128,7 @@ def test_8000_slots_move_back_and_forth_twice_under_load_through_two_proxies(clu
     def read(key: bytes) -> bytes | None:
         return direct[owners[key_slot(key)]].get(key)  # type: ignore[return-value]
 
-    for i in range(COUNTERS):
-        replies = sorted(r for w in workers for r in w.incr_replies[i])
-        assert replies == list(range(1, len(replies) + 1)), f"counter {i}: missed or repeated increments"
-        assert int(read(f"counter:{{c{i}}}".encode()) or 0) == len(replies)
-    for w in workers:
-        for key, value in w.written.items():
-            assert read(key) == value, f"acknowledged SET of {key!r} lost"
+    check_workloads(workers, read)
     c.check_ok()
     total_ops = sum(w.ops for w in workers)
     print(f"\n4 reshards of 8000 slots in {elapsed:.1f}s under load: {total_ops} ops, "
@@ -173,12 +179,6 @@ def test_rebalance_onto_a_new_group_under_an_incr_load_reads_each_source_once(cl
     def read(key: bytes) -> bytes | None:
         return direct[owners_after[key_slot(key)]].get(key)  # type: ignore[return-value,index]
 
-    for i in range(COUNTERS):
-        replies = sorted(r for w in workers for r in w.incr_replies[i])
-        assert replies == list(range(1, len(replies) + 1)), f"counter {i}: missed or repeated increments"
-        assert int(read(f"counter:{{c{i}}}".encode()) or 0) == len(replies)
-    for w in workers:
-        for key, value in w.written.items():
-            assert read(key) == value, f"acknowledged SET of {key!r} lost"
+    check_workloads(workers, read)
     assert all(read(k) == b"v" * 100 for k in keys[::97])
     c.check_ok()
