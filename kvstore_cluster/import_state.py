@@ -93,3 +93,28 @@ class ImportState:
             "started_at": self.started_at, "updated_at": self.updated_at, "finished_at": self.finished_at,
         }
 
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRunner:
+    """The ``import-running`` znode (ephemeral): the one process running an import on the cluster."""
+
+    host: str
+    pid: int
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if not self.host or not isinstance(self.host, str):
+            raise ModelError("import-running: host must be a non-empty string")
+        if isinstance(self.pid, bool) or not isinstance(self.pid, int) or self.pid <= 0:
+            raise ModelError(f"import-running: pid must be a positive integer, got {self.pid!r}")
+
+    def encode(self) -> bytes:
+        return codec.dump_object({"host": self.host, "pid": self.pid, "started_at": self.started_at})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> ImportRunner:
+        what = "import-running"
+        obj = codec.load_object(raw, what)
+        return cls(host=codec.field(obj, "host", str, what), pid=codec.field(obj, "pid", int, what),
+                   started_at=codec.number(obj, "started_at", what))

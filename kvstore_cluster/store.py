@@ -18,7 +18,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from kvstore_cluster import paths
 from kvstore_cluster.failover_record import FailoverRecord
-from kvstore_cluster.import_state import ImportState
+from kvstore_cluster.import_state import ImportRunner, ImportState
 from kvstore_cluster.leader_election import current_leader
 from kvstore_cluster.model import Groups, Meta, ModelError, SlotTable
 from kvstore_cluster.options import ClusterOptions
@@ -182,6 +182,10 @@ class ClusterStore:
     def read_import(self) -> Versioned[ImportState] | None:
         """The import from a standalone Redis recorded on this cluster (running, stopped or done), or ``None``."""
         return self._read_optional(paths.import_state(self.cluster), ImportState.decode)
+
+    def read_import_runner(self) -> Versioned[ImportRunner] | None:
+        """The process running an import on this cluster (ephemeral), or ``None``."""
+        return self._read_optional(paths.import_lock(self.cluster), ImportRunner.decode)
 
     def read_failover(self, group_id: str) -> Versioned[FailoverRecord] | None:
         """The failover or switchover of ``group_id`` in progress, or ``None``."""

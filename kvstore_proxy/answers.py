@@ -173,7 +173,11 @@ def _client_list(s: Session, args: list[bytes], stat: CommandStat, t0: float) ->
             kind = args[3].lower()
             if kind not in (b"normal", b"master", b"replica", b"pubsub"):
                 return resp.error(f"ERR Unknown client type '{args[3].decode(errors='replace')}'")
-            if kind != b"normal":
+            if kind in (b"normal", b"pubsub"):
+                subscribed = {c for c in sessions if c.state is not None and c.state.subs is not None
+                              and c.state.subs.count()}
+                sessions = [c for c in sessions if (c in subscribed) == (kind == b"pubsub")]
+            else:
                 sessions = []
         elif opt == b"id" and len(args) > 3:
             try:

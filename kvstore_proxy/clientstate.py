@@ -78,7 +78,7 @@ class ClientState:
             s._slow(args, raw, t0)
         if self._paused and not self.held:
             self._paused = False
-            if s.transport is not None and not s._closing:
+            if s.transport is not None and not (s._closing or s._paused_pending or s._paused_writing):
                 s.transport.resume_reading()
         notify(s)
         self.settle()

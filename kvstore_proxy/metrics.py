@@ -91,10 +91,9 @@ async def gather(w: Worker) -> tuple[list[dict[str, Any]], list[int]]:
 class ProxyCollector:
     """The metric families of one scrape, from the workers' snapshots (a prometheus_client collector)."""
 
-    def __init__(self, snaps: list[dict[str, Any]], missing: list[int], family_workers: int):
+    def __init__(self, snaps: list[dict[str, Any]], missing: list[int]):
         self.snaps = snaps
         self.missing = missing
-        self.family_workers = family_workers
 
     def collect(self) -> Iterator[Metric]:
         snaps = self.snaps
@@ -271,9 +270,9 @@ def _gauge_labelled(name: str, doc: str, labels: list[str], values: dict[tuple[s
     return fam
 
 
-def render(snaps: list[dict[str, Any]], missing: list[int], workers: int) -> bytes:
+def render(snaps: list[dict[str, Any]], missing: list[int]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(snaps, missing, workers))  # type: ignore[arg-type]
+    registry.register(ProxyCollector(snaps, missing))  # type: ignore[arg-type]
     return generate_latest(registry)
 
 
@@ -294,7 +293,7 @@ class MetricsEndpoint:
 
     async def _metrics(self, request: Request) -> Response:
         snaps, missing = await gather(self.worker)
-        return Response(200, render(snaps, missing, self.worker.family.workers), PROMETHEUS_TEXT)
+        return Response(200, render(snaps, missing), PROMETHEUS_TEXT)
 
     async def _index(self, request: Request) -> Response:
         return Response(200, f"kvstore-proxy {PROXY_VERSION} (pid {os.getpid()}, "

@@ -16,10 +16,12 @@ on any master before EXEC, so EXEC runs where the slot is served at that moment 
 slot's keys are moved to the target first, as for any request).
 
 With the cluster option ``transactions per-group`` a transaction without WATCH may span groups:
-each command's keys must share a slot, and EXEC runs one MULTI/EXEC per master, each atomic on
-its own, and merges the replies in order (a group that failed answers its own commands with its
-error). Requests the client sends after EXEC wait for its reply (the session is held), and EXEC
-waits for the client's earlier requests to that master (``clientstate.prepare``).
+each command's keys must share a slot (MSET, MGET, DEL, ... excepted: split by group as outside
+MULTI), and EXEC runs one MULTI/EXEC per master, each atomic on its own, and merges the replies
+in order (a group that failed answers its own commands with its error).
+
+Requests the client sends after EXEC wait for its reply (the session is held), and EXEC waits
+for the client's earlier requests to that master (``clientstate.prepare``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from kvstore_cluster.slots import key_slot
 from kvstore_proxy import answers, commands, resp
 from kvstore_proxy.backend import Backend
 from kvstore_proxy.clientstate import ClientState, finish, prepare, serving, state_of
-from kvstore_proxy.commands import CommandSpec, Kind
+from kvstore_proxy.commands import CommandSpec, Kind, Merge
 from kvstore_proxy.migrating import Migrating
 from kvstore_proxy.request import Reply
 
@@ -68,6 +70,23 @@ class Watch:
         self.address = address
 
 
+class Queued:
+    """A command queued in MULTI: its bytes and slot (None: keyless); a multi-key command of the
+    per-group option whose keys span slots (SPLIT) keeps its spec and arguments to be split at EXEC."""
+
+    __slots__ = ("raw", "slot", "spec", "args")
+
+    def __init__(self, raw: bytes, slot: int | None, spec: CommandSpec | None = None,
+                 args: list[bytes] | None = None):
+        self.raw = raw
+        self.slot = slot
+        self.spec = spec
+        self.args = args
+
+
+SPLIT = -1  # Queued.slot of a multi-key command split by group at EXEC (option per-group)
+
+
 class Transaction:
     """One client's MULTI queue and WATCH."""
 
@@ -75,7 +94,7 @@ class Transaction:
 
     def __init__(self) -> None:
         self.multi = False
-        self.queued: list[tuple[bytes, int | None]] = []  # (request bytes, slot or None if keyless)
+        self.queued: list[Queued] = []
         self.dirty = False  # a command was refused while queued: EXEC answers EXECABORT
         self.slot: int | None = None  # the one slot of the transaction so far
         self.per_group = False  # the cluster option, as it was at MULTI
@@ -113,6 +132,13 @@ def _multi(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], 
 def queue(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], raw: bytes, t0: float) -> None:
     """A command sent inside MULTI: +QUEUED, or the error Redis (Cluster) would give, dooming EXEC."""
     txn = s.state.txn  # type: ignore[union-attr]
+    if txn.per_group and spec.kind is Kind.MULTI:
+        # MSET, DEL, MGET, ... over several slots: split by group at EXEC, merged like outside MULTI.
+        keys = commands.key_indexes(spec, args)  # fixed positions: arity was checked
+        if len({key_slot(args[i]) for i in keys}) > 1:
+            txn.queued.append(Queued(raw, SPLIT, spec, args))
+            s.answer(stat, args, t0, QUEUED)
+            return
     slot, error = _slot_of(spec, args)
     if error is None and slot is not None and not txn.per_group:
         if txn.slot is None:
@@ -123,7 +149,7 @@ def queue(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], r
         txn.dirty = True
         s.answer(stat, args, t0, error)
         return
-    txn.queued.append((raw, slot))
+    txn.queued.append(Queued(raw, slot))
     s.answer(stat, args, t0, QUEUED)
 
 
@@ -206,6 +232,7 @@ def _watch(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], 
             finish(r, replies[0])
             st.release()
 
+        lease.arm(s.worker.config.timeout)
         lease.send(raw, replied)
 
     prepare(s, s.router.slot_backend[slot], keys, r, then, failed)
@@ -248,6 +275,7 @@ def _give_back(st: ClientState, lease: Lease) -> None:
         pool.release(lease)
         st.settle()
 
+    lease.arm(st.session.worker.config.timeout)
     lease.send(_UNWATCH, done)
 
 
@@ -312,31 +340,39 @@ def discard(st: ClientState) -> None:
 class _Part:
     """The commands of one EXEC bound for one master: prepared, sent on a lease, answered."""
 
-    __slots__ = ("run", "indexes", "entries", "left", "master", "lease", "reply", "sent")
+    __slots__ = ("run", "indexes", "raws", "entries", "left", "master", "lease", "reply", "sent")
 
-    def __init__(self, run: _Exec, entries: dict[Any, list[bytes]]):
+    def __init__(self, run: _Exec):
         self.run = run
-        self.indexes: list[int] = []
-        self.entries = entries  # slot table entry -> keys to move first (Migrating) or []
-        self.left = len(entries)
+        self.indexes: list[int] = []  # which queued command each of its commands is (a split one: a share)
+        self.raws: list[bytes] = []
+        self.entries: dict[Any, list[bytes]] = {}  # slot table entry -> keys to move first (Migrating) or []
+        self.left = 0
         self.master: Backend | None = None
         self.lease: Lease | None = None
         self.reply: bytes | None = None
         self.sent = False
 
+    def add(self, index: int, raw: bytes, entry: Any) -> None:
+        self.indexes.append(index)
+        self.raws.append(raw)
+        self.entries.setdefault(entry, [])
+
 
 class _Exec:
     """One EXEC in flight."""
 
-    __slots__ = ("st", "r", "queued", "parts", "left", "watch")
+    __slots__ = ("st", "r", "queued", "parts", "left", "watch", "splits")
 
-    def __init__(self, st: ClientState, r: Reply, queued: list[tuple[bytes, int | None]], watch: Watch | None):
+    def __init__(self, st: ClientState, r: Reply, queued: list[Queued], watch: Watch | None):
         self.st = st
         self.r = r
         self.queued = queued
         self.parts: list[_Part] = []
         self.left = 0
         self.watch = watch
+        # queued index -> (part, its key positions) for each share of a split command
+        self.splits: dict[int, list[tuple[_Part, list[int]]]] = {}
 
 
 def _exec(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], raw: bytes, t0: float) -> None:
@@ -374,30 +410,51 @@ def _exec(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], r
 def _plan(s: Session, run: _Exec, slot: int | None, per_group: bool) -> None:
     """Split the queued commands into parts, one per master serving them now."""
     table = s.router.slot_backend
-    if not per_group:
-        entry = table[slot] if slot is not None else s.router.any_backend()
-        everything = range(len(run.queued))
-        whole = _Part(run, {entry: _keys(run.queued, everything) if isinstance(entry, Migrating) else []})
-        whole.indexes = list(everything)
-        run.parts = [whole]
-        return
-    first = next((q[1] for q in run.queued if q[1] is not None), None)
     by: dict[Any, _Part] = {}
-    for i, (_, qslot) in enumerate(run.queued):
-        slot = qslot if qslot is not None else first
-        entry = table[slot] if slot is not None else s.router.any_backend()
+
+    def part_for(entry: Any) -> _Part:
         where = _destination(entry)
-        part = by.get(where)
-        if part is None:
-            part = by[where] = _Part(run, {})
-        part.entries.setdefault(entry, [])
-        part.indexes.append(i)
+        if where not in by:
+            by[where] = _Part(run)
+        return by[where]
+
+    first = slot if not per_group else next((q.slot for q in run.queued if q.slot not in (None, SPLIT)), None)
+    for i, q in enumerate(run.queued):
+        if q.slot == SPLIT:
+            _plan_split(run, i, q, table, part_for)
+            continue
+        qslot = q.slot if q.slot is not None and per_group else first
+        entry = table[qslot] if qslot is not None else s.router.any_backend()
+        part_for(entry).add(i, q.raw, entry)
+    if not by:  # WATCH, MULTI, EXEC: nothing queued, but EXEC must still check the WATCH
+        entry = table[first] if first is not None else s.router.any_backend()
+        part_for(entry).entries[entry] = []
     for part in by.values():
         for entry in part.entries:
             if isinstance(entry, Migrating):
-                part.entries[entry] = _keys(run.queued, part.indexes)
+                part.entries[entry] = _keys(part.raws)
         part.left = len(part.entries)
     run.parts = list(by.values())
+
+
+def _plan_split(run: _Exec, i: int, q: Queued, table: Any, part_for: Any) -> None:
+    """One share of a multi-key command per master, as multikey.py splits it outside MULTI."""
+    spec, args = q.spec, q.args
+    assert spec is not None and args is not None
+    step = spec.step
+    shares: dict[int, tuple[Any, list[int]]] = {}  # id(part) -> (entry, key positions)
+    for pos in commands.key_indexes(spec, args):
+        entry = table[key_slot(args[pos])]
+        part = part_for(entry)
+        shares.setdefault(id(part), (entry, []))[1].append(pos)
+    run.splits[i] = []
+    for entry, positions in shares.values():
+        part = part_for(entry)
+        sub = [args[0]]
+        for pos in positions:
+            sub.extend(args[pos : pos + step])
+        part.add(i, resp.command(sub), entry)
+        run.splits[i].append((part, positions))
 
 
 def _destination(entry: Any) -> Any:
@@ -407,14 +464,14 @@ def _destination(entry: Any) -> Any:
     return entry.address if isinstance(entry, Backend) else entry
 
 
-def _keys(queued: list[tuple[bytes, int | None]], indexes: Any) -> list[bytes]:
-    """Every key of the queued commands at ``indexes`` (to move them first from a migrating slot)."""
+def _keys(raws: list[bytes]) -> list[bytes]:
+    """Every key of these requests (to move them first from a migrating slot)."""
     import hiredis
 
     out: list[bytes] = []
-    for i in indexes:
+    for raw in raws:
         reader = hiredis.Reader()
-        reader.feed(queued[i][0])
+        reader.feed(raw)
         args = reader.gets()
         spec = commands.lookup(args)
         if spec is None or spec.kind not in _KEYED_KINDS:
@@ -460,7 +517,7 @@ def _send(part: _Part) -> None:
         lease = got
     part.lease = lease
     part.sent = True
-    raws = [_MULTI, *(run.queued[i][0] for i in part.indexes), _EXEC]
+    raws = [_MULTI, *part.raws, _EXEC]
     lease.on_lost = lambda lease, err: _part_failed(part, err)
 
     def replied(replies: list[bytes]) -> None:
@@ -500,6 +557,7 @@ def _merge(run: _Exec) -> bytes:
     if not any(p.sent for p in run.parts):
         return run.parts[0].reply  # type: ignore[return-value]  # nothing ran anywhere: one error says it
     items: list[bytes] = [b""] * len(run.queued)
+    shares: dict[tuple[int, int], bytes] = {}  # (queued index, id(part)) -> a split command's share
     for part in run.parts:
         got = _elements(part.reply)  # type: ignore[arg-type]
         if got is None or len(got) != len(part.indexes):
@@ -508,8 +566,32 @@ def _merge(run: _Exec) -> bytes:
                 f"ERR kvstore got no array from EXEC on {part.master.address if part.master else '?'}")
             got = [error] * len(part.indexes)
         for i, item in zip(part.indexes, got, strict=True):
-            items[i] = item
+            if i in run.splits:
+                shares[(i, id(part))] = item
+            else:
+                items[i] = item
+    for i, split in run.splits.items():
+        items[i] = _merge_split(run, i, [(shares[(i, id(part))], positions) for part, positions in split])
     return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+def _merge_split(run: _Exec, i: int, shares: list[tuple[bytes, list[int]]]) -> bytes:
+    """A split command's reply from its shares' replies, as multikey.py merges them."""
+    for reply, _ in shares:
+        if reply[:1] in (b"-", b"!"):
+            return reply
+    spec, args = run.queued[i].spec, run.queued[i].args
+    assert spec is not None and args is not None
+    if spec.merge is Merge.OK:
+        return resp.OK
+    values = [resp.parse_one(reply) for reply, _ in shares]
+    if spec.merge is Merge.SUM:
+        return resp.integer(sum(values))  # type: ignore[arg-type]
+    ordered: list[Any] = [None] * len(args)
+    for value, (_, positions) in zip(values, shares, strict=True):
+        for pos, v in zip(positions, value, strict=True):  # type: ignore[call-overload]
+            ordered[pos] = v
+    return run.st.session.enc.bulk_array(ordered[1:])
 
 
 def _elements(raw: bytes) -> list[bytes] | None:

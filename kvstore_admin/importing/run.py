@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from kvstore_admin.errors import DIFFERENT, IMPORT_STOPPED, NODE_FAILED, USER_ERROR, AdminError
 from kvstore_admin.importing import apply, source
 from kvstore_admin.importing.groups import GroupError, GroupLink, Marker
 from kvstore_admin.importing.progress import Progress
-from kvstore_admin.importing.resp import Conn, LinkError, ReplyError
+from kvstore_admin.importing.resp import Conn, LinkError, ProtocolError, ReplyError
 from kvstore_admin.importing.routing import CommandTable, Router
 from kvstore_admin.importing.scratch import Scratch, stream_db
 from kvstore_admin.importing.snapshot import BIG_KEY_BYTES, Copier
@@ -44,7 +44,7 @@ from kvstore_admin.importing.spool import Spool, SpoolClosed
 from kvstore_admin.importing.testhooks import crash_point
 from kvstore_admin.importing.verify import Report, Verifier
 from kvstore_cluster import paths
-from kvstore_cluster.import_state import ImportState, slots_digest
+from kvstore_cluster.import_state import ImportRunner, ImportState, slots_digest
 from kvstore_cluster.model import Groups, ModelError, SlotTable
 from kvstore_cluster.store import ClusterStore, Create, Delete, Set, Versioned
 
@@ -132,28 +132,26 @@ def refuse_cutover_on_replica(info: source.SourceInfo) -> None:
 def import_lock(store: ClusterStore) -> Iterator[None]:
     """One import per cluster: an ephemeral znode naming this process (taken over from a dead one on this host)."""
     path = paths.import_lock(store.cluster)
-    me = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}".encode()
+    me = ImportRunner(socket.gethostname(), os.getpid())
     store.read_meta()
     for _ in range(3):
         try:
-            store.client.create(path, me, ephemeral=True)
+            store.client.create(path, me.encode(), ephemeral=True)
             break
         except NodeExistsError:
-            try:
-                data, _ = store.client.get(path)
-            except NoNodeError:
+            holder = store.read_import_runner()
+            if holder is None:
                 continue
-            host, _, rest = data.decode(errors="replace").partition(" ")
-            pid_text = rest.split(" ")[0]
-            if host == socket.gethostname() and pid_text.isdigit() and not _alive(int(pid_text)):
+            other = holder.value
+            if other.host == me.host and not _alive(other.pid):
                 # Its process is dead; the znode only waits for the ZooKeeper session to expire.
                 try:
-                    store.client.delete(path)
-                except NoNodeError:
+                    store.client.delete(path, version=holder.version)
+                except (NoNodeError, BadVersionError):
                     pass
                 continue
-            raise AdminError(f"another import is running on this cluster ({host}, pid {pid_text}); one at a time",
-                             USER_ERROR) from None
+            raise AdminError(f"another import is running on this cluster ({other.host}, pid {other.pid}, since "
+                             f"{_when(other.started_at)}); one at a time", USER_ERROR) from None
     else:
         raise AdminError("could not take the import lock (it keeps changing hands)", USER_ERROR)
     try:
@@ -277,6 +275,9 @@ class Importer:
                 self._run_locked(info, groups, slots, router)
         except Interrupted:
             self.summary.result = "stopped while copying the snapshot; the next run copies a fresh one"
+        except (LinkError, ProtocolError, ReplyError) as exc:
+            # A connection failed where nothing more specific was said: the state is kept, the run can resume.
+            raise ImportStopped(f"the import stopped: {exc}; run the same command again to resume") from None
         finally:
             self._cleanup()
             self.summary.seconds = time.monotonic() - started
@@ -368,7 +369,12 @@ class Importer:
         self.progress.message(f"snapshot of {opts.source} at offset {sync.offset:,}: receiving{self._delay_note()}")
         t0 = time.monotonic()
         scratch = Scratch(self.workdir, databases=max(16, info.max_db + 1, opts.db + 1))
-        rdb_size = self.link.receive_rdb(scratch.rdb, self.progress.rdb)
+        def on_bytes(received: int) -> None:
+            self.progress.rdb(received)
+            if self.stop.is_set():
+                raise Interrupted()
+
+        rdb_size = self.link.receive_rdb(scratch.rdb, on_bytes)
         log.info("import_snapshot_received", bytes=rdb_size, seconds=round(time.monotonic() - t0, 3))
         self.link.start_stream()
         selected = stream_db(scratch.rdb)
@@ -386,6 +392,9 @@ class Importer:
             crash_point("snapshot")
             if self.stop.is_set():
                 raise Interrupted()
+            if self.watch is not None and self.watch.reason is not None:
+                raise ImportStopped(f"the import stopped while copying the snapshot: {self.watch.reason}. Run it "
+                                    "again once the cluster is settled; it copies a fresh snapshot")
 
         copier = Copier(conn, side, router, self.links, opts.big_key_bytes, on_progress)
         try:

@@ -5,11 +5,15 @@ Categories (the columns of the fault table):
 - **lost**: an acknowledged write that the cluster does not hold (a SET key missing, an appended
   value missing, a counter below its acknowledged increments or an INCR that returned no more
   than one acknowledged before it began, a register holding an older acknowledged value than the
-  newest one).
+  newest one, a queued element that nobody took and is not in its queue beyond what the pops of
+  unknown outcome may have taken, an acknowledged pop undone: its element taken again or still
+  queued).
 - **unexpected**: what no acknowledged or unknown op can explain: a value never written (phantom),
   a definitely-failed write that was applied, an appended value present twice or out of order, a
   counter above acked + unknown increments, a read that saw a phantom or missed an acknowledged
-  write that is still there in the end (a stale read).
+  write that is still there in the end (a stale read), a transaction applied in part (a tag's two
+  counters differ, or its EXEC returned two different values), a queued element twice in its
+  queue.
 - **misplaced**: a key in a group that does not own its slot (for a migrating slot, source and
   target are both allowed, not both at once).
 - **diverged**: a replica that does not hold exactly its master's data once replication caught up.
@@ -25,7 +29,24 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos.history import FAILED, GET, GETC, GETR, INCR, LRANGE, OK, REG, RPUSH, SET, UNKNOWN, History, Op
+from chaos.history import (
+    FAILED,
+    GET,
+    GETC,
+    GETR,
+    INCR,
+    LRANGE,
+    MINCR,
+    OK,
+    QPOP,
+    QPUSH,
+    REG,
+    RPUSH,
+    SET,
+    UNKNOWN,
+    History,
+    Op,
+)
 from kvstore_cluster.slots import SLOT_COUNT, key_slot
 
 LOST, UNEXPECTED, MISPLACED, DIVERGED = "lost", "unexpected", "misplaced", "diverged"
@@ -259,14 +280,95 @@ def check(history: History, state: FinalState) -> Report:
                            f"holds {final!r} but {latest.value!r} was acknowledged after it", op=latest)
                 lost_keys.add(key)
 
+    _check_transactions(ops, view, report)
+    _check_queues(ops, view, report)
+
     # Keys no op could have written.
     for key in view:
-        if key[:2] not in ("S:", "L:", "C:", "R:") or (key.startswith("S:") and key not in sets):
+        if (key[:2] not in ("S:", "L:", "C:", "R:", "Q:") and not key.startswith("{T:")) \
+                or (key.startswith("S:") and key not in sets):
             report.add(UNEXPECTED, "phantom_key", key, "key never written")
 
     _check_reads(ops, sets, appends, incrs, regs, lost_keys | counter_lost, lost_values, report)
     _check_replicas(state, report)
     return report
+
+
+def _check_transactions(ops: list[Op], view: dict[str, Any], report: Report) -> None:
+    """MULTI/EXEC of a tag's two counters: all or nothing, each counter like an INCR counter."""
+    by_tag = _by_key(ops, MINCR)
+    tags = set(by_tag) | {k[1:].split("}", 1)[0] for k in view if k.startswith("{T:")}
+    for tag in tags:
+        group = by_tag.get(tag, [])
+        acked = sum(op.outcome == OK for op in group)
+        unknown = sum(op.outcome == UNKNOWN for op in group)
+        finals = []
+        for half in ("a", "b"):
+            raw = view.get(f"{{{tag}}}{half}")
+            try:
+                finals.append(int(raw) if raw is not None else 0)
+            except (TypeError, ValueError):
+                report.add(UNEXPECTED, "wrong_type", f"{{{tag}}}{half}", f"counter holds {raw!r}")
+        if len(finals) < 2:
+            continue
+        a, b = finals
+        key = f"{{{tag}}}a"
+        if a != b:
+            report.add(UNEXPECTED, "transaction_partial", key, f"{tag}: a={a}, b={b} (incremented together)")
+        if min(a, b) < acked:
+            report.add(LOST, "transaction_lost", key, f"{min(a, b)} < {acked} acknowledged transactions",
+                       count=acked - min(a, b))
+        elif max(a, b) > acked + unknown:
+            report.add(UNEXPECTED, "transaction_repeated", key,
+                       f"{max(a, b)} > {acked} acknowledged + {unknown} unknown transactions")
+        for op in group:
+            if op.outcome == OK and (not isinstance(op.result, list) or len(op.result) != 2
+                                     or op.result[0] != op.result[1]):
+                report.add(UNEXPECTED, "transaction_not_atomic", key, f"EXEC returned {op.result!r}", op=op)
+
+
+def _check_queues(ops: list[Op], view: dict[str, Any], report: Report) -> None:
+    """LPUSH/BRPOP queues: every element pushed is taken once, or still queued, or a pop of unknown
+    outcome may have taken it; nothing appears that was not pushed."""
+    pushes, pops = _by_key(ops, QPUSH), _by_key(ops, QPOP)
+    for key in set(pushes) | set(pops) | {k for k in view if k.startswith("Q:")}:
+        final = view.get(key)
+        if final is not None and not isinstance(final, list):
+            report.add(UNEXPECTED, "wrong_type", key, f"holds {final!r}, not a list")
+            continue
+        final = final or []
+        pushed = {op.value: op for op in pushes.get(key, [])}
+        taken: dict[str, list[Op]] = defaultdict(list)
+        for op in sorted(pops.get(key, []), key=lambda o: o.end):
+            if op.outcome == OK and op.result is not None:
+                taken[op.result].append(op)
+        queued: dict[str, int] = defaultdict(int)
+        for value in final:
+            queued[value] += 1
+        for value in set(taken) | set(queued):
+            writer = pushed.get(value)
+            if writer is None:
+                report.add(UNEXPECTED, "phantom_value", key, f"{value!r} was never pushed")
+            elif writer.outcome == FAILED:
+                report.add(UNEXPECTED, "failed_write_applied", key, f"{value!r} pushed by a failed LPUSH", op=writer)
+            if queued[value] > 1:
+                report.add(UNEXPECTED, "duplicate_value", key, f"{value!r} {queued[value]} times in the queue")
+            takers = taken.get(value, [])
+            if len(takers) + min(queued[value], 1) > 1:
+                # Taken, then taken again or still queued: the first pop's removal was undone.
+                report.add(LOST, "pop_lost", key, f"{value!r} taken {len(takers)} times, queued {queued[value]}",
+                           op=takers[0])
+        missing = sorted((op for op in pushed.values()
+                          if op.outcome == OK and op.value not in taken and op.value not in queued),
+                         key=lambda o: o.start)
+        # Each pop of unknown outcome may have taken one element pushed before it ended.
+        for pop in sorted((p for p in pops.get(key, []) if p.outcome == UNKNOWN), key=lambda o: o.end):
+            for i, push in enumerate(missing):
+                if push.start < pop.end:
+                    del missing[i]
+                    break
+        for push in missing:
+            report.add(LOST, "element_lost", key, f"acknowledged {push.value!r} neither taken nor queued", op=push)
 
 
 def _check_reads(ops: list[Op], sets: dict[str, Op], appends: dict[str, list[Op]], incrs: dict[str, list[Op]],

@@ -15,7 +15,9 @@ Which proxy errors are definite, from ``kvstore_proxy``:
 - ``Backend._went_down`` after a failed *connect* fails the requests that were queued while
   connecting and never written: ``-ERR backend G ADDR connect failed: ...``. ``close()`` without a
   transport fails never-written requests: ``-ERR backend G ADDR closed``.
-- The session answers ``-CROSSSLOT``, ``-NOAUTH``, arity/unknown-command errors itself.
+- The session answers ``-CROSSSLOT``, ``-NOAUTH``, arity/unknown-command errors itself, and
+  ``-ERR max number of leased backend connections ...`` before it sends anything.
+- ``-EXECABORT``: a command was refused when queued, so EXEC ran nothing.
 - Redis refuses before executing: ``-READONLY`` (a demoted master, e.g. writes paused by a
   switchover), ``-NOREPLICAS`` (min-replicas-to-write), ``-LOADING``, ``-MASTERDOWN``.
 
@@ -40,7 +42,10 @@ SET = "set"  # SET S:<client>:<seq> <value>: a key written exactly once
 RPUSH = "rpush"  # RPUSH L:<n> <value>: a value appended exactly once
 INCR = "incr"  # INCR C:<n>
 REG = "reg"  # SET R:<n> <value>: a register overwritten by everyone
-WRITES = frozenset({SET, RPUSH, INCR, REG})
+MINCR = "mincr"  # MULTI, INCR {T:<n>}a, INCR {T:<n>}b, EXEC: a tag's two counters, together (key T:<n>)
+QPUSH = "qpush"  # LPUSH Q:<n> <value>: an element queued exactly once
+QPOP = "qpop"  # BRPOP Q:<n> 1: an element taken (result: its value, None when the wait timed out)
+WRITES = frozenset({SET, RPUSH, INCR, REG, MINCR, QPUSH, QPOP})
 # Read kinds.
 GET = "get"  # GET of a SET key
 LRANGE = "lrange"  # LRANGE L:<n> 0 -1
@@ -50,7 +55,7 @@ GETR = "getr"  # GET R:<n>
 _DEFINITE_PREFIXES = (
     "TRYAGAIN", "CLUSTERDOWN", "CROSSSLOT", "NOAUTH", "WRONGPASS", "READONLY", "NOREPLICAS",
     "LOADING", "MASTERDOWN", "ERR max number of clients reached", "ERR unknown command",
-    "ERR wrong number of arguments",
+    "ERR wrong number of arguments", "EXECABORT", "ERR max number of leased backend connections",
 )
 _DEFINITE_BACKEND = re.compile(r"^ERR backend \S+ \S+ (is down \(|is not connected|\(RESP3\) is not connected"
                                r"|connect failed|closed$)")

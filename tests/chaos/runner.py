@@ -52,11 +52,14 @@ def wait_serving(workload: Workload, since: float, ok: int = 40, timeout: float 
 
 def run_fault(cluster: ChaosCluster, name: str, fault: Callable[[ChaosCluster], list[FaultRecord]],
               out_dir: Path, clients: int = 6, rate: float = 60.0, expect_errors: tuple[str, ...] = (),
-              max_rounds: int = 1_000_000) -> Row:
-    """The whole cycle for one fault; returns its row (also added to the session table) and asserts its contract."""
+              max_rounds: int = 1_000_000, stateful: int = 0) -> Row:
+    """The whole cycle for one fault; returns its row (also added to the session table) and asserts its contract.
+
+    ``stateful`` clients add MULTI/EXEC transactions and an LPUSH/BRPOP queue to the workload.
+    """
     started = time.monotonic()
     seed = zlib.crc32(name.encode()) & 0xFFFF
-    workload = Workload(cluster.proxy_ports, clients=clients, rate=rate, seed=seed).start()
+    workload = Workload(cluster.proxy_ports, clients=clients, rate=rate, seed=seed, stateful=stateful).start()
     records: list[FaultRecord] = []
     rounds = 0
     try:

@@ -29,7 +29,10 @@ from chaos.history import (
     GETR,
     INCR,
     LRANGE,
+    MINCR,
     OK,
+    QPOP,
+    QPUSH,
     REG,
     RPUSH,
     SET,
@@ -332,3 +335,92 @@ def test_fault_link_holds_bytes_during_a_stall_and_delivers_them_in_order_after(
             assert time.monotonic() - t0 >= 0.35  # two slowed round trips, at least one delay each way
     finally:
         link.close()
+
+
+# --- the stateful workload: transactions and a queue --------------------------------------------
+
+
+def stateful_history() -> tuple[History, dict[str, object]]:
+    """Two transactions on a tag, three elements pushed, two taken; and the state that matches."""
+    ops = [
+        op(MINCR, "T:1", start=1.0, result=[1, 1]),
+        op(MINCR, "T:1", start=2.0, result=[2, 2]),
+        op(MINCR, "T:1", outcome=FAILED, start=3.0),
+        op(QPUSH, "Q:1", "0.1", start=1.0),
+        op(QPUSH, "Q:1", "0.2", start=1.1),
+        op(QPUSH, "Q:1", "0.3", start=1.2),
+        op(QPOP, "Q:1", start=2.0, result="0.1"),
+        op(QPOP, "Q:1", start=2.1, result="0.2"),
+        op(QPOP, "Q:1", start=2.2, result=None),  # a wait that timed out
+    ]
+    return History(ops), {"{T:1}a": "2", "{T:1}b": "2", "Q:1": ["0.3"]}
+
+
+def test_a_clean_stateful_history_passes() -> None:
+    history, final = stateful_history()
+    assert check(history, state(final)).anomalies == []
+
+
+def test_a_transaction_applied_in_part_is_unexpected() -> None:
+    history, final = stateful_history()
+    final["{T:1}b"] = "1"
+    report = check(history, state(final))
+    assert report.kinds(UNEXPECTED) == {"transaction_partial"} and report.kinds(LOST) == {"transaction_lost"}
+    history, final = stateful_history()
+    history.extend([op(MINCR, "T:1", start=4.0, result=[3, 2])])
+    final.update({"{T:1}a": "3", "{T:1}b": "3"})
+    assert check(history, state(final)).kinds(UNEXPECTED) == {"transaction_not_atomic"}
+
+
+def test_transactions_count_like_counters() -> None:
+    history, final = stateful_history()
+    final.update({"{T:1}a": "1", "{T:1}b": "1"})
+    report = check(history, state(final))
+    assert report.kinds(LOST) == {"transaction_lost"} and report.total(LOST) == 1
+    final.update({"{T:1}a": "3", "{T:1}b": "3"})
+    assert check(history, state(final)).kinds(UNEXPECTED) == {"transaction_repeated"}
+    history.extend([op(MINCR, "T:1", outcome=UNKNOWN, start=5.0)])
+    assert check(history, state(final)).anomalies == []
+
+
+def test_an_element_nobody_took_and_not_queued_is_lost_unless_an_unknown_pop_may_have_taken_it() -> None:
+    history, final = stateful_history()
+    final["Q:1"] = []
+    report = check(history, state(final))
+    assert [(a.kind, a.op.value) for a in report.of(LOST)] == [("element_lost", "0.3")]  # type: ignore[union-attr]
+    history.extend([op(QPOP, "Q:1", outcome=UNKNOWN, start=3.0)])
+    assert check(history, state(final)).anomalies == []
+    # an unknown pop that ended before the element was pushed cannot have taken it
+    history, final = stateful_history()
+    final["Q:1"] = []
+    history.extend([op(QPOP, "Q:1", outcome=UNKNOWN, start=0.1, end=0.2)])
+    assert check(history, state(final)).kinds(LOST) == {"element_lost"}
+
+
+def test_an_element_taken_twice_or_taken_and_still_queued_lost_a_pop() -> None:
+    history, final = stateful_history()
+    history.extend([op(QPOP, "Q:1", start=3.0, result="0.2")])
+    report = check(history, state(final))
+    assert [(a.kind, a.op.start) for a in report.of(LOST)] == [("pop_lost", 2.1)]  # type: ignore[union-attr]
+    assert report.of(UNEXPECTED) == []
+    history, final = stateful_history()
+    final["Q:1"] = ["0.3", "0.1"]
+    assert check(history, state(final)).kinds(LOST) == {"pop_lost"}
+
+
+def test_queue_phantoms_duplicates_and_failed_pushes_are_unexpected() -> None:
+    history, final = stateful_history()
+    history.extend([op(QPUSH, "Q:1", "0.9", outcome=FAILED, start=3.0)])
+    final["Q:1"] = ["0.3", "0.3", "0.9", "7.7"]
+    report = check(history, state(final))
+    assert report.kinds(UNEXPECTED) == {"duplicate_value", "failed_write_applied", "phantom_value"}
+
+
+def test_a_lost_pop_inside_a_crash_window_is_excused() -> None:
+    history, final = stateful_history()
+    history.extend([op(QPOP, "Q:1", start=3.0, result="0.2")])
+    report = check(history, state(final))
+    group = owner(slot_of("Q:1"))
+    slots = frozenset(s for s in range(16384) if owner(s) == group)
+    assert violations(report, [lossy_crash("master SIGKILL", group, slots, 2.5, 4.0, "datastore")]) == []
+    assert violations(report, [lossy_crash("master SIGKILL", group, slots, 9.0, 10.0, "datastore")])

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(fault_timeout())
 
 def test_master_sigkill_loses_only_unreplicated_writes(chaos_cluster, tmp_path: Path) -> None:
     c = chaos_cluster()
-    run_fault(c, "master SIGKILL + restart", faults.master_kill_restart, tmp_path)
+    # with transactions and a blocking queue: all or nothing, each element taken once or unknown
+    run_fault(c, "master SIGKILL + restart (+ stateful)", faults.master_kill_restart, tmp_path, stateful=2)
 
 
 def test_master_paused_shorter_than_down_after_loses_nothing_and_stays_master(chaos_cluster, tmp_path: Path) -> None:
@@ -60,7 +61,7 @@ def test_reshard_under_load_loses_nothing(chaos_cluster, tmp_path: Path) -> None
     why = faults.reshard_unsupported(c)
     if why:
         pytest.skip(why)
-    run_fault(c, "reshard 3000 slots there and back", faults.reshard, tmp_path)
+    run_fault(c, "reshard 3000 slots there and back (+ stateful)", faults.reshard, tmp_path, stateful=2)
 
 
 def test_switchover_during_proxy_kill_and_reshard_loses_nothing(chaos_cluster, tmp_path: Path) -> None:

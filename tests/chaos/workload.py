@@ -9,6 +9,11 @@ Key scheme (every key is a plain Redis key, spread over all slots):
 
 Reads: GET of an acknowledged ``S`` key, LRANGE of a list, GET of a counter or a register.
 
+Stateful clients (``Workload(stateful=N)``) add transactions and a queue:
+
+- ``{T:<n>}a`` ``{T:<n>}b``  both INCRed in one MULTI/EXEC (they must stay equal)
+- ``Q:<n>``                  LPUSH of unique values, and BRPOP with a 1 s timeout by the same clients
+
 The client speaks RESP over a plain socket (hiredis parses) rather than through redis-py, because
 the outcome must say exactly whether the request left this process: a refused ``connect`` is
 FAILED, anything that goes wrong after ``sendall`` started is UNKNOWN, and there must be no
@@ -32,7 +37,10 @@ from chaos.history import (
     GETR,
     INCR,
     LRANGE,
+    MINCR,
     OK,
+    QPOP,
+    QPUSH,
     REG,
     RPUSH,
     SET,
@@ -47,6 +55,9 @@ COUNTERS = 24
 REGISTERS = 24
 # (kind, weight): writes dominate; reads check what the cluster serves while faults happen.
 MIX = ((SET, 30), (RPUSH, 18), (INCR, 18), (REG, 10), (GET, 10), (LRANGE, 4), (GETC, 5), (GETR, 5))
+TAGS = 8
+QUEUES = 8
+STATEFUL_MIX = ((MINCR, 40), (QPUSH, 32), (QPOP, 28))
 
 
 class _NotSent(Exception):
@@ -84,25 +95,32 @@ class RespClient:
 
     def call(self, *args: str) -> object:
         """The reply (a ``hiredis.ReplyError`` for an error reply); raises ``_NotSent`` or ``OSError``."""
+        return self.pipeline([args])[0]
+
+    def pipeline(self, commands: Sequence[tuple[str, ...]]) -> list[object]:
+        """Every command in one write; their replies in order (same errors as ``call``)."""
         if self.sock is None:
             self._connect()
         assert self.sock is not None and self.reader is not None
-        self.sock.sendall(hiredis.pack_command(args))  # type: ignore[arg-type]  # the stub wants a 1-tuple
-        while True:
+        self.sock.sendall(b"".join(hiredis.pack_command(c) for c in commands))  # type: ignore[arg-type]
+        replies: list[object] = []
+        while len(replies) < len(commands):
             reply = self.reader.gets()
             if reply is not False:
-                return reply
+                replies.append(reply)
+                continue
             data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError("connection closed by the proxy")
             self.reader.feed(data)
+        return replies
 
 
 class WorkloadClient(threading.Thread):
     """One client: sequential ops on one proxy; after a connection problem it moves to the next proxy."""
 
     def __init__(self, index: int, ports: Callable[[], Sequence[int]], stop: threading.Event, seed: int,
-                 rate: float, timeout: float, id_base: int):
+                 rate: float, timeout: float, id_base: int, mix: Sequence[tuple[str, int]] = MIX):
         super().__init__(name=f"chaos-client-{index}", daemon=True)
         self.index = index
         self.ports = ports
@@ -116,7 +134,7 @@ class WorkloadClient(threading.Thread):
         self.proxy_index = index
         self.client: RespClient | None = None
         self.acked_sets: list[Op] = []  # for reads of keys known to exist
-        kinds, weights = zip(*MIX, strict=True)
+        kinds, weights = zip(*mix, strict=True)
         self.kinds, self.weights = list(kinds), list(weights)
         self.crashed: BaseException | None = None
 
@@ -133,7 +151,7 @@ class WorkloadClient(threading.Thread):
             self.client = None
         self.proxy_index += 1
 
-    def _make(self) -> tuple[Op, tuple[str, ...]]:
+    def _make(self) -> tuple[Op, tuple[str, ...] | list[tuple[str, ...]]]:
         kind = self.rng.choices(self.kinds, self.weights)[0]
         self.seq += 1
         value = f"{self.index}.{self.seq}"
@@ -161,6 +179,15 @@ class WorkloadClient(threading.Thread):
         if kind == GETC:
             op.key = f"C:{n(COUNTERS)}"
             return op, ("GET", op.key)
+        if kind == MINCR:
+            op.key = f"T:{n(TAGS)}"
+            return op, [("MULTI",), ("INCR", f"{{{op.key}}}a"), ("INCR", f"{{{op.key}}}b"), ("EXEC",)]
+        if kind == QPUSH:
+            op.key, op.value = f"Q:{n(QUEUES)}", value
+            return op, ("LPUSH", op.key, value)
+        if kind == QPOP:
+            op.key = f"Q:{n(QUEUES)}"
+            return op, ("BRPOP", op.key, "1")
         op.kind, op.key = GETR, f"R:{n(REGISTERS)}"
         return op, ("GET", op.key)
 
@@ -170,7 +197,9 @@ class WorkloadClient(threading.Thread):
         op.proxy = client.address[1]
         op.start = time.monotonic()
         try:
-            reply = client.call(*args)
+            # A transaction is one write: its EXEC's reply says how it went (MULTI and the
+            # +QUEUED replies come from the proxy itself).
+            reply = client.pipeline(args)[-1] if isinstance(args, list) else client.call(*args)
         except _NotSent as exc:
             op.end, op.outcome, op.error = time.monotonic(), FAILED, str(exc)
             self._drop()
@@ -186,6 +215,10 @@ class WorkloadClient(threading.Thread):
             return op  # the proxy answered in order: the connection is still good
         op.outcome = OK
         op.result = reply
+        if op.kind == QPOP:
+            op.result = reply[1] if isinstance(reply, list) else None
+        elif op.kind == MINCR and not isinstance(reply, list):
+            op.outcome, op.error = FAILED, f"EXEC answered {reply!r}"  # nil: not run
         if self.rng.random() < 1 / 300:
             self._drop()  # now and then a fresh connection to the next proxy: clients stay spread
         if op.kind == SET:
@@ -216,10 +249,11 @@ class Workload:
     """``clients`` threads spread over the proxies; ``ports`` is read again after each reconnect."""
 
     def __init__(self, ports: Callable[[], Sequence[int]], clients: int = 6, rate: float = 80.0,
-                 timeout: float = 8.0, seed: int = 0):
+                 timeout: float = 8.0, seed: int = 0, stateful: int = 0):
         self.stop_event = threading.Event()
         self.clients = [WorkloadClient(i, ports, self.stop_event, seed * 1000 + i, rate, timeout,
-                                       id_base=i * 10_000_000) for i in range(clients)]
+                                       id_base=i * 10_000_000, mix=MIX if i < clients else STATEFUL_MIX)
+                        for i in range(clients + stateful)]
         self.started_at = 0.0
 
     def start(self) -> Workload:

@@ -11,9 +11,10 @@ import pytest
 import redis
 from import_helpers import admin, admin_process, fill, summary
 
-from kvstore_admin.errors import DIFFERENT, NODE_FAILED, PROCESS_FAILED, USAGE, USER_ERROR
+from kvstore_admin.errors import CORRUPT_DATA, DIFFERENT, NODE_FAILED, PROCESS_FAILED, USAGE, USER_ERROR
 from kvstore_admin.processes import free_port, start_redis
 from kvstore_cluster import paths
+from kvstore_cluster.import_state import ImportRunner
 from kvstore_cluster.store import ClusterStore
 
 
@@ -36,8 +37,11 @@ def fails(cluster, code: int, message: str, *args: str) -> None:  # type: ignore
     (("--from", "127.0.0.1:1", "--verify-keys", "some"), "give a positive number of keys, or 'all'"),
     (("--forget", "--from", "127.0.0.1:1"), "--forget takes no other option"),
 ])
-def test_bad_flags(cluster, args: tuple[str, ...], message: str) -> None:  # type: ignore[no-untyped-def]
-    fails(cluster, USAGE, message, *args)
+def test_bad_flags(args: tuple[str, ...], message: str) -> None:
+    # Refused before anything is contacted: no ZooKeeper listens at this address.
+    result = admin(f"127.0.0.1:{free_port()}", "c1", "import", *args)
+    assert result.exit_code == USAGE, result.output
+    assert message in result.stderr, result.stderr
 
 
 def test_unreachable_source(cluster) -> None:  # type: ignore[no-untyped-def]
@@ -102,8 +106,11 @@ def test_refused_with_unowned_slots(cluster, source, zk) -> None:  # type: ignor
 
 
 def test_one_import_at_a_time(cluster, source, zk) -> None:  # type: ignore[no-untyped-def]
-    zk.create(paths.import_lock(cluster.name), b"otherhost 4242 0", ephemeral=True)
-    fails(cluster, USER_ERROR, "another import is running on this cluster (otherhost, pid 4242)",
+    zk.create(paths.import_lock(cluster.name), ImportRunner("otherhost", 4242).encode(), ephemeral=True)
+    fails(cluster, USER_ERROR, "another import is running on this cluster (otherhost, pid 4242, since",
+          "--from", source.address)
+    zk.set(paths.import_lock(cluster.name), b"not json")
+    fails(cluster, CORRUPT_DATA, "import-running holds malformed data: import-running: not valid JSON",
           "--from", source.address)
 
 

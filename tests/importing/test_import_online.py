@@ -255,3 +255,18 @@ def test_disk_snapshot(cluster, redis_factory) -> None:  # type: ignore[no-untyp
     out = summary(proc)
     assert proc.returncode == 0, proc.stderr
     assert out["verify"]["ok"] and out["snapshot"]["keys"] == redis.Redis(port=source.port).dbsize()
+
+
+def test_source_going_away_stops_the_import_resumably(cluster, source, zk) -> None:  # type: ignore[no-untyped-def]
+    src = redis.Redis(port=source.port)
+    fill(src, 300)
+    proc = start_admin(cluster.zk_hosts, cluster.name, "import", "--from", source.address, "--json")
+    wait_until(lambda: cluster_client(cluster, "counter:start").get("counter:start") == b"41", 30, "the snapshot")
+    src.set("last:write", 1)
+    wait_until(lambda: cluster_client(cluster, "last:write").get("last:write") == b"1", 15, "the last write")
+    source.signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 12, err
+    assert f"the source {source.address} closed the replication link" in err and "to resume" in err
+    record = ClusterStore(zk, cluster.name).read_import()
+    assert record is not None and record.value.phase == "streaming"

@@ -13,7 +13,7 @@ from kvstore_admin.importing.resp import pack
 from kvstore_admin.importing.routing import CommandTable, UnknownCommand
 from kvstore_admin.importing.scratch import rdb_aux, stream_db
 from kvstore_admin.importing.spool import Spool, SpoolClosed
-from kvstore_cluster.import_state import ImportState
+from kvstore_cluster.import_state import ImportRunner, ImportState
 from kvstore_cluster.model import ModelError
 
 
@@ -141,3 +141,14 @@ def test_import_state_round_trip_and_strict_decoding() -> None:
         ImportState.decode(b"{")
     with pytest.raises(ModelError, match="missing field 'slots_digest'"):
         ImportState.decode(json.dumps({k: v for k, v in json.loads(_state()).items() if k != "slots_digest"}))
+
+
+def test_import_runner_record() -> None:
+    runner = ImportRunner("host-1", 42, 5.0)
+    assert ImportRunner.decode(runner.encode()) == runner
+    for raw, message in [(b'{"host": "", "pid": 1, "started_at": 1}', "host must be"),
+                         (b'{"host": "h", "pid": 0, "started_at": 1}', "pid must be a positive integer"),
+                         (b'{"host": "h", "pid": "1", "started_at": 1}', "wrong type"),
+                         (b'{"host": "h", "pid": 1}', "missing field 'started_at'")]:
+        with pytest.raises(ModelError, match=message):
+            ImportRunner.decode(raw)

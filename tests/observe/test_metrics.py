@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -64,6 +67,8 @@ def test_proxy_and_sentinel_metrics_follow_a_load_and_a_failover(make_cluster, p
     assert during.value("kvstore_proxy_connected_clients") >= 8
     assert during.value("kvstore_proxy_connections_received_total") >= 8
 
+    wait_until(lambda: scrape(sport).sum("kvstore_sentinel_node_up") == 4, 10,
+               "the sentinel's first probes of the four nodes")
     s0 = scrape(sport)
     assert s0.value("kvstore_sentinel_leader") == 1
     assert s0.value("kvstore_sentinel_zookeeper_connected") == 1
@@ -135,8 +140,21 @@ def test_proxy_and_sentinel_metrics_follow_a_load_and_a_failover(make_cluster, p
 def test_metrics_endpoints_answer_bad_requests_with_4xx(make_cluster, proxy_factory, sentinels) -> None:  # type: ignore[no-untyped-def]
     cluster = make_cluster(groups=1)
     pport, sport = free_port(), free_port()
-    proxy = proxy_factory.start(cluster.zk_hosts, "test", "--metrics-listen", f"127.0.0.1:{pport}")
+    proxy = proxy_factory.start(cluster.zk_hosts, "test", "--metrics-listen", f"127.0.0.1:{pport}",
+                                "--latency-tracking")
     sentinels.start(cluster.zk_hosts, "test", *FAST, "--metrics-listen", f"127.0.0.1:{sport}")
+    # With --latency-tracking the latency is a histogram: cumulative buckets, +Inf = the count.
+    client = redis.Redis(port=proxy.port)
+    for i in range(50):
+        client.set(f"h{i}", i)
+    hist = scrape(pport)
+    assert hist.types["kvstore_proxy_request_duration_seconds"] == "histogram"
+    buckets = sorted(((float(lab["le"]), v) for lab, v in hist.all("kvstore_proxy_request_duration_seconds_bucket",
+                                                                   command="set")))
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts) and counts[-1] == 50 and buckets[-1][0] == float("inf")
+    assert hist.value("kvstore_proxy_request_duration_seconds_count", command="set") == 50
+    assert counts[-2] == 50  # every SET answered within 10 s
     for port in (pport, sport):
         assert get(port, "/nope")[0] == 404
         assert get(port, "/metrics/x")[0] == 404
@@ -160,7 +178,9 @@ def test_metrics_keep_answering_while_zookeeper_is_unreachable(make_cluster, pro
                         "--zk-session-timeout", "3")
     sentinels.start(zk_relay.hosts, "test", *FAST, "--metrics-listen", f"127.0.0.1:{sport}")
     assert scrape(pport).value("kvstore_proxy_zookeeper_connected_workers") == 1
-    assert scrape(sport).value("kvstore_sentinel_cluster_read_age_seconds") < 2
+    # NaN until the sentinel's first round has read the cluster.
+    wait_until(lambda: scrape(sport).value("kvstore_sentinel_cluster_read_age_seconds") < 2, 10,
+               "the sentinel's first read of the cluster")
     zk_relay.cut()
     try:
         wait_until(lambda: scrape(pport).value("kvstore_proxy_zookeeper_connected_workers") == 0, 10,
@@ -179,3 +199,24 @@ def test_metrics_keep_answering_while_zookeeper_is_unreachable(make_cluster, pro
     wait_until(lambda: scrape(pport).value("kvstore_proxy_fenced_workers") == 0, 20, "the proxy unfenced")
     wait_until(lambda: scrape(sport).value("kvstore_sentinel_cluster_read_age_seconds") < 2, 20,
                "the sentinel reading ZooKeeper again")
+
+
+def test_metrics_flag_refuses_bad_addresses_and_taken_ports(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster = make_cluster(groups=1)
+    common = ["--zk", cluster.zk_hosts, "--cluster", "test"]
+    for module in ("kvstore_proxy", "kvstore_sentinel"):
+        bad = subprocess.run([sys.executable, "-m", module, *common, "--metrics-listen", "no-port"],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "HOST:PORT" in bad.stderr, (module, bad.stderr)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        proxy = subprocess.run([sys.executable, "-m", "kvstore_proxy", *common, "--listen", f"127.0.0.1:{free_port()}",
+                                "--workers", "1", "--metrics-listen", address], capture_output=True, text=True,
+                               timeout=60)
+        assert proxy.returncode == 2 and f"cannot serve metrics on {address}" in proxy.stderr, proxy.stderr
+        sentinel = subprocess.run([sys.executable, "-m", "kvstore_sentinel", *common, "--metrics-listen", address],
+                                  capture_output=True, text=True, timeout=60)
+        assert sentinel.returncode == 1 and f"cannot serve metrics on {address}" in sentinel.stderr, sentinel.stderr
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from browser import Browser, chromium_binary
-from observe_helpers import get, raw_request, status_of
+from observe_helpers import get, raw_request, scrape, status_of
 from sentinel_helpers import FAST
 
 from kvstore_admin.processes import LocalProcess, free_port, spawn, wait_until
-from kvstore_cluster.ops.context import CRASH_HOOK_ENV, CRASH_HOOK_EXIT
+from kvstore_cluster.ops.context import CRASH_HOOK_ENV, CRASH_HOOK_EXIT, HANG_AT_STEP_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "web-status.png"  # the README's picture (KVSTORE_UPDATE_SCREENSHOT=1 retakes it)
@@ -53,7 +54,10 @@ def test_page_follows_a_reshard_and_a_failover_live(make_cluster, proxy_factory,
         pytest.fail("chromium is not installed: make test installs it (apt-get install chromium)")
     cluster = make_cluster(groups=3, replicas=1, mode="datastore")
     proxy_factory.start(cluster.zk_hosts, "test")
-    sentinels.start(cluster.zk_hosts, "test", *FAST)
+    # This sentinel stops its failovers at the repoint step: the page shows one in progress.
+    sport = free_port()
+    hanging = sentinels.start(cluster.zk_hosts, "test", *FAST, "--metrics-listen", f"127.0.0.1:{sport}",
+                              env={HANG_AT_STEP_ENV: "repoint"})
     page = web()
     browser = Browser(width=1280, height=1000)
     try:
@@ -87,15 +91,26 @@ def test_page_follows_a_reshard_and_a_failover_live(make_cluster, proxy_factory,
         assert _slot_colour(browser, 0) == _legend_colour(browser, "g2")
         assert browser.js("document.querySelector('#groups tr[data-group=g2] td:nth-child(3)').textContent") == "5561"
 
-        # A failover: g1's master dies, the sentinel promotes its replica, the page shows the new master.
+        # A failover: g1's master dies; the sentinel leading stops half-way (the page shows the failover
+        # in progress, its metrics too), another sentinel finishes it; the page shows the new master.
         old, replica = cluster.nodes["g1"]
         old.stop(timeout=5)
+        browser.wait("!!document.querySelector('#failovers [data-failover=g1]')", 30, "the failover in progress")
+        assert "step repoint" in browser.js("document.querySelector('#failovers [data-failover=g1]').textContent")
+        assert browser.js("document.querySelector('#groups tr[data-group=g1] .badge').textContent") == "failing_over"
+        running = scrape(sport)
+        assert running.value("kvstore_sentinel_failover_running_seconds", group="g1", kind="failover",
+                             step="repoint") > 0
+        assert running.value("kvstore_sentinel_group_state", group="g1", state="failing_over") == 1
+        hanging.stop()
+        sentinels.start(cluster.zk_hosts, "test", *FAST, sentinel_id="s2")
         browser.wait(f"document.querySelector('#groups tr[data-group=g1]').dataset.master === '{replica.address}'",
                      30, "the new master of g1")
         change = f"group g1: master {old.address} → {replica.address}"
         assert browser.js(_seen(change))
         browser.wait(f"document.querySelector('[data-node=\"{old.address}\"]').dataset.health === 'down'", 20,
                      "the old master shown down")
+        browser.wait("!document.querySelector('#failovers [data-failover]')", 10, "no failover in progress")
 
         # ZooKeeper unreachable: the page keeps what it had and says it is stale; then fresh again.
         zk_relay.cut()
@@ -161,3 +176,18 @@ def test_api_has_status_json_shape_and_refuses_bad_requests(make_cluster, web, z
     events = raw_request(page.port, b"HEAD /api/events HTTP/1.1\r\n\r\n")
     assert status_of(events) == 200 and b"text/event-stream" in events
     assert get(page.port, "/api/status")[0] == 200
+
+
+def test_web_command_refuses_bad_input(make_cluster, zk_hosts: str) -> None:  # type: ignore[no-untyped-def]
+    make_cluster(groups=1)
+    bad = admin(zk_hosts, "web", "--listen", "nonsense")
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "kvstore_admin", "--zk", zk_hosts, "--cluster", "nope", "web",
+                              "--listen", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 4 and "nope" in missing.stderr, missing.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = admin(zk_hosts, "web", "--listen", f"127.0.0.1:{taken.getsockname()[1]}")
+    assert busy.returncode == 1 and "cannot listen" in busy.stderr, busy.stderr
+

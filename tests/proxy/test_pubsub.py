@@ -157,6 +157,8 @@ def test_resp3_subscriber_runs_commands_between_push_messages(shared_cluster) ->
         sub.call("HELLO", "3")
         assert sub.call("SUBSCRIBE", "news") == b">3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
         assert sub.call("SET", "{r}k", "v") == b"+OK\r\n"
+        listed = shared_cluster.proxy.client().client_list(_type="pubsub")
+        assert [(c["sub"], c["flags"]) for c in listed] == [("1", "P")]
         assert sub.call("PUBLISH", "news", "hello") == b":1\r\n"  # its own message, after the reply
         assert sub.read() == b">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n"
         shared_cluster.proxy.client().publish("news", "again")

@@ -34,6 +34,8 @@ SCRIPTS = {
     "watch then exec": [("WATCH", "{t}a"), ("MULTI",), ("INCR", "{t}a"), ("EXEC",), ("GET", "{t}a")],
     "watched key changed": [("WATCH", "{t}a"), ("SET", "{t}a", "5"), ("MULTI",), ("INCR", "{t}a"), ("EXEC",),
                             ("GET", "{t}a")],
+    "watch, empty exec": [("WATCH", "{t}a"), ("MULTI",), ("EXEC",), ("WATCH", "{t}a"), ("SET", "{t}a", "1"),
+                          ("MULTI",), ("EXEC",)],
     "unwatch": [("WATCH", "{t}a"), ("SET", "{t}a", "5"), ("UNWATCH",), ("MULTI",), ("INCR", "{t}a"),
                 ("EXEC",)],
     "discard unwatches": [("WATCH", "{t}a"), ("SET", "{t}a", "5"), ("MULTI",), ("DISCARD",), ("MULTI",),
