@@ -124,7 +124,8 @@ class Migrating:
     """The slot table entry of the slots of one migration (source -> target)."""
 
     __slots__ = ("source", "target", "router", "outbox", "group", "gone", "busy", "blocked", "waiting", "timer",
-                 "delay", "resp3", "is_resp3", "host", "port", "script_loaded", "migration", "evicted")
+                 "delay", "resp3", "is_resp3", "host", "port", "script_loaded", "migration", "evicted",
+                 "committed", "primary")
     up = False
 
     def __init__(self, router: Any, migration: Migration, source: Any, target: Any,
@@ -146,8 +147,10 @@ class Migrating:
         self.host, self.port = target.host.encode(), str(target.port).encode()
         self.script_loaded = True  # until a NOSCRIPT says otherwise: then one EVAL loads it
         self.evicted = False
+        self.committed = False  # the slots are the target's now; kept only while takes are in flight
         # RESP3 sessions (router3.py) use the twin, whose commands go to the target's RESP3 connection.
         self.is_resp3 = twin_of is not None
+        self.primary: Migrating = twin_of if twin_of is not None else self  # the one in the router's table
         self.resp3: Migrating = self if twin_of is not None else Migrating(router, migration, source, target.resp3,
                                                                             self)
 
@@ -163,7 +166,7 @@ class Migrating:
 
     def send(self, r: Any, raw: bytes) -> None:
         keys = _keys(r, raw)
-        if not self.router.migration_released:
+        if not self.router.migration_released and not self.committed:
             self.hold(r, raw, keys)
             return
         self.dispatch(r, raw, keys)
@@ -176,7 +179,7 @@ class Migrating:
             self.hold(r, raw, keys, deadline=deadline)  # behind an earlier request on one of its keys
             return
         gone, busy = self.gone, self.busy
-        taken = [k for k in keys if k not in gone]
+        taken = [] if self.committed else [k for k in keys if k not in gone]
         if not taken and (not busy or busy.keys().isdisjoint(keys)):
             self.target.send(r, raw)
             return
@@ -208,6 +211,10 @@ class Migrating:
                 busy[k] = n
             else:
                 busy.pop(k, None)
+        if self.committed and not busy:
+            p = self.primary
+            if not p.busy and not p.resp3.busy and not p.waiting and not p.resp3.waiting:
+                self.router.entry_drained(p)
 
     def remember(self, keys: list[bytes]) -> None:
         if len(self.gone) > GONE_MAX:
@@ -236,7 +243,7 @@ class Migrating:
 
     def _tick(self) -> None:
         self.timer = None
-        if self.router.migration_released:
+        if self.router.migration_released or self.committed:
             self.resume()
         else:
             self._expire()
@@ -264,6 +271,8 @@ class Migrating:
         for h in held:
             self.router.held_bytes -= len(h.raw)
             self.dispatch(h.r, h.raw, h.keys, h.deadline)
+        if self.committed:
+            self.unbusy([])  # nothing in flight any more: the slots go to their owner directly
 
     def evict(self) -> list[_Held]:
         """This entry left the table: its held requests, for the new table to take (``router.py``)."""

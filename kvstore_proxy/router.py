@@ -113,11 +113,16 @@ class Router:
         self._changed()
 
     def _resume_held(self) -> None:
-        if self.migration_released:
-            for entry in self.migrating:
+        for entry in self.migrating:
+            if self.migration_released or entry.committed:
                 for e in (entry, entry.resp3):
                     if e.waiting:
                         e.resume()
+
+    def entry_drained(self, entry: Migrating) -> None:
+        """A committed entry has no take in flight any more: its slots go to their owner directly."""
+        if entry in self.migrating and not self.fenced:
+            self._rebuild()
 
     def _rebuild(self) -> None:
         if self.fenced:
@@ -155,13 +160,22 @@ class Router:
             else:  # either side down: nobody can tell where a key of these slots is
                 entry = source if not isinstance(source, Backend) else target
             slot_backend[m.lo : m.hi + 1] = [entry] * (m.hi - m.lo + 1)
+        for old in before:
+            if old in kept:
+                continue
+            m = old.migration
+            if (old.busy or old.resp3.busy) and all(x is old.target for x in slot_backend[m.lo: m.hi + 1]):
+                # Committed while takes are in flight: until they are answered, commands on their
+                # keys must follow them through the source rather than overtake them to the target.
+                old.committed = old.resp3.committed = True
+                slot_backend[m.lo: m.hi + 1] = [old] * m.size
+                kept.append(old)
+            else:
+                for e in (old, old.resp3):
+                    redispatch(self, e.evict(), e.is_resp3)
         self.slot_backend = slot_backend
         self.group_order = order
         self.migrating = kept
-        for old in before:
-            if old not in kept:
-                for e in (old, old.resp3):
-                    redispatch(self, e.evict(), e.is_resp3)
         self._resume_held()
         self._changed()
 

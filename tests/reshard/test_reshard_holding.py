@@ -120,3 +120,42 @@ def test_requests_of_a_key_being_moved_in_pieces_wait_for_it(cluster, tmp_path) 
 def proxy_slots_version(c) -> int:  # type: ignore[no-untyped-def]
     regs = c.store.proxies().items
     return min((r.slots_version for r in regs.values()), default=-1)
+
+
+def test_a_command_sent_after_the_commit_never_overtakes_one_still_taking_its_key(cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    c = cluster(groups=2)
+    a, b = c.master("g1"), c.master("g2")
+    k, probe = keys_in_slots(0, 99, 2)
+    b.set(probe, b"on the target")
+    proxy = Proxy(c.zk_hosts, c.tc.name, tmp_path / "proxy.log")
+    try:
+        _mark(c, released=True)
+        wait_until(lambda: proxy_slots_version(c) >= c.store.read_slots().version, 10, "the proxy to apply the mark")
+        conn = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        a.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the take of the first SET waits on the source
+        began = time.monotonic()
+        conn.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$5\r\nfirst\r\n" % (len(k), k))
+        # Commit: the slots are g2's, no mark, no reshard record.
+        slots = c.store.read_slots()
+        c.store.set_slots(slots.value.with_migrating(()).assign([(0, 99)], "g2"), slots.version)
+        c.store.client.delete(paths.reshard(c.tc.name))
+        reader = redis.Redis(port=proxy.port, socket_timeout=0.2)
+
+        def applied() -> bool:
+            try:
+                return reader.get(probe) == b"on the target"  # no take any more: the new table
+            except redis.exceptions.TimeoutError:
+                return False
+        wait_until(applied, 10, "the proxy to apply the commit")
+        assert time.monotonic() - began < 1.2, "the pause ended before the test could check the order"
+        conn.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$6\r\nsecond\r\n" % (len(k), k))
+        replies = b""
+        while replies.count(b"\r\n") < 2:
+            replies += conn.recv(100)
+        assert replies == b"+OK\r\n+OK\r\n"
+        assert b.get(k) == b"second"  # in the order sent
+        conn.close()
+    finally:
+        proxy.stop()
