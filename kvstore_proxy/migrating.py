@@ -39,7 +39,7 @@ from kvstore_cluster.model import Migration, ModelError
 from kvstore_cluster.reshard_state import ReshardState
 from kvstore_cluster.slots import key_slot
 from kvstore_proxy import commands, resp
-from kvstore_proxy.backend import _notify
+from kvstore_proxy.datapath import notify
 
 log = structlog.get_logger("kvstore.proxy.migrating")
 
@@ -291,7 +291,7 @@ class Migrating:
         self.router.migration_tryagain += 1
         done = r.fail(err)
         if done is not None:
-            _notify(done, self.outbox)
+            notify(done, self.outbox)
 
 
 def redispatch(router: Any, held: list[_Held], resp3: bool) -> None:
@@ -303,7 +303,7 @@ def redispatch(router: Any, held: list[_Held], resp3: bool) -> None:
         if entry is None:
             done = h.r.fail(HELD_ERROR)
             if done is not None:
-                _notify(done, router.outbox)
+                notify(done, router.outbox)
         else:
             entry.send(h.r, h.raw)
 
