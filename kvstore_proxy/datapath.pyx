@@ -1531,10 +1531,15 @@ cdef class SessionCore:
         return 0
 
     def split_request(self, Route route not None, bytes raw not None, double t0):
-        """The slow path's way into ``split``: a multi-key request given as its bytes."""
+        """The slow path's way into ``split``: a multi-key request given as its bytes. The session
+        may be part-way through a request of its own (a stashed request replayed by a lease's
+        reply): that one's parse state is kept aside meanwhile."""
         cdef Slotter slotter = self.table.slotter
         cdef int problem = 0
         cdef const char *b = PyBytes_AS_STRING(raw)
+        cdef Req partial = self.rq
+        self.rq.argc = self.rq.got = self.rq.next = 0
+        self.rq.own = False
         req_begin(&self.rq)
         try:
             if parse_request(&self.rq, b, 0, PyBytes_GET_SIZE(raw), PyBytes_GET_SIZE(raw), &problem) != 1 \
@@ -1543,6 +1548,8 @@ cdef class SessionCore:
             self.split(route, raw, b, self.rq.next, t0, self.table.slot_map, slotter)
         finally:
             req_done(&self.rq)
+            self.rq = partial
+            req_begin(&self.rq)
 
     cdef int count(self, Reply r, const char *p, Py_ssize_t n, double now) except -1:
         """A reply ``p[:n]`` leaves for the client: INFO commandstats and errorstats, SLOWLOG."""
