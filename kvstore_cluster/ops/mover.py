@@ -133,17 +133,17 @@ class SourceMover:
 
     async def move(self, slot_targets: dict[int, str], still_allowed: Callable[[], None]) -> int:
         """Move every key of ``slot_targets``'s slots to its target; returns the number moved."""
-        for s in slot_targets:
-            self.later[s] = 0
         slots = SlotMap(slot_targets)
         work = _Work(self, slots, still_allowed)
         async with work:
             await work.resume_locked(slot_targets)
             if self.read and self.tracker is not None and self.tracker.lost is None:
                 try:
-                    await self.tracker.fence()
+                    await self.tracker.fence()  # the step's slots are still "later" until its writes are in
                 except NodeError:
                     pass
+            for s in slot_targets:
+                self.later[s] = 0
             if self.read and self.tracker is not None and self.tracker.lost is None:
                 pending: dict[int, list[bytes]] = {}
                 for s in slot_targets:
