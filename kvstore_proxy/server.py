@@ -12,7 +12,8 @@ from typing import Any
 import structlog
 
 from kvstore_cluster.options import ClusterOptions
-from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
+from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError
+from kvstore_cluster.zkauth import connect_to_cluster
 from kvstore_proxy import inspection
 from kvstore_proxy.commands import CommandSpec, Kind
 from kvstore_proxy.config import ProxyConfig
@@ -262,8 +263,9 @@ def _event_names(arg: bytes) -> list[str] | None:
 
 
 def _connect(cfg: ProxyConfig) -> Any:
-    client = connect(cfg.zk, timeout=min(10.0, cfg.zk_session_timeout), session_timeout=cfg.zk_session_timeout)
-    store = ClusterStore(client, cfg.cluster)
+    client = connect_to_cluster(cfg.zk, cfg.cluster, cfg.zk_credentials, timeout=min(10.0, cfg.zk_session_timeout),
+                                session_timeout=cfg.zk_session_timeout)
+    store = ClusterStore(client, cfg.cluster, cfg.zk_credentials)
     try:
         if not store.exists():
             raise ClusterNotFound(f"cluster {cfg.cluster!r} does not exist in ZooKeeper at {cfg.zk} "
