@@ -21,6 +21,7 @@ from kvstore_admin import check as checking
 from kvstore_admin import groups as ops
 from kvstore_admin import local, reshard_report, status
 from kvstore_admin import options as opts
+from kvstore_admin import users as users_ops
 from kvstore_admin.errors import (
     DIFFERENT,
     EXIT_CODES_HELP,
@@ -543,6 +544,110 @@ def option_set(settings: Settings, name: str, value: str, as_json: bool) -> None
         emit_json(out)
     else:
         click.echo(f"{name} = {value} (was {out['previous']}); proxies apply it within moments")
+
+
+# --- users of the proxies -------------------------------------------------------------------------------
+
+_RULES_HELP = ("RULE: Redis ACL rules: on, off, +@category, -@category, +command, -command, allcommands, nocommands, "
+               "~keypattern, allkeys, resetkeys, &channelpattern, allchannels, resetchannels.")
+_RULE_ARGS = {"ignore_unknown_options": True}  # -@all, -flushall are rules, not options
+password_file_option = click.option(
+    "--password-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+    help="A file whose first line is the password (only its SHA-256 is stored).")
+limit_options = [
+    click.option("--max-connections", type=click.IntRange(min=0), default=None,
+                 help="Connections this user may hold at once on each proxy (0: no limit)."),
+    click.option("--max-rps", type=click.IntRange(min=0), default=None,
+                 help="Requests per second this user may send to each proxy (0: no limit)."),
+]
+
+
+def with_limit_options(f: Any) -> Any:
+    for option in reversed(limit_options):
+        f = option(f)
+    return f
+
+
+def _given(value: int | None) -> Any:
+    return users_ops.KEEP if value is None else value
+
+
+@cli.group("user", cls=AdminGroup)
+def user_cmd() -> None:
+    """The proxies' users (AUTH username password) and their ACL rules; every proxy applies changes live."""
+
+
+@user_cmd.command("add", context_settings=_RULE_ARGS, epilog=_RULES_HELP)
+@click.argument("name")
+@password_file_option
+@with_limit_options
+@click.argument("rules", nargs=-1, metavar="[RULE]...")
+@pass_settings
+def user_add(settings: Settings, name: str, password_file: Path, max_connections: int | None,
+             max_rps: int | None, rules: tuple[str, ...]) -> None:
+    """Add user NAME, on, with RULEs (none: it may run nothing, as a new Redis user).
+
+    Example: kvstore-admin user add app1 --password-file pw '~app1:*' '&app1:*' +@all -@dangerous
+    """
+    with open_store(settings) as store:
+        user = users_ops.add_user(store, name, password_file, list(rules), _given(max_connections), _given(max_rps))
+    click.echo(f"added user {name}: {_rules_text(user)}")
+
+
+@user_cmd.command("set", context_settings=_RULE_ARGS, epilog=_RULES_HELP)
+@click.argument("name")
+@with_limit_options
+@click.argument("rules", nargs=-1, metavar="[RULE]...")
+@pass_settings
+def user_set(settings: Settings, name: str, max_connections: int | None, max_rps: int | None,
+             rules: tuple[str, ...]) -> None:
+    """Apply RULEs to user NAME, in order (as ACL SETUSER); connected clients of NAME follow at once."""
+    with open_store(settings) as store:
+        user = users_ops.set_user(store, name, list(rules), _given(max_connections), _given(max_rps))
+    click.echo(f"user {name}: {_rules_text(user)}")
+
+
+@user_cmd.command("passwd")
+@click.argument("name")
+@password_file_option
+@pass_settings
+def user_passwd(settings: Settings, name: str, password_file: Path) -> None:
+    """Replace user NAME's password (clients already authenticated stay so, as in Redis)."""
+    with open_store(settings) as store:
+        users_ops.set_password(store, name, password_file)
+    click.echo(f"password of user {name} changed")
+
+
+@user_cmd.command("remove")
+@click.argument("name")
+@pass_settings
+def user_remove(settings: Settings, name: str) -> None:
+    """Remove user NAME; its connected clients are disconnected."""
+    with open_store(settings) as store:
+        users_ops.remove_user(store, name)
+    click.echo(f"removed user {name}")
+
+
+@user_cmd.command("list")
+@json_option
+@pass_settings
+def user_list(settings: Settings, as_json: bool) -> None:
+    """The users with their rules and limits (never their password hashes)."""
+    with open_store(settings) as store:
+        rows = users_ops.list_users(store)
+    if as_json:
+        emit_json(rows)
+    elif not rows:
+        click.echo("no users (only 'default', whose password is the proxies' --requirepass)")
+    else:
+        click.echo(status.table(
+            ["USER", "STATE", "MAX CONN", "MAX RPS", "RULES"],
+            [[u["name"], "on" if u["enabled"] else "off", u["max_connections"] or "-", u["max_rps"] or "-",
+              u["rules"]] for u in rows]))
+
+
+def _rules_text(user: Any) -> str:
+    return " ".join(user.describe().split()[2:3] + user.describe().split()[3 + len(user.passwords):])
 
 
 # --- moving in ---------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ class ProxyConfig:
     # --metrics-listen: where /metrics is served (every worker binds it, SO_REUSEPORT); None: nowhere
     metrics_listen: tuple[str, int] | None = None
     zk_credentials: ZkCredentials | None = field(default=None, repr=False)  # kvstore_cluster.zkauth
+    max_clients_per_address: int | None = None  # limits.py; per proxy, each worker takes its share
+    max_rps_per_address: int | None = None
 
 
 def parse_output_limit(text: str) -> tuple[int, int, float]:

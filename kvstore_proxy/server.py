@@ -15,11 +15,13 @@ from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError
 from kvstore_cluster.zkauth import connect_to_cluster
 from kvstore_proxy import inspection
+from kvstore_proxy.acl import UserDirectory
 from kvstore_proxy.commands import CommandSpec, Kind
 from kvstore_proxy.config import ProxyConfig
 from kvstore_proxy.groupinfo import GroupInfo
 from kvstore_proxy.info import worker_snapshot
 from kvstore_proxy.latency import Histograms, LatencyEvents
+from kvstore_proxy.limits import Limits
 from kvstore_proxy.monitor import Hub
 from kvstore_proxy.outbox import Outbox
 from kvstore_proxy.request import CommandStat
@@ -81,6 +83,8 @@ class Worker:
         self.slow_threshold = self.slowlog.threshold
         self.commandstats: dict[str, CommandStat] = {}
         self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route
+        self.users = UserDirectory(self)  # users, their rules and their routes tables (acl.py)
+        self.limits = Limits(config.workers, config.max_clients_per_address, config.max_rps_per_address)
         self._spec_routes: dict[bytes, Route] = {}
         self.clients: dict[int, Session] = {}
         self._next_id = 0
@@ -137,6 +141,7 @@ class Worker:
     def learn_route(self, name: bytes, route: Route) -> None:
         if len(self.routes) < _MAX_LEARNED and not self.monitoring:
             self.routes[name] = route
+            self.users.learn(name, route)
 
     def set_monitoring(self, on: bool) -> None:
         """MONITOR's worker-wide switch: with ``routes`` empty (in place: every session holds this
@@ -147,6 +152,7 @@ class Worker:
         if on:
             self._routes_before_monitor = dict(self.routes)
             self.routes.clear()
+            self.users.forget_routes()
         else:
             self.routes.update(self._routes_before_monitor)
             self._routes_before_monitor = {}
