@@ -15,7 +15,6 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from kvstore_cluster import codec
 from kvstore_cluster.codec import ModelError
@@ -85,14 +84,6 @@ class ImportState:
             updated_at=codec.number(obj, "updated_at", _WHAT),
             finished_at=None if finished is None else float(finished),
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source, "db": self.db, "phase": self.phase, "replid": self.replid,
-            "snapshot_offset": self.snapshot_offset, "offset": self.offset, "snapshot_keys": self.snapshot_keys,
-            "started_at": self.started_at, "updated_at": self.updated_at, "finished_at": self.finished_at,
-        }
-
 
 
 @dataclass(frozen=True, slots=True)

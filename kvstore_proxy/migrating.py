@@ -32,7 +32,7 @@ import structlog
 from kvstore_cluster.model import Migration, ModelError
 from kvstore_cluster.reshard_state import ReshardState
 from kvstore_proxy import commands, resp
-from kvstore_proxy.backend import _notify
+from kvstore_proxy.datapath import notify
 
 log = structlog.get_logger("kvstore.proxy.migrating")
 
@@ -120,7 +120,7 @@ class Migrating:
             self.router.migration_tryagain += 1
             done = r.fail(HELD_ERROR)
             if done is not None:
-                _notify(done, self.outbox)
+                notify(done, self.outbox)
             return
         gone = self.gone
         keys = [k for k in _keys(r, raw) if k not in gone]

@@ -8,11 +8,11 @@ from typing import Any
 import structlog
 
 from kvstore_cluster.model import Groups, SlotTable
-from kvstore_cluster.slots import SLOT_COUNT
+from kvstore_cluster.slots import SLOT_COUNT, Slotter
 from kvstore_proxy import resp
 from kvstore_proxy.backend import Backend, Refuser
+from kvstore_proxy.datapath import Outbox, SlotMap
 from kvstore_proxy.migrating import Migrating, released
-from kvstore_proxy.outbox import Outbox
 
 log = structlog.get_logger("kvstore.proxy.router")
 
@@ -22,7 +22,9 @@ NO_TABLE_ERROR = resp.error("TRYAGAIN kvstore-proxy has not read the cluster tab
 
 
 class Router:
-    """Owns the backends of the current masters and ``slot_backend``, the table the hot path indexes.
+    """Owns the backends of the current masters, ``slot_backend`` (slot -> entry; the compiled path
+    reads it as ``slot_map``, rebuilt whenever a new table is assigned: never change one in place)
+    and ``slotter`` (the cluster's slot function with its key rules, which the compiled path calls).
 
     Every entry of ``slot_backend`` answers ``up``/``send``/``refuse``: a :class:`Backend`, or a
     :class:`Refuser` for slots nobody may serve right now (unowned, group down, proxy fenced), so
@@ -47,6 +49,7 @@ class Router:
         self._fence = Refuser(FENCED_ERROR, outbox)
         self._no_table = Refuser(NO_TABLE_ERROR, outbox)
         self.slot_backend: list[Any] = [self._no_table] * SLOT_COUNT
+        self.slotter = Slotter()  # no key rules
         self.owners: tuple[str | None, ...] = (None,) * SLOT_COUNT
         self.group_order: list[Any] = []  # one entry per group, for fan-out commands
         self.reshard_data: bytes | None = None  # the reshard znode, for holding newly marked slots
@@ -58,6 +61,15 @@ class Router:
         self.requests_held = 0  # requests made to wait (not refused) for a held slot
         # Called after every change of the table (never per request): clients holding leases follow it.
         self.listeners: list[Callable[[], None]] = []
+
+    @property
+    def slot_backend(self) -> list[Any]:
+        return self._slot_backend
+
+    @slot_backend.setter
+    def slot_backend(self, table: list[Any]) -> None:
+        self._slot_backend = table
+        self.slot_map = SlotMap(table)
 
     # --- applying ZooKeeper's tables ----------------------------------------------------------
 

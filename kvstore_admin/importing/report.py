@@ -8,7 +8,8 @@ from kvstore_admin.importing.verify import TYPES
 
 
 def render(summary: dict[str, Any]) -> str:
-    lines = [f"import from {summary['source']} (db {summary['db']}, {summary['role']}): {summary['result']}"]
+    lines = [f"import from {summary['source']} (Redis {summary['source_version']}, {summary['role']}, db "
+             f"{summary['db']}: {summary['source_keys']:,} keys): {summary['result']}"]
     if summary.get("start"):
         lines.append(f"  start: {summary['start']} ({summary['start_reason']})")
     snap = summary.get("snapshot")

@@ -88,6 +88,8 @@ class Summary:
     source: str
     db: int
     role: str = "master"
+    source_version: str = ""
+    source_keys: int = 0  # in the imported database when the import started
     start: str = ""  # "snapshot", "resync" or "continue"
     start_reason: str = ""
     result: str = ""
@@ -100,7 +102,8 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "source": self.source, "db": self.db, "role": self.role, "start": self.start,
+            "source": self.source, "db": self.db, "role": self.role, "source_version": self.source_version,
+            "source_keys": self.source_keys, "start": self.start,
             "start_reason": self.start_reason, "result": self.result, "snapshot": self.snapshot,
             "stream": self.stream, "cutover": self.cutover, "verify": self.verify,
             "seconds": round(self.seconds, 3), "exit_code": self.exit_code,
@@ -267,7 +270,8 @@ class Importer:
         try:
             self.src = source.connect(opts.source, opts.password)
             info = source.probe(self.src, opts.db)
-            self.summary.role = info.role
+            self.summary.role, self.summary.source_version = info.role, info.version
+            self.summary.source_keys = info.keys
             if opts.cutover:
                 refuse_cutover_on_replica(info)
             groups, slots, router = cluster_layout(self.store)

@@ -40,11 +40,6 @@ class SourceInfo:
     version: str
     keys: int  # in the database imported
     max_db: int  # the highest database index holding keys
-    offset: int  # master_repl_offset
-
-    def to_json(self) -> dict[str, Any]:
-        return {"address": self.address, "role": self.role, "master": self.master, "version": self.version,
-                "keys": self.keys}
 
 
 def auth_failure(address: str, exc: ReplyError, password: str | None) -> SourceError:
@@ -122,12 +117,8 @@ def probe(conn: Conn, db: int) -> SourceInfo:
     dbs = [int(k[2:]) for k in info if k.startswith("db") and k[2:].isdigit()]
     role = "replica" if info.get("role") == "slave" else "master"
     master = f"{info.get('master_host')}:{info.get('master_port')}" if role == "replica" else None
-    offset_key = "master_repl_offset"
-    return SourceInfo(
-        address=conn.address, role=role, master=master, version=info["redis_version"],
-        keys=keyspace_keys(info, db), max_db=max(dbs, default=0),
-        offset=int(info.get(offset_key, "0") or 0),
-    )
+    return SourceInfo(address=conn.address, role=role, master=master, version=info["redis_version"],
+                      keys=keyspace_keys(info, db), max_db=max(dbs, default=0))
 
 
 def master_offset(conn: Conn) -> int:

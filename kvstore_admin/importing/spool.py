@@ -101,10 +101,3 @@ class Spool:
             os.unlink(self.path)
         except OSError:
             pass
-
-    def discard(self) -> None:
-        with self.cond:
-            if self.writer is not None:
-                self._rewind()
-            self.chunks.clear()
-            self.in_memory = 0
