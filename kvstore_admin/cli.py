@@ -319,10 +319,17 @@ move_options = [
 ]
 
 
-def with_move_options(f: Any) -> Any:
-    for option in reversed(move_options):
-        f = option(f)
-    return f
+def with_options(options: list[Any]) -> Any:
+    """A decorator adding every one of ``options`` to a command."""
+    def decorate(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+with_move_options = with_options(move_options)
 
 
 def _options(settings: Settings, batch: int, parallel: int, timeout: float, slots_per_step: int) -> reshard.Options:
@@ -561,11 +568,7 @@ limit_options = [
                  help="Requests per second this user may send to each proxy (0: no limit)."),
 ]
 
-
-def with_limit_options(f: Any) -> Any:
-    for option in reversed(limit_options):
-        f = option(f)
-    return f
+with_limit_options = with_options(limit_options)
 
 
 def _given(value: int | None) -> Any:

@@ -39,6 +39,20 @@ def client(proxy: LocalProcess, user: str | None = None, password: str = "", **k
     return redis.Redis(port=proxy.port, username=user, password=password or None, socket_timeout=10, **kwargs)
 
 
+def exchange(proxy: LocalProcess, requests: bytes, expected: bytes) -> bool:
+    """Send raw ``requests`` on a fresh connection; whether the replies are exactly ``expected``."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as raw:
+        raw.sendall(requests)
+        got = b""
+        while len(got) < len(expected):
+            chunk = raw.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    assert got == expected
+    return True
+
+
 def noperm(call, text: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(redis.exceptions.NoPermissionError) as info:
         call()
@@ -52,15 +66,9 @@ def test_auth_users_wrong_passwords_and_the_default_user(proxy: LocalProcess) ->
         client(proxy, "nobody", "s3cret-app1").ping()
     with pytest.raises(redis.exceptions.AuthenticationError):
         client(proxy).ping()  # no AUTH: NOAUTH
-    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-    raw.sendall(b"AUTH app1 wrong\r\nGET app1:x\r\nAUTH s3cret-default\r\nACL WHOAMI\r\n")
-    expected = (b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
-                b"-NOAUTH Authentication required.\r\n+OK\r\n$7\r\ndefault\r\n")
-    got = b""
-    while len(got) < len(expected):
-        got += raw.recv(4096)
-    assert got == expected
-    raw.close()
+    assert exchange(proxy, b"AUTH app1 wrong\r\nGET app1:x\r\nAUTH s3cret-default\r\nACL WHOAMI\r\n",
+                    b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+                    b"-NOAUTH Authentication required.\r\n+OK\r\n$7\r\ndefault\r\n")
     assert client(proxy, "default", "s3cret-default").acl_whoami() == "default"
     assert client(proxy, "app1", "s3cret-app1").acl_whoami() == "app1"
     # HELLO 3 AUTH, as redis-py sends it with protocol=3
@@ -104,15 +112,9 @@ def test_command_restricted_user_does_not_borrow_the_shared_fast_path(proxy: Loc
 
 def test_transactions_and_pubsub_are_checked(proxy: LocalProcess) -> None:
     app1 = client(proxy, "app1", "s3cret-app1")
-    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-    raw.sendall(b"AUTH app1 s3cret-app1\r\nMULTI\r\nSET app1:t 1\r\nSET other:t 1\r\nEXEC\r\n")
-    expected = (b"+OK\r\n+OK\r\n+QUEUED\r\n-NOPERM " + NOPERM_KEY.encode() + b"\r\n"
-                b"-EXECABORT Transaction discarded because of previous errors.\r\n")
-    got = b""
-    while len(got) < len(expected):
-        got += raw.recv(4096)
-    assert got == expected
-    raw.close()
+    assert exchange(proxy, b"AUTH app1 s3cret-app1\r\nMULTI\r\nSET app1:t 1\r\nSET other:t 1\r\nEXEC\r\n",
+                    b"+OK\r\n+OK\r\n+QUEUED\r\n-NOPERM " + NOPERM_KEY.encode() + b"\r\n"
+                    b"-EXECABORT Transaction discarded because of previous errors.\r\n")
     assert app1.exists("app1:t") == 0
     noperm(lambda: app1.execute_command("WATCH", "other:w"), NOPERM_KEY)
     noperm(lambda: app1.publish("other:c", "x"), NOPERM_CHANNEL)
