@@ -3,8 +3,9 @@
 #   make test                  the whole test suite (what .ci/run runs)
 #   make lint                  ruff and mypy (CI runs it before the tests)
 # System packages are installed with apt-get only when missing (so no root is needed on a
-# machine that has them); the virtualenv is (re)installed when missing or when pyproject.toml
-# is newer than its stamp file.
+# machine that has them); the virtualenv is (re)installed when missing or when pyproject.toml,
+# setup.py or a compiled module's source (.pyx/.pxd) is newer than its stamp file: the install
+# builds the compiled modules in place, which needs a C compiler and the Python headers.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -30,6 +31,9 @@ system-packages:
 	@missing=""; \
 	command -v $(PYTHON) >/dev/null || missing="$$missing python3"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v cc >/dev/null || command -v gcc >/dev/null || missing="$$missing gcc"; \
+	$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+		2>/dev/null || missing="$$missing python3-dev"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	test -f /usr/share/java/zookeeper.jar || missing="$$missing zookeeper"; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
@@ -40,7 +44,9 @@ system-packages:
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
 	fi
 
-$(STAMP): pyproject.toml | system-packages
+COMPILED := $(wildcard kvstore_proxy/*.pyx kvstore_proxy/*.pxd kvstore_cluster/*.pyx kvstore_cluster/*.pxd)
+
+$(STAMP): pyproject.toml setup.py $(COMPILED) | system-packages
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
@@ -123,6 +129,16 @@ chaos: $(STAMP)
 .PHONY: import-bench
 import-bench: $(STAMP)
 	$(PY) tools/import_bench.py $(IMPORT_BENCH_ARGS)
+
+# make bench-reshard: kvstore-admin rebalance of 600,000 keys onto a third group timed from start to
+# exit, clients' ops/s and p99 through the proxy during vs before, the longest stall of a server while
+# a 1,000,000-field hash moves (tools/reshard_bench.py; README "Resharding figures"), a few minutes.
+# Writes bench/results/reshard.json; RESHARD_BENCH_ARGS="--keys N --rounds N ... -- --batch N" to vary.
+RESHARD_BENCH_ARGS ?=
+
+.PHONY: bench-reshard
+bench-reshard: $(STAMP)
+	$(PY) tools/reshard_bench.py $(RESHARD_BENCH_ARGS)
 
 # make deploy-test: the Ansible deployment (ansible/, docs/deploy.md) for real on this machine:
 # site.yml twice (the second run must change nothing), the rolling playbooks, teardown.yml, and

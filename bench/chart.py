@@ -12,11 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from bench.report import TARGETS, Row, fmt_ratio  # noqa: E402
+from bench.report import TARGETS, Row, fmt_ratio, ops_target  # noqa: E402
 
-COLORS = {"direct": "#9e9e9e", "nutcracker": "#f28e2b", "kvstore": "#4e79a7", "base": "#a0cbe8"}
+COLORS = {"direct": "#9e9e9e", "nutcracker": "#f28e2b", "kvstore": "#4e79a7", "kvstore2": "#a0cbe8",
+          "base": "#bab0ac"}
 LABELS = {"direct": "direct Redis (one backend)", "nutcracker": "nutcracker (twemproxy)",
-          "kvstore": "kvstore-proxy (1 worker)", "base": "kvstore-proxy, baseline commit"}
+          "kvstore": "kvstore-proxy (1 worker)", "kvstore2": "kvstore-proxy (2 workers)",
+          "base": "kvstore-proxy, baseline commit"}
 
 
 def _kops(v: float, _pos: object) -> str:
@@ -44,7 +46,7 @@ def draw(rows: Sequence[Row], path: Path, title: str, subtitle: str) -> None:
             if r.ops_ratio is None:
                 continue
             peak = max(max(r.rounds_ops.get(t) or [0]) for t in targets)
-            color = "#1b7837" if r.ops_ratio >= 1.0 else "#b2182b"
+            color = "#1b7837" if r.ops_ratio >= ops_target(r.test) else "#b2182b"
             ax.annotate(f"kv/nc {fmt_ratio(r.ops_ratio)}", (x, peak + top * 0.02), ha="center",
                         va="bottom", fontsize=9, color=color, fontweight="bold")
         ax.set_xticks(list(xs), [r.test for r in prow])

@@ -198,15 +198,16 @@ def checkout(ref: str, dest: Path) -> Path:
 
 
 def start_kvstore(stack: contextlib.ExitStack, tmp: Path, zk: LocalProcess,
-                  extra_args: list[str] | None = None, name: str = "kvstore", root: Path = ROOT) -> Target:
-    """kvstore-proxy --workers 1; ``root`` is the source tree it runs from (``checkout`` for a baseline)."""
+                  extra_args: list[str] | None = None, name: str = "kvstore", root: Path = ROOT,
+                  workers: int = 1) -> Target:
+    """kvstore-proxy --workers N; ``root`` is the source tree it runs from (``checkout`` for a baseline)."""
     if not (root / "kvstore_proxy" / "__main__.py").exists():
         raise ProcessError("kvstore_proxy has no __main__.py yet: run with --targets direct,nutcracker")
     d = tmp / f"{name}-proxy"
     d.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk.address, "--cluster", CLUSTER,
-            "--listen", f"127.0.0.1:{port}", "--workers", "1",
+            "--listen", f"127.0.0.1:{port}", "--workers", str(workers),
             # like nutcracker here: no client limit, logs warnings only
             "--max-clients", "100000", "--log-level", "warning", *(extra_args or [])]
     # -m from the tree's own directory: its packages come first, before the installed ones
@@ -214,6 +215,9 @@ def start_kvstore(stack: contextlib.ExitStack, tmp: Path, zk: LocalProcess,
     tree = ProcTree(proc.pid)
     _stop_later(stack, proc, tree)
     _wait_ping(proc, port, 30, d / "kvstore-proxy.log")
+    if workers > 1:  # every worker must be serving before it is measured
+        wait_until(lambda: len(tree.processes()) > workers and all(resp_ping(port) for _ in range(4 * workers)),
+                   30, f"{workers} kvstore-proxy workers on port {port}")
     return Target(name, port, proc, tree, " ".join(argv[argv.index("--workers"):]))
 
 

@@ -1,4 +1,4 @@
-"""kvstore benchmark: direct Redis vs nutcracker (twemproxy) vs kvstore-proxy, interleaved.
+"""kvstore benchmark: direct Redis vs nutcracker (twemproxy) vs kvstore-proxy (1 and 2 workers), interleaved.
 
     .venv/bin/python bench/run.py            # full run, ~7 minutes, writes bench/results/latest.*
     .venv/bin/python bench/run.py --quick    # ~1 minute smoke run, writes bench/results/quick.*
@@ -7,9 +7,10 @@
 What runs (everything on 127.0.0.1, free ports, one temp dir, all stopped at the end):
 
     ZooKeeper + cluster "bench" (2 groups, cache mode)
-    redis A = g1 ◄─┬─ nutcracker ◄──────┐
-    redis B = g2 ◄─┴─ kvstore-proxy ◄───┼── redis-benchmark -c 50 (one target at a time)
-    redis A ◄───────────────────────────┘   ("direct": one backend, no proxy)
+    redis A = g1 ◄─┬─ nutcracker ◄──────────────────┐
+    redis B = g2 ◄─┼─ kvstore-proxy --workers 1 ◄───┼── redis-benchmark -c 50 (one target at a time)
+                   └─ kvstore-proxy --workers 2 ◄───┤
+    redis A ◄───────────────────────────────────────┘   ("direct": one backend, no proxy)
 
     calibration pass (also the warm-up) ─► rounds × rows × targets, target order rotated each
     round ─► medians per row ─► table on stdout + JSON + Markdown + PNG ─► idle-connection RSS
@@ -53,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 rounds of ~0.4 s per measurement (about a minute)")
-    ap.add_argument("--targets", default="direct,nutcracker,kvstore",
-                    help="comma-separated subset of direct,nutcracker,kvstore (default: all three)")
+    ap.add_argument("--targets", default=",".join(t for t in report.TARGETS if t != "base"),
+                    help="comma-separated subset of direct,nutcracker,kvstore,kvstore2 (default: all four; "
+                         "kvstore2 is kvstore-proxy --workers 2)")
     ap.add_argument("--tests", default=",".join(t.name.split(" ")[0] for t in workload.TESTS),
                     help="comma-separated tests (default: all): " +
                     ", ".join(t.name.split(" ")[0] for t in workload.TESTS))
@@ -288,10 +290,12 @@ def main(argv: list[str] | None = None) -> int:
             if "nutcracker" in args.target_list:
                 targets["nutcracker"] = cluster.start_nutcracker(stack, tmp, backends, args.distribution,
                                                                  args.nutcracker_mbuf)
-            if "kvstore" in args.target_list or "base" in args.target_list:
+            kvstores = [t for t in ("kvstore", "kvstore2") if t in args.target_list]
+            if kvstores or "base" in args.target_list:
                 zk = cluster.start_zk_cluster(stack, tmp, backends)
-            if "kvstore" in args.target_list:
-                targets["kvstore"] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg)
+            for name in kvstores:
+                targets[name] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name=name,
+                                                      workers=2 if name == "kvstore2" else 1)
             if "base" in args.target_list:
                 tree = cluster.checkout(args.baseline, tmp / "baseline-tree")
                 targets["base"] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name="base", root=tree)
@@ -314,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.rounds()
             idle_results = []
             if idle_conns:
-                for name in [p for p in proxies if p != "base"]:
+                for name in [p for p in proxies if p not in ("kvstore2", "base")]:
                     print(f"idle connections: {idle_conns:,} to {name} ...", flush=True)
                     res = idle.run(name, targets[name].port, targets[name].tree, idle_conns)  # type: ignore[arg-type]
                     idle_results.append(res)
@@ -324,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         rounds = f"{args.rounds} round" + ("s" if args.rounds != 1 else "")
         header = (f"{args.clients} clients, {rounds} interleaved, ~{args.seconds:g} s per "
                   f"measurement, medians; direct = redis A alone; kvstore-proxy "
-                  f"{targets['kvstore'].note if 'kvstore' in targets else '-'}; nutcracker "
+                  f"{targets['kvstore'].note if 'kvstore' in targets else '-'}"
+                  + (f" (and {targets['kvstore2'].note})" if "kvstore2" in targets else "") + "; nutcracker "
                   f"{targets['nutcracker'].note if 'nutcracker' in targets else '-'}")
         doc = {
             "machine": machine,

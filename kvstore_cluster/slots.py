@@ -1,21 +1,20 @@
-"""The slot hash (CRC16 mod 16384 with Redis Cluster hash tags) and slot-range parsing."""
+"""The slot of a key and slot-range parsing.
+
+The slot function is compiled (keyslot.pyx): ``key_slot`` is CRC16 mod 16384 with Redis Cluster
+hash tags, as ``CLUSTER KEYSLOT``; a ``Slotter`` adds key rules (prefix -> tag) and is what the
+proxy's request path calls from C.
+"""
 
 from __future__ import annotations
 
-from binascii import crc_hqx
+try:
+    from kvstore_cluster.keyslot import SLOT_COUNT, Slotter, key_slot
+except ImportError as exc:  # a checkout used without installing it
+    raise ImportError("kvstore's compiled modules are not built: run 'make test' or pip install -e . "
+                      "(README: Building from source)") from exc
 
-SLOT_COUNT = 16384
-
-
-def key_slot(key: bytes) -> int:
-    """Return the slot of ``key`` exactly as Redis Cluster's ``CLUSTER KEYSLOT`` does."""
-    start = key.find(b"{")
-    if start != -1:
-        end = key.find(b"}", start + 1)
-        # An empty tag ("{}") hashes the whole key, as in Redis Cluster.
-        if end > start + 1:
-            key = key[start + 1 : end]
-    return crc_hqx(key, 0) & 0x3FFF
+__all__ = ["SLOT_COUNT", "Slotter", "format_slot_ranges", "key_slot", "merge_ranges", "parse_slot_ranges",
+           "slots_to_ranges"]
 
 
 def parse_slot_ranges(text: str) -> list[tuple[int, int]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from binascii import crc_hqx
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,15 +13,6 @@ if TYPE_CHECKING:
     from kvstore_proxy.session import Session
 
 _NO_GROUPS = resp.error("CLUSTERDOWN the cluster has no groups")
-
-
-def _slot(key: bytes) -> int:
-    s = key.find(b"{")
-    if s >= 0:
-        e = key.find(b"}", s + 1)
-        if e > s + 1:
-            key = key[s + 1 : e]
-    return crc_hqx(key, 0) & 0x3FFF
 
 
 def fan_out(s: Session, stat: CommandStat, args: list[bytes], t0: float,
@@ -64,11 +54,12 @@ def _flush(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes
 
 def _keys(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
     router = s.router
+    slot = s.worker.router.slotter.key_slot
 
     def merge(results: list[Any]) -> bytes:
         out: list[bytes] = []
         for gi, keys in enumerate(results):
-            out.extend(k for k in keys if router.owns(gi, _slot(k)))
+            out.extend(k for k in keys if router.owns(gi, slot(k)))
         return resp.array([resp.bulk(k) for k in out])
 
     return _broadcast(s, args, stat, t0, merge)
@@ -96,6 +87,7 @@ def _scan(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes 
         return resp.error("ERR invalid cursor")
     group, inner = cursor % n, cursor // n
     router = s.router
+    slot = s.worker.router.slotter.key_slot
 
     def merge(results: list[Any]) -> bytes:
         next_inner, keys = results[0]
@@ -105,7 +97,7 @@ def _scan(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes 
         else:
             nxt = group + 1 if group + 1 < n else 0
         # Only keys this group serves: a node may still hold keys of slots it gave away.
-        keys = [k for k in keys if router.owns(group, _slot(k))]
+        keys = [k for k in keys if router.owns(group, slot(k))]
         return resp.array([resp.bulk(b"%d" % nxt), resp.array([resp.bulk(k) for k in keys])])
 
     sub = [args[0], b"%d" % inner, *args[2:]]

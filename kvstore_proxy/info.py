@@ -82,8 +82,7 @@ def worker_snapshot(w: Worker) -> dict[str, Any]:
         "clients": len(sessions),
         "blocked": len(w.stateful.blocked),  # clients waiting in BLPOP, XREAD BLOCK, ... (blocking.py)
         "monitors": len(w.monitor.clients),
-        # getattr: the partial request a session holds, whatever the session's implementation calls it
-        "max_input": max((len(getattr(c, "_carry", None) or b"") for c in sessions), default=0),
+        "max_input": max((c.pending_input for c in sessions), default=0),
         "max_output": max((c.transport.get_write_buffer_size() for c in sessions if c.transport is not None),
                           default=0),
         "connections_received": s.connections_received,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from kvstore_proxy import aggregate, fanout, info, latency, resp, siblings
-from kvstore_proxy.backend import _notify
+from kvstore_proxy.datapath import notify
 from kvstore_proxy.request import CommandStat, Reply
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def complete(r: Reply, data: bytes) -> None:
     """``r``, queued earlier, gets its reply now; its session writes it in turn this loop iteration."""
     if r.data is None:
         r.data = data
-        _notify(r, r.session.outbox)
+        notify(r, r.session.outbox)
 
 
 def answer_later(s: Session, stat: CommandStat, args: list[bytes], t0: float,

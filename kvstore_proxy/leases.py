@@ -303,7 +303,3 @@ class LeasePool:
     def close_all(self) -> None:
         for lease in list(self.leases):
             lease.close()
-
-    def describe(self) -> dict[str, int]:
-        idle = sum(len(v) for v in self.idle.values())
-        return {"open": len(self.leases), "idle": idle, "lent": len(self.leases) - idle}

@@ -1,4 +1,8 @@
-"""The slot a request leaves in its client's reply FIFO, and the parts a split request waits for."""
+"""Requests answered from several backend replies merged in Python: the fan-out commands (fanout.py).
+
+The per-request types (Reply, CommandStat, and MGET/MSET/DEL's split MultiReply) are compiled, in
+datapath.pyx; they are re-exported here for the Python features that build replies.
+"""
 
 from __future__ import annotations
 
@@ -8,41 +12,9 @@ from typing import Any
 import hiredis
 
 from kvstore_proxy import resp
+from kvstore_proxy.datapath import CommandStat, Reply
 
-
-class CommandStat:
-    """Calls and total latency of one command name (INFO commandstats)."""
-
-    __slots__ = ("name", "calls", "usec", "errors")
-
-    def __init__(self, name: str):
-        self.name = name
-        self.calls = 0
-        self.usec = 0.0  # seconds, despite the name; INFO converts
-        self.errors = 0
-
-
-class Reply:
-    """One request's place in the client's FIFO; ``data`` is its encoded reply once known.
-
-    Backends hold the same object in their own FIFO and fill ``data`` with the raw reply bytes
-    when they arrive, so a reply routed whole is never parsed or re-encoded.
-    """
-
-    __slots__ = ("session", "data", "t0", "stat", "args")
-
-    def __init__(self, session: Any, t0: float, stat: CommandStat, args: list[bytes]):
-        self.session = session
-        self.data: bytes | bytearray | None = None
-        self.t0 = t0
-        self.stat = stat
-        self.args = args
-
-    def fail(self, err: bytes) -> Reply | None:
-        """Answer with an encoded error reply; returns self (finished) for the caller to notify."""
-        if self.data is None:
-            self.data = err
-        return self
+__all__ = ["CommandStat", "Merge", "Part", "Reply", "SplitReply"]
 
 
 Merge = Callable[[list[Any]], bytes]

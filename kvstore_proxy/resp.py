@@ -1,8 +1,15 @@
-"""RESP building blocks: RESP2/RESP3 reply encoders, request encoding, the resumable reply scanner, inline splitting."""
+"""RESP for the Python paths: RESP2/RESP3 reply encoders, request encoding, parsing one reply, inline splitting.
+
+The per-request parsing and reply bounds are compiled (datapath.pyx).
+"""
 
 from __future__ import annotations
 
 import hiredis
+
+from kvstore_proxy.datapath import ProtocolError, reply_end, scan_reply
+
+__all__ = ["ProtocolError", "scan_reply"]  # compiled, with the request path that uses them too
 
 CRLF = b"\r\n"
 OK = b"+OK\r\n"
@@ -18,10 +25,6 @@ _TABLE = 4096
 BULK_HDR = [b"$%d\r\n" % i for i in range(_TABLE)]
 ARRAY_HDR = [b"*%d\r\n" % i for i in range(_TABLE)]
 INT = [b":%d\r\n" % i for i in range(_TABLE)]
-
-
-class ProtocolError(Exception):
-    """Bytes that are not RESP; the message is what Redis would say after ``Protocol error: ``."""
 
 
 # --- encoders ----------------------------------------------------------------------------------
@@ -208,100 +211,10 @@ def _attribute_end(raw: bytes) -> int:
         pairs = int(raw[p + 1 : nl])
         p = nl + 2
         for _ in range(2 * pairs):
-            p, complete = scan_reply(raw, p, len(raw), [])
-            if not complete:
+            p = reply_end(raw, p)
+            if p < 0:
                 raise ProtocolError("incomplete attribute")
     return p
-
-
-# Stack entries for RESP3's streamed forms, which have no element count. Both are far above any
-# real count, so decrementing them for each element never reaches 0 and needs no extra test.
-_CHUNKS = 1 << 61  # a streamed string ``$?``: ``;N`` chunks until ``;0``
-_STREAMED = 1 << 62  # a streamed aggregate ``*?`` ``%?`` ``~?`` ``>?``: elements until ``.``
-
-
-def scan_reply(buf: bytes | bytearray, p: int, n: int, stack: list[int]) -> tuple[int, bool]:
-    """Skip over complete RESP2/RESP3 elements from ``p``; return ``(position, reply_complete)``.
-
-    Resumable: when the data ends inside a reply, ``position`` is the start of the first
-    incomplete element and ``stack`` holds the element counts still expected by the enclosing
-    aggregates; call again with both once more data has arrived. Only the incomplete element is
-    looked at again, so a large array arriving in many reads costs linear time.
-
-    Every RESP3 type is known, including the forms Redis 7.0 does not send (streamed strings
-    and aggregates): a map of N pairs is 2N elements, an attribute ``|N`` is its 2N elements and
-    the reply it describes, all together one element.
-    """
-    find = buf.find
-    while True:
-        if p >= n:
-            return p, False
-        c = buf[p]
-        nl = find(b"\r\n", p)
-        if nl < 0:
-            return p, False
-        if c == 36 or c == 61 or c == 33:  # $ = !  (bulk, verbatim, blob error)
-            try:
-                size = int(buf[p + 1 : nl])
-            except ValueError:
-                if c != 36 or buf[p + 1 : nl] != b"?":
-                    raise
-                stack.append(_CHUNKS)
-                p = nl + 2
-                continue
-            if size >= 0:
-                end = nl + size + 4
-                if end > n:
-                    return p, False
-                p = end
-            else:
-                p = nl + 2
-        elif c == 42 or c == 37 or c == 126 or c == 62 or c == 124:  # * % ~ > |
-            try:
-                count = int(buf[p + 1 : nl])
-            except ValueError:
-                if buf[p + 1 : nl] != b"?" or c == 124:
-                    raise
-                stack.append(_STREAMED)
-                p = nl + 2
-                continue
-            p = nl + 2
-            if c == 37:  # map: key and value per entry
-                count *= 2
-            elif c == 124:  # attribute: its map, then the reply it is about
-                count = 2 * count + 1
-            if count > 0:
-                stack.append(count)
-                continue
-        elif c == 43 or c == 45 or c == 58 or c == 95 or c == 44 or c == 35 or c == 40:  # + - : _ , # (
-            p = nl + 2
-        elif c == 59:  # ; a chunk of a streamed string
-            if not stack or stack[-1] != _CHUNKS:
-                raise ProtocolError("string chunk outside a streamed string")
-            size = int(buf[p + 1 : nl])
-            if size > 0:
-                end = nl + size + 4
-                if end > n:
-                    return p, False
-                p = end
-                continue
-            p = nl + 2
-            stack.pop()  # ;0 ends the string: one element complete
-        elif c == 46:  # . the end of a streamed aggregate
-            if not stack or stack[-1] <= _CHUNKS:
-                raise ProtocolError("end marker outside a streamed aggregate")
-            p = nl + 2
-            stack.pop()
-        else:
-            raise ProtocolError(f"unexpected reply type byte {bytes([c])!r}")
-        # one element is complete: close every aggregate it completes
-        while stack:
-            stack[-1] -= 1
-            if stack[-1]:
-                break
-            stack.pop()
-        else:
-            return p, True
 
 
 def split_inline(line: bytes) -> list[bytes]:

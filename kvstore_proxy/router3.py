@@ -1,8 +1,8 @@
 """The routing table as RESP3 sessions see it: every entry replaced by its ``resp3`` counterpart.
 
 A session that negotiated ``HELLO 3`` swaps ``session.router`` for the worker's :class:`Resp3Router`,
-once; its hot path indexes ``router.slot_backend[slot]`` exactly as a RESP2 session does and so
-reaches each group's RESP3 connection without testing the protocol per request. RESP2 sessions
+once, for its Python paths; its compiled path (``SessionCore.resp3``) takes each slot entry's
+``resp3`` itself, and an entry without one gets this router's refusal (``missing``). RESP2 sessions
 keep the :class:`~kvstore_proxy.router.Router` itself and pay nothing.
 
 The entry is looked up in the router's current table on every request (no copy to keep in
@@ -20,7 +20,7 @@ from kvstore_proxy import resp
 from kvstore_proxy.backend import Refuser
 
 if TYPE_CHECKING:
-    from kvstore_proxy.outbox import Outbox
+    from kvstore_proxy.datapath import Outbox
     from kvstore_proxy.router import Router
 
 log = structlog.get_logger("kvstore.proxy.router3")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import signal
@@ -14,14 +15,13 @@ import structlog
 from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
 from kvstore_proxy import inspection
-from kvstore_proxy.commands import CommandSpec, Kind
+from kvstore_proxy.commands import CommandSpec
 from kvstore_proxy.config import ProxyConfig
+from kvstore_proxy.datapath import CommandStat, Outbox, Route, command_name
 from kvstore_proxy.groupinfo import GroupInfo
 from kvstore_proxy.info import worker_snapshot
 from kvstore_proxy.latency import Histograms, LatencyEvents
 from kvstore_proxy.monitor import Hub
-from kvstore_proxy.outbox import Outbox
-from kvstore_proxy.request import CommandStat
 from kvstore_proxy.router import Router
 from kvstore_proxy.router3 import Resp3Router
 from kvstore_proxy.session import Session
@@ -37,22 +37,6 @@ _MAX_LEARNED = 4096  # distinct spellings of command names in the fast-route cac
 
 class StartupError(Exception):
     """The proxy cannot start; the message is one line for the user."""
-
-
-class Route:
-    """How one command spec is served, with its stats; ``fast`` routes skip lookup entirely."""
-
-    __slots__ = ("spec", "stat", "fast", "key", "nmin", "nmax")
-
-    def __init__(self, spec: CommandSpec, stat: CommandStat):
-        self.spec = spec
-        self.stat = stat
-        # KEYED commands have their one key at a fixed position (commands.py computes it).
-        fixed: Any = getattr(spec, "_fixed", None)
-        self.fast = spec.kind is Kind.KEYED and b"|" not in spec.name and fixed is not None and len(fixed) == 1
-        self.key = fixed[0] if self.fast else 0
-        self.nmin = spec.arity if spec.arity > 0 else -spec.arity
-        self.nmax = spec.arity if spec.arity > 0 else 1 << 62
 
 
 class Worker:
@@ -79,7 +63,7 @@ class Worker:
             Histograms() if config.latency_tracking else None)
         self.slow_threshold = self.slowlog.threshold
         self.commandstats: dict[str, CommandStat] = {}
-        self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route
+        self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route (datapath.Route)
         self._spec_routes: dict[bytes, Route] = {}
         self.clients: dict[int, Session] = {}
         self._next_id = 0
@@ -103,6 +87,15 @@ class Worker:
         self.metrics: Any = None  # metrics.MetricsEndpoint with --metrics-listen
         self._stop = asyncio.Event()
         self._zk: Any = None
+
+    @property
+    def slow_threshold(self) -> float:
+        """SLOWLOG's threshold in seconds (math.inf: off); kept where the compiled path counts replies."""
+        return self.outbox.slow_threshold
+
+    @slow_threshold.setter
+    def slow_threshold(self, seconds: float) -> None:
+        self.outbox.slow_threshold = seconds
 
     # --- sessions ---------------------------------------------------------------------------------
 
@@ -135,7 +128,7 @@ class Worker:
 
     def learn_route(self, name: bytes, route: Route) -> None:
         if len(self.routes) < _MAX_LEARNED and not self.monitoring:
-            self.routes[name] = route
+            self.routes[command_name(name)] = route  # the object the compiled path looks names up with
 
     def set_monitoring(self, on: bool) -> None:
         """MONITOR's worker-wide switch: with ``routes`` empty (in place: every session holds this
@@ -295,6 +288,9 @@ def run(config: ProxyConfig, sock: Any = None, family: Family | None = None) -> 
         loop.run_until_complete(_abandon(worker))
         loop.close()
         return 2
+    # Everything made at start (command table, modules, clients) is never garbage: keep it out of
+    # every collection, so a collection costs what was made since, not the whole process.
+    gc.freeze()
     try:
         loop.run_until_complete(worker.serve_until_stopped())
     finally:

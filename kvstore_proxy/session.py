@@ -1,83 +1,66 @@
-"""A client connection: parse requests, route them, and write replies back in request order.
+"""A client connection: the per-request path is compiled (datapath.SessionCore); this is the rest.
 
 ::
 
     client bytes
-      │ data_received ─► hiredis.Reader.gets() ─► args        (inline lines: resp.split_inline)
-      │                    └─ partial request: _check_partial (bulk/multibulk limits, like Redis)
+      │ SessionCore.data_received (datapath.pyx): multibulk parsed in place, Redis's limits
       ▼
-    route: routes[args[0]] ──KEYED fast path──► slot_backend[key_slot(key)]         (router.py)
-      │      (after HELLO 3 the session routes with router3.py: each group's RESP3 connection)
-      │      └─ otherwise _slow: commands.lookup ─► arity ─► auth ─► kind
-      │             MULTI ─► multikey.split ─► SplitReply + one Part per group       (multikey.py)
-      │             SAME_SLOT ─► -CROSSSLOT or the slot's backend
+    route: routes[name] ──fast Route──► slot_backend[slot] (one key), or split by group (MGET MSET DEL...)
+      │      (after HELLO 3: each entry's RESP3 twin)                                (datapath.pyx)
+      │      └─ otherwise _slow (here): commands.lookup ─► arity ─► auth ─► client state ─► kind
+      │             MULTI ─► SessionCore.split_request (compiled, as the fast path)
+      │             KEYED / SAME_SLOT / BLOCKING ─► -CROSSSLOT, a lease (blocking.py) or the slot's backend
       │             PROXY ─► answers.HANDLERS: answered here or fanned out          (answers.py, fanout.py)
+      │             TRANSACTION, PUBSUB ─► transactions.py, pubsub.py (leased connections: leases.py)
       │             REFUSED ─► one error naming the command
+      │      inline commands (telnet) ─► _inline ─► _slow
       ▼
-    Reply appended to this session's FIFO *before* it is sent              (request.py)
-      │
+    Reply appended to this session's Fifo *before* it is sent
       ▼
-    Backend.send: request bytes to its write buffer; Outbox flushes once per loop iteration
-      │                                                                     (backend.py, outbox.py)
+    Backend: request bytes to its write buffer; Outbox writes once per loop iteration
       ▼
-    Backend.data_received ─► reply bounds ─► fifo.popleft().data = raw reply
-      │   (one-line types: find CRLF; arrays: uniform_bulk_array_end / hiredis + bulk_array_end,
-      │    in C; anything else: resp.scan_reply)
-      │   (Part: the parsed value, SplitReply.merge once every part is in)
-      ▼
-    Session.deliver: the client's only pending request, written at once; otherwise
-    Session.flush: write every finished reply at the head of the FIFO, in order; stats, slowlog
+    BackendCore.data_received: reply bounds, in C ─► the Reply next in line goes straight to the
+      client's output buffer (written at once when nothing else is pending); SessionCore.flush
+      writes the rest in order at the end of the iteration; stats, slowlog
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import time
-from binascii import crc_hqx
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import hiredis
 import structlog
 
-from kvstore_cluster.slots import key_slot
-from kvstore_proxy import answers, blocking, commands, multikey, pubsub, resp, transactions
+from kvstore_proxy import answers, blocking, commands, pubsub, resp, transactions
 from kvstore_proxy.clientstate import ClientState
 from kvstore_proxy.commands import Kind
-from kvstore_proxy.request import Reply
+from kvstore_proxy.datapath import Reply, SessionCore
 
 if TYPE_CHECKING:
     from kvstore_proxy.server import Worker
 
 log = structlog.get_logger("kvstore.proxy.session")
 
-_NOT_ENOUGH = object()  # hiredis returns False for "need more data" by default; False is ambiguous
-_INLINE_MAX = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
-_MAX_MULTIBULK = 1024 * 1024  # Redis's limit for an unauthenticated client; we apply it to all
-_MAX_PENDING = 100_000  # replies outstanding before we stop reading this client
 _NOAUTH = resp.error("NOAUTH Authentication required.")
 _CROSSSLOT = resp.error("CROSSSLOT Keys in request don't hash to the same slot")
-_BLEN = bytes.__len__  # raises TypeError for anything hiredis parsed that is not a bulk string
-# hiredis allocates an array's list when it reads its header, before any element arrives: a header
-# with a huge count must never reach it. A chunk that may hold one is validated in Python first.
-_BIG_COUNT = re.compile(rb"\*[0-9]{7}")
 
 
-class Session(asyncio.Protocol):
-    """One client connection (an ``asyncio.Protocol``: no task per request, ever)."""
+class Session(SessionCore, asyncio.Protocol):
+    """One client connection (an ``asyncio.Protocol``: no task per request, ever).
 
-    # Slots: fast attribute access whatever their number (see Backend); add new ones here.
-    __slots__ = ('worker', 'router', 'outbox', 'id', 'addr', 'laddr', 'name', 'protocol', 'enc',
-                 'lib_name', 'lib_ver', 'created', 'last_active', 'last_cmd', 'transport', 'fifo', 'dirty',
-                 'authenticated', 'routes', '_reader', '_carry', '_vpos', '_vleft', '_tail', '_closing',
-                 '_close_after', '_paused_writing', '_paused_pending', 'state')
+    SessionCore holds what the compiled path uses (``fifo``, ``routes``, ``transport``, ``resp3``,
+    ``dirty``, the closing/pausing flags, ``last_active``); the rest is here. A new attribute must
+    be added to ``__slots__``.
+    """
+
+    __slots__ = ('router', 'id', 'addr', 'laddr', 'name', 'protocol', 'enc', 'lib_name', 'lib_ver',
+                 'created', 'last_cmd', 'authenticated', 'state')
 
     def __init__(self, worker: Worker):
-        self.worker = worker
+        SessionCore.__init__(self, worker)
         self.router = worker.router
-        self.outbox = worker.outbox
         self.id = 0
         self.addr = "?"
         self.laddr = "?"
@@ -87,22 +70,9 @@ class Session(asyncio.Protocol):
         self.lib_name = b""
         self.lib_ver = b""
         self.created = time.time()
-        self.last_active = time.monotonic()
         self.last_cmd = b"NULL"
-        self.transport: asyncio.Transport | None = None
-        self.fifo: deque[Reply] = deque()
-        self.dirty = False
         self.authenticated = not worker.config.requirepass
         self.routes = worker.routes if self.authenticated else {}
-        self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
-        self._carry: bytearray | None = None
-        self._vpos = 0  # how far the partial request at the start of _carry has been validated
-        self._vleft = 0  # bulk strings of the partial request not yet validated
-        self._tail = b""  # the end of the last read, for _BIG_COUNT across reads
-        self._closing = False  # no more requests: a protocol error or QUIT is being answered
-        self._close_after: Reply | None = None
-        self._paused_writing = False
-        self._paused_pending = False
         # Transaction, held requests, blocked command, subscriptions (clientstate.py); None for
         # the plain clients that use none of them.
         self.state: ClientState | None = None
@@ -139,6 +109,7 @@ class Session(asyncio.Protocol):
         log.debug("client_disconnected", client=self.id, addr=self.addr, pending=len(self.fifo))
         # Replies still on their way from backends land on Reply objects nobody reads; the
         # backend FIFOs stay aligned because every request still gets its reply there.
+        self.fifo.clear()
 
     def pause_writing(self) -> None:
         # The client does not read its replies: stop reading its requests until it does.
@@ -157,166 +128,11 @@ class Session(asyncio.Protocol):
 
     # --- requests -------------------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return
-        carry = self._carry
-        if carry is not None:
-            carry += data
-            buf: bytes | bytearray = carry
-        else:
-            buf = data
-        n = len(buf)
-        pos = 0
-        tail = self._tail
-        # A huge count spanning two reads starts at the last '*' of the earlier one's last 8
-        # bytes; most reads end far from any '*', so most reads keep no tail and check nothing.
-        star = data.find(b"*", max(0, len(data) - 8))
-        if star >= 0:
-            self._tail = data[star:]
-        elif tail and len(data) < 8 and data.isdigit():
-            self._tail = tail + data  # a count arriving a few digits per read
-        else:
-            self._tail = b""
-        refused = None
-        if _BIG_COUNT.search(data) or (tail and _BIG_COUNT.search(tail + data[:8])):
-            # Serve the requests before the bad one, as Redis does, but never feed it to hiredis.
-            q, _, refused = validate(buf, 0, n, 0, self.worker.config.max_request_size)
-            if refused:
-                keep = len(data) - (n - q)
-                data = data[:keep] if keep > 0 else b""
-                n = q
-        reader = self._reader
-        reader.feed(data)
-        t0 = time.monotonic()
-        self.last_active = t0
-        fifo = self.fifo
-        routes = self.routes
-        slot_backend = self.router.slot_backend
-        command = resp.command
-        max_bulk = self.worker.config.max_request_size
-        try:
-            while pos < n:
-                if buf[pos] != 42:  # not '*': an inline command, as telnet users type them
-                    nl = buf.find(b"\n", pos)
-                    if nl < 0:
-                        if n - pos > _INLINE_MAX:
-                            self._protocol_error("too big inline request")
-                            return
-                        # Wait for the end of the line; hiredis must not keep these bytes.
-                        self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
-                        break
-                    pos = self._inline(buf, pos, nl, n, t0)
-                    if self._closing:
-                        break
-                    reader = self._reader
-                    routes = self.routes
-                    slot_backend = self.router.slot_backend
-                    continue
-                args = reader.gets()
-                if args is _NOT_ENOUGH:
-                    break
-                if not args:  # "*0" / "*-1": Redis skips these silently
-                    pos += 4 if args is not None else 5
-                    continue
-                # Clients send canonical RESP, so the re-encoded request is the bytes it came
-                # from: that is how we know where the next one starts in ``buf``. Encoding
-                # rejects (TypeError) integers, errors and nested arrays inside the request;
-                # the byte comparison the elements hiredis also reads as strings (``+foo``,
-                # ``=``, ``(``), which would otherwise shift every later request.
-                raw = command(args)
-                if not buf.startswith(raw, pos):
-                    raise resp.ProtocolError("request is not canonical multibulk")
-                size = len(raw)
-                pos += size
-                if size > max_bulk and max(map(_BLEN, args)) > max_bulk:
-                    self._protocol_error("invalid bulk length")
-                    return
-                route = routes.get(args[0])
-                if route is not None and route.nmin <= len(args) <= route.nmax:
-                    # KEYED fast path: one key at a fixed position. slots.key_slot and Backend.send
-                    # are inlined here on purpose: two Python calls less per request, the hottest
-                    # loop of the proxy (profiled). Keep them in step with those two.
-                    key = args[route.key]
-                    if 123 in key:  # '{' (an int is a memchr; b"{" in key costs twice key.find)
-                        s = key.find(b"{")
-                        e = key.find(b"}", s + 1)
-                        if e > s + 1:
-                            key = key[s + 1 : e]
-                    b = slot_backend[crc_hqx(key, 0) & 0x3FFF]
-                    r = Reply(self, t0, route.stat, args)
-                    fifo.append(r)
-                    if b.up:
-                        b.fifo.append(r)
-                        b.out.append(raw)
-                        if not b.dirty:
-                            b.dirty = True
-                            self.outbox.backends.append(b)
-                            self.outbox.schedule()
-                    else:
-                        b.refuse(r)
-                else:
-                    self._slow(args, raw, t0)
-                    if self._closing:
-                        break
-                    routes = self.routes
-                    slot_backend = self.router.slot_backend
-        except (TypeError, hiredis.ProtocolError, resp.ProtocolError) as exc:
-            # Say what Redis would say: find the offending byte ourselves.
-            _, _, problem = validate(buf, pos, n, 0, self.worker.config.max_request_size)
-            self._protocol_error(problem or _protocol_message(exc))
-            return
-        if refused:
-            self._protocol_error(refused)
-            return
-        if pos >= n:
-            self._carry = None
-            self._vpos = 0
-        else:
-            if carry is None:
-                self._carry = bytearray(memoryview(buf)[pos:])
-            else:
-                del carry[:pos]
-            if pos:
-                self._vpos = 0
-            if not self._closing:
-                problem = self._check_partial()
-                if problem:
-                    self._protocol_error(problem)
-                    return
-        if fifo:
-            if len(fifo) > _MAX_PENDING and not self._paused_pending and self.transport is not None:
-                self._paused_pending = True
-                self.transport.pause_reading()
-            if fifo[0].data is not None:
-                self.flush()
-
-    def _inline(self, buf: bytes | bytearray, pos: int, nl: int, n: int, t0: float) -> int:
-        """Handle the inline command line ``buf[pos:nl]``; return the position after it."""
-        line = bytes(buf[pos:nl])
-        pos = nl + 1
-        # hiredis was fed these bytes too: restart it at the next request.
-        self._reader = reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
-        if pos < n:
-            reader.feed(bytes(memoryview(buf)[pos:]))
+    def _inline(self, line: bytes, t0: float) -> None:
+        """An inline command line (without its newline), as telnet users type them."""
         args = resp.split_inline(line)
         if args:
             self._slow(args, resp.command(args), t0)
-        return pos
-
-    def _check_partial(self) -> str | None:
-        """Validate the incomplete request at the start of ``_carry`` as far as it goes, like Redis.
-
-        hiredis waits for a declared length to arrive in full; Redis refuses it at once if it is
-        too big. Resumes where the last call stopped, so a request arriving in many reads is
-        checked in linear time.
-        """
-        buf = self._carry
-        assert buf is not None
-        p, left = (self._vpos, self._vleft) if self._vpos else (0, 0)
-        p, left, problem = validate(buf, p, len(buf), left, self.worker.config.max_request_size)
-        self._vpos, self._vleft = p, left
-        return problem
 
     def _protocol_error(self, message: str) -> None:
         """Answer ``-ERR Protocol error: ...`` after the replies already owed, then close."""
@@ -387,6 +203,7 @@ class Session(asyncio.Protocol):
                     return
                 target = self.router.any_backend()
             else:
+                key_slot = worker.router.slotter.key_slot
                 slot = key_slot(args[keys[0]])
                 for i in keys[1:]:
                     if key_slot(args[i]) != slot:
@@ -406,7 +223,8 @@ class Session(asyncio.Protocol):
             if route.fast:
                 worker.learn_route(args[0], route)
         elif kind is Kind.MULTI:
-            multikey.dispatch(self, spec, route.stat, args, raw, t0)
+            self.split_request(route, raw, t0)
+            worker.learn_route(args[0], route)
         elif kind is Kind.PROXY:
             handler = answers.HANDLERS.get(spec.name)
             if handler is None:
@@ -460,75 +278,9 @@ class Session(asyncio.Protocol):
         self.protocol = version
         self.enc = resp.PROTOCOLS[version]
         self.router = self.worker.router3 if version == 3 else self.worker.router  # type: ignore[assignment]
+        self.resp3 = version == 3
         if self.state is not None:
             self.refresh_routes()  # a RESP2 subscriber is restricted, a RESP3 one is not
-
-    # --- replies --------------------------------------------------------------------------------
-
-    def deliver(self, r: Reply) -> bool:
-        """Write ``r``, the finished and only entry of the FIFO, at once (what ``flush`` would do
-        at the end of the loop iteration, without the round trip through the Outbox: a client
-        that waits for each reply before its next request gets nothing else to coalesce).
-        False, doing nothing, when this connection needs ``flush``'s care."""
-        transport = self.transport
-        if transport is None or self._close_after is not None or self._paused_pending:
-            return False
-        self.fifo.popleft()
-        d = r.data
-        transport.write(d)  # type: ignore[arg-type]
-        st = r.stat
-        st.calls += 1
-        dt = time.monotonic() - r.t0
-        st.usec += dt
-        if d[0] == 45:  # type: ignore[index]  # '-'
-            st.errors += 1
-            self.worker.stats.count_error(d)  # type: ignore[arg-type]
-        if dt > self.worker.slow_threshold:
-            self.worker.slowlog.add(r, dt, self)
-        return True
-
-    def flush(self) -> None:
-        """Write every finished reply at the head of the FIFO, in request order."""
-        self.dirty = False
-        transport = self.transport
-        fifo = self.fifo
-        if transport is None:
-            fifo.clear()
-            return
-        out = []
-        now = time.monotonic()
-        slow = self.worker.slow_threshold
-        close_after = self._close_after
-        closing = False
-        while fifo:
-            r = fifo[0]
-            d = r.data
-            if d is None:
-                break
-            fifo.popleft()
-            out.append(d)
-            st = r.stat
-            st.calls += 1
-            dt = now - r.t0
-            st.usec += dt
-            if d[0] == 45:  # '-'
-                st.errors += 1
-                self.worker.stats.count_error(d)
-            if dt > slow:
-                self.worker.slowlog.add(r, dt, self)
-            if r is close_after:
-                closing = True
-                break
-        if out:
-            transport.write(b"".join(out) if len(out) > 1 else out[0])
-        if closing:
-            fifo.clear()
-            transport.close()
-            return
-        if self._paused_pending and len(fifo) < _MAX_PENDING // 2:
-            self._paused_pending = False
-            if not self._paused_writing and not self._closing:
-                transport.resume_reading()
 
     def describe(self, now: float | None = None) -> bytes:
         """One CLIENT LIST line for this connection."""
@@ -555,65 +307,3 @@ class Session(asyncio.Protocol):
             f"cmd={self.last_cmd.decode(errors='replace')} user=default redir=-1 resp={self.protocol} "
             f"lib-name={self.lib_name.decode(errors='replace')} lib-ver={self.lib_ver.decode(errors='replace')}"
         ).encode()
-
-
-def _protocol_message(exc: Exception) -> str:
-    if isinstance(exc, TypeError):
-        return "expected '$' (bulk strings only in a request)"
-    text = str(exc) or type(exc).__name__
-    if "multi" in text.lower() and "length" in text.lower():
-        return "invalid multibulk length"
-    if "bulk" in text.lower() and "length" in text.lower():
-        return "invalid bulk length"
-    return text
-
-
-def _count(raw: bytes | bytearray) -> int | None:
-    """Redis's strict integer parse of a length line (no sign, spaces or leading zeros)."""
-    if raw.isdigit() and (raw[0] != 48 or len(raw) == 1):
-        return int(raw)
-    if raw[:1] == b"-" and raw[1:].isdigit():
-        return -int(raw[1:])
-    return None
-
-
-def validate(buf: bytes | bytearray, p: int, n: int, left: int, max_bulk: int) -> tuple[int, int, str | None]:
-    """Walk requests in ``buf[p:n]`` as Redis's parser would, without building them.
-
-    ``left`` is the number of bulk strings still expected by a request begun before ``p`` (0 at a
-    request boundary). Returns ``(position, left, problem)``: where it stopped for lack of data,
-    and the Redis protocol error text if the bytes are not a valid request stream.
-    """
-    find = buf.find
-    while p < n:
-        if left <= 0:
-            if buf[p] != 42:  # inline
-                nl = find(b"\n", p)
-                if nl < 0:
-                    return p, 0, "too big inline request" if n - p > _INLINE_MAX else None
-                p = nl + 1
-                continue
-            nl = find(b"\r\n", p)
-            if nl < 0:
-                return p, 0, "too big mbulk count string" if n - p > _INLINE_MAX else None
-            count = _count(buf[p + 1 : nl])
-            if count is None or count > _MAX_MULTIBULK:
-                return p, 0, "invalid multibulk length"
-            p = nl + 2
-            left = max(count, 0)
-            continue
-        c = buf[p]
-        if c != 36:
-            return p, left, f"expected '$', got '{chr(c)}'"
-        nl = find(b"\r\n", p)
-        if nl < 0:
-            return p, left, "too big bulk count string" if n - p > _INLINE_MAX else None
-        size = _count(buf[p + 1 : nl])
-        if size is None or size < 0 or size > max_bulk:
-            return p, left, "invalid bulk length"
-        end = nl + size + 4
-        if end > n:
-            return p, left, None
-        p = end
-        left -= 1
-    return p, left, None

@@ -438,7 +438,7 @@ def _plan(s: Session, run: _Exec, slot: int | None, per_group: bool) -> None:
 
 
 def _plan_split(run: _Exec, i: int, q: Queued, table: Any, part_for: Any) -> None:
-    """One share of a multi-key command per master, as multikey.py splits it outside MULTI."""
+    """One share of a multi-key command per master, as the compiled path (datapath.pyx) splits it outside MULTI."""
     spec, args = q.spec, q.args
     assert spec is not None and args is not None
     step = spec.step
@@ -576,7 +576,7 @@ def _merge(run: _Exec) -> bytes:
 
 
 def _merge_split(run: _Exec, i: int, shares: list[tuple[bytes, list[int]]]) -> bytes:
-    """A split command's reply from its shares' replies, as multikey.py merges them."""
+    """A split command's reply from its shares' replies, as the compiled path (MultiReply) merges them."""
     for reply, _ in shares:
         if reply[:1] in (b"-", b"!"):
             return reply

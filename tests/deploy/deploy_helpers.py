@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
 # What kvstore-pack puts in the archive; the test packs a snapshot of these so that files other
 # engineers edit meanwhile cannot make the second run differ from the first.
-SOURCE_ITEMS = ["pyproject.toml", "README.md", "kvstore_cluster", "kvstore_proxy", "kvstore_sentinel", "kvstore_admin"]
+SOURCE_ITEMS = ["pyproject.toml", "setup.py", "README.md", "kvstore_cluster", "kvstore_proxy", "kvstore_sentinel",
+                "kvstore_admin"]
 RECAP_LINE = re.compile(r"^(\S+)\s*:\s*((?:\w+=\d+\s*)+)$")
 
 

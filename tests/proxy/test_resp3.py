@@ -18,8 +18,7 @@ from redis.retry import Retry
 from kvstore_admin.processes import wait_until
 from kvstore_proxy import resp
 from kvstore_proxy.backend import Backend, Resp3Backend
-from kvstore_proxy.outbox import Outbox
-from kvstore_proxy.request import CommandStat, Reply
+from kvstore_proxy.datapath import CommandStat, Outbox, Reply, reply_end
 
 from .test_commands import keys_on_every_group
 from .test_failures import key_on, kill_g2_mid_pipeline
@@ -45,22 +44,15 @@ REPLIES = [
 
 
 @pytest.mark.parametrize("reply", REPLIES)
-def test_scanner_finds_the_end_of_every_resp3_type_in_any_split(reply: bytes) -> None:
-    data = reply + b"+NEXT\r\n"
-    assert resp.scan_reply(data, 0, len(data), []) == (len(reply), True)
-    # fed one byte at a time, resuming where it stopped
-    pos, stack = 0, []  # type: ignore[var-annotated]
-    for n in range(1, len(data) + 1):
-        pos, complete = resp.scan_reply(data, pos, n, stack)
-        if complete:
-            break
-    assert (pos, complete, stack) == (len(reply), True, [])
+def test_scanner_finds_the_end_of_every_resp3_type(reply: bytes) -> None:
+    assert reply_end(reply + b"+NEXT\r\n") == len(reply)
+    assert all(reply_end(reply[:n]) == -1 for n in range(len(reply)))
 
 
 @pytest.mark.parametrize("garbage", [b"?x\r\n", b";3\r\nabc\r\n", b".\r\n", b"$x\r\n", b"|?\r\n", b"%x\r\n"])
 def test_scanner_refuses_what_is_not_resp(garbage: bytes) -> None:
-    with pytest.raises((ValueError, resp.ProtocolError)):
-        resp.scan_reply(garbage, 0, len(garbage), [])
+    with pytest.raises(resp.ProtocolError):
+        reply_end(garbage)
 
 
 def test_parse_one_reads_blob_errors_and_skips_attributes() -> None:
@@ -95,20 +87,7 @@ def test_resp3_connection_hands_each_request_its_reply_bytes_whatever_the_reads(
         for i in range(0, len(stream), size):
             twin.data_received(stream[i : i + size])
         assert [bytes(r.data) for r in got] == wanted  # type: ignore[arg-type]
-        assert not twin.fifo and twin._carry is None
-
-
-@pytest.mark.parametrize(("reply", "in_c"), [
-    (b"%2\r\n$1\r\na\r\n$1\r\nb\r\n$2\r\ncc\r\n$0\r\n\r\n", True),
-    (b"~2\r\n$1\r\na\r\n$1\r\nb\r\n", True),
-    (b"*2\r\n$1\r\na\r\n$1\r\nb\r\n", True),
-    (b"%2\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\na\r\n$1\r\nc\r\n", False),  # a dict keeps one "a"
-    (b"%1\r\n$1\r\na\r\n,1.5\r\n", False),
-    (b"~1\r\n+a\r\n", False),
-])
-def test_maps_and_sets_of_bulk_strings_are_bounded_in_c(twin: Resp3Backend, reply: bytes, in_c: bool) -> None:
-    data = reply + b"+NEXT\r\n"
-    assert twin._aggregate_end(data, 0, len(data), data[0]) == (len(reply) if in_c else -1)
+        assert not twin.fifo and twin.buffered == 0
 
 
 def test_push_messages_answer_no_request_and_are_dropped(twin: Resp3Backend) -> None:
@@ -334,8 +313,8 @@ class Raw:
         """The next reply's bytes."""
         while True:
             if self.buf:
-                end, complete = resp.scan_reply(self.buf, 0, len(self.buf), [])
-                if complete:
+                end = reply_end(self.buf)
+                if end >= 0:
                     reply, self.buf = self.buf[:end], self.buf[end:]
                     return reply
             chunk = self.sock.recv(65536)
