@@ -66,6 +66,11 @@ def reshard(cluster: str) -> str:
     return f"{cluster_root(cluster)}/reshard"
 
 
+def reshard_progress(cluster: str) -> str:
+    """Ephemeral: the running executor's live progress (keys/s, ETA), gone with its session."""
+    return f"{cluster_root(cluster)}/reshard-progress"
+
+
 def options(cluster: str) -> str:
     """The cluster options record (``kvstore_cluster.options``); absent means every default."""
     return f"{cluster_root(cluster)}/options"

@@ -24,7 +24,7 @@ from kvstore_cluster.leader_election import current_leader
 from kvstore_cluster.model import Groups, Meta, ModelError, SlotTable
 from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.proxy_registration import ProxyRegistration
-from kvstore_cluster.reshard_state import ReshardState
+from kvstore_cluster.reshard_state import ReshardProgress, ReshardState
 from kvstore_cluster.sentinel_view import SentinelView
 from kvstore_cluster.users import Users
 
@@ -381,6 +381,20 @@ class ClusterStore:
             raise ClusterNotFound(f"cluster {self.cluster!r} does not exist") from None
         except NoAuthError:
             raise self._denied(path, writing=True) from None
+
+    def publish_reshard_progress(self, progress: ReshardProgress) -> None:
+        self._register(paths.reshard_progress(self.cluster), progress.encode())
+
+    def read_reshard_progress(self) -> ReshardProgress | None:
+        """The running executor's live progress, ``None`` when no executor runs."""
+        found = self._read_optional(paths.reshard_progress(self.cluster), ReshardProgress.decode)
+        return None if found is None else found.value
+
+    def clear_reshard_progress(self) -> None:
+        try:
+            self.client.delete(paths.reshard_progress(self.cluster))
+        except NoNodeError:
+            pass
 
     def register_proxy(self, proxy_id: str, registration: ProxyRegistration) -> None:
         self._register(paths.proxy(self.cluster, proxy_id), registration.encode())

@@ -162,7 +162,10 @@ class Topology:
         try:
             while True:
                 self._register_again = False
+                # What we say we applied is what we applied before draining: a request sent before
+                # a newer table is only covered by the next round's drain.
                 registration = self.registration()
+                await self.worker.router.drained(self.worker.config.timeout)
                 try:
                     await self.loop.run_in_executor(None, self.store.register_proxy, self.proxy_id, registration)
                     log.debug("registered", path=self.path, **registration.to_json())
