@@ -325,8 +325,9 @@ def start_redis(data_dir: Path, port: int | None = None, *, name: str | None = N
                 tls_context: ssl.SSLContext | None = None) -> LocalProcess:
     """Start a redis-server on 127.0.0.1 with its own dir and config file; wait for PING.
 
-    With ``extra`` from :func:`tls_config`, the node listens with TLS only, on ``port``; it is
-    pinged with ``tls_context`` (which must carry a client certificate).
+    With ``extra`` from :func:`tls_config`, the node listens with TLS only, on ``port`` (unless
+    ``extra`` has its own ``tls-port``: then both); it is pinged with ``tls_context`` (which must
+    carry a client certificate).
     """
     binary = require_binary("redis-server", "redis-server")
     if port is None and (extra or {}).get("cluster-enabled") == "yes":
@@ -334,7 +335,7 @@ def start_redis(data_dir: Path, port: int | None = None, *, name: str | None = N
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "redis.conf"
-    if extra and "tls-cert-file" in extra:
+    if extra and "tls-cert-file" in extra and "tls-port" not in extra:
         extra = {**extra, "port": "0", "tls-port": str(port)}
     conf.write_text(redis_config(port, data_dir, password=password, replicaof=replicaof, extra=extra))
     proc = spawn(name or f"redis-{port}", [binary, str(conf)], port, data_dir / "redis.log")
@@ -354,8 +355,10 @@ def start_redis(data_dir: Path, port: int | None = None, *, name: str | None = N
 
 def start_proxy(zk: str, cluster: str, log: Path, *extra: str, port: int | None = None, workers: int = 1,
                 timeout: float = 30.0, module: str = "kvstore_proxy",
-                record: Callable[[LocalProcess], object] | None = None) -> LocalProcess:
-    """Start ``python -m kvstore_proxy`` on 127.0.0.1 and wait until it answers PING.
+                record: Callable[[LocalProcess], object] | None = None,
+                tls_context: ssl.SSLContext | None = None) -> LocalProcess:
+    """Start ``python -m kvstore_proxy`` on 127.0.0.1 and wait until it answers PING (over TLS with
+    ``tls_context``: ``extra`` then has ``--listen none --tls-listen 127.0.0.1:PORT``).
 
     ``record`` is called as soon as the process exists, so a caller killed during the wait can
     still find and stop it.
@@ -368,7 +371,8 @@ def start_proxy(zk: str, cluster: str, log: Path, *extra: str, port: int | None 
         record(proc)
     password = extra[extra.index("--requirepass") + 1] if "--requirepass" in extra else None
     try:
-        wait_until(lambda: redis_ping(port, password) or not proc.alive(), timeout, f"the proxy on port {port}")
+        wait_until(lambda: redis_ping(port, password, tls_context=tls_context) or not proc.alive(), timeout,
+                   f"the proxy on port {port}")
     except TimeoutError:
         proc.stop()
         raise ProcessError(f"the proxy did not answer PING on port {port} within {timeout:g}s; "
