@@ -19,6 +19,7 @@ from kvstore_cluster.model import Group, Groups, Meta, SlotTable, parse_address
 from kvstore_cluster.node import NODE_TIMEOUT, Node, NodeError
 from kvstore_cluster.slots import format_slot_ranges
 from kvstore_cluster.store import Check, ClusterStore, Set
+from kvstore_cluster.zkauth import ZkAccess
 
 log = structlog.get_logger("kvstore.admin")
 
@@ -32,11 +33,11 @@ def check_address(text: str, what: str = "node") -> str:
     return text
 
 
-def init_cluster(store: ClusterStore, mode: str) -> Meta:
-    """Create an empty cluster (no groups, every slot unowned)."""
+def init_cluster(store: ClusterStore, mode: str, access: ZkAccess | None = None) -> Meta:
+    """Create an empty cluster (no groups, every slot unowned), secured by ``access`` if given."""
     meta = Meta(mode=mode, created_at=time.time())
-    store.create(meta, Groups(), SlotTable())
-    log.info("cluster_created", cluster=store.cluster, mode=mode)
+    store.create(meta, Groups(), SlotTable(), access)
+    log.info("cluster_created", cluster=store.cluster, mode=mode, secured=access is not None)
     return meta
 
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from kvstore_cluster import clickopts, logs
+from kvstore_cluster.zkauth import ZkCredentials
 from kvstore_proxy.config import ProxyConfig, parse_output_limit
 
 
@@ -67,12 +68,19 @@ def _output_limit(ctx: click.Context, param: click.Parameter, value: str) -> tup
                    "(Redis's client-output-buffer-limit pubsub; 0 disables).")
 @click.option("--metrics-listen", default=None, callback=clickopts.address, metavar="HOST:PORT",
               help="Serve Prometheus metrics of the whole proxy (every worker) at http://HOST:PORT/metrics.")
+@clickopts.zk_auth_file
+@click.option("--max-clients-per-address", type=click.IntRange(min=1), default=None,
+              help="Connections one client address may hold (refused with -ERR max number of clients ...).")
+@click.option("--max-rps-per-address", type=click.IntRange(min=1), default=None,
+              help="Requests per second one client address may send (over it: -ERR max requests per second ...).")
 def main(zk: str, cluster: str, listen: tuple[str, int], workers: int, requirepass: str | None,
          backend_password: str | None, timeout: float, max_clients: int, max_request_size: int,
          idle_timeout: float, zk_session_timeout: float, slowlog_slower_than: int, slowlog_max_len: int,
          latency_monitor_threshold: int, latency_tracking: bool, monitor_output_limit: int,
          drain_timeout: float, log_format: str, log_level: str, max_leases: int, max_leases_per_client: int,
-         pubsub_output_limit: tuple[int, int, float], metrics_listen: tuple[str, int] | None) -> None:
+         pubsub_output_limit: tuple[int, int, float], metrics_listen: tuple[str, int] | None,
+         zk_credentials: ZkCredentials | None, max_clients_per_address: int | None,
+         max_rps_per_address: int | None) -> None:
     """Serve the Redis protocol for a kvstore cluster, routing each key to its group."""
     logs.configure(log_format, log_level)
     config = ProxyConfig(
@@ -84,7 +92,8 @@ def main(zk: str, cluster: str, listen: tuple[str, int], workers: int, requirepa
         latency_tracking=latency_tracking, monitor_output_limit=monitor_output_limit,
         drain_timeout=drain_timeout, log_format=log_format, log_level=log_level, max_leases=max_leases,
         max_leases_per_client=max_leases_per_client, pubsub_output_limit=pubsub_output_limit,
-        metrics_listen=metrics_listen,
+        metrics_listen=metrics_listen, zk_credentials=zk_credentials,
+        max_clients_per_address=max_clients_per_address, max_rps_per_address=max_rps_per_address,
     )
     if workers == 1:
         from kvstore_proxy import server

@@ -13,14 +13,17 @@ from typing import Any
 import structlog
 
 from kvstore_cluster.options import ClusterOptions
-from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
+from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError
+from kvstore_cluster.zkauth import connect_to_cluster
 from kvstore_proxy import inspection
+from kvstore_proxy.acl import UserDirectory
 from kvstore_proxy.commands import CommandSpec
 from kvstore_proxy.config import ProxyConfig
 from kvstore_proxy.datapath import CommandStat, Outbox, Route, command_name
 from kvstore_proxy.groupinfo import GroupInfo
 from kvstore_proxy.info import worker_snapshot
 from kvstore_proxy.latency import Histograms, LatencyEvents
+from kvstore_proxy.limits import Limits
 from kvstore_proxy.monitor import Hub
 from kvstore_proxy.router import Router
 from kvstore_proxy.router3 import Resp3Router
@@ -64,6 +67,8 @@ class Worker:
         self.slow_threshold = self.slowlog.threshold
         self.commandstats: dict[str, CommandStat] = {}
         self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route (datapath.Route)
+        self.users = UserDirectory(self)  # users, their rules and their routes tables (acl.py)
+        self.limits = Limits(config.workers, config.max_clients_per_address, config.max_rps_per_address)
         self._spec_routes: dict[bytes, Route] = {}
         self.clients: dict[int, Session] = {}
         self._next_id = 0
@@ -128,7 +133,9 @@ class Worker:
 
     def learn_route(self, name: bytes, route: Route) -> None:
         if len(self.routes) < _MAX_LEARNED and not self.monitoring:
-            self.routes[command_name(name)] = route  # the object the compiled path looks names up with
+            name = command_name(name)  # the object the compiled path looks names up with
+            self.routes[name] = route
+            self.users.learn(name, route)
 
     def set_monitoring(self, on: bool) -> None:
         """MONITOR's worker-wide switch: with ``routes`` empty (in place: every session holds this
@@ -139,6 +146,7 @@ class Worker:
         if on:
             self._routes_before_monitor = dict(self.routes)
             self.routes.clear()
+            self.users.forget_routes()
         else:
             self.routes.update(self._routes_before_monitor)
             self._routes_before_monitor = {}
@@ -255,8 +263,9 @@ def _event_names(arg: bytes) -> list[str] | None:
 
 
 def _connect(cfg: ProxyConfig) -> Any:
-    client = connect(cfg.zk, timeout=min(10.0, cfg.zk_session_timeout), session_timeout=cfg.zk_session_timeout)
-    store = ClusterStore(client, cfg.cluster)
+    client = connect_to_cluster(cfg.zk, cfg.cluster, cfg.zk_credentials, timeout=min(10.0, cfg.zk_session_timeout),
+                                session_timeout=cfg.zk_session_timeout)
+    store = ClusterStore(client, cfg.cluster, cfg.zk_credentials)
     try:
         if not store.exists():
             raise ClusterNotFound(f"cluster {cfg.cluster!r} does not exist in ZooKeeper at {cfg.zk} "

@@ -16,6 +16,7 @@ from kvstore_cluster.model import Groups, ModelError, SlotTable
 from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.proxy_registration import ProxyRegistration
 from kvstore_cluster.store import ClusterStore
+from kvstore_cluster.users import Users
 from kvstore_cluster.zkbridge import LoopBridge
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Topology:
         self.bridge.watch_data(paths.slots(self.cluster), self._on_slots)
         self.bridge.watch_data(paths.reshard(self.cluster), self._on_reshard)
         self.bridge.watch_data(paths.options(self.cluster), self._on_options)
+        self.bridge.watch_data(paths.users(self.cluster), self._on_users)
 
     # --- tables ---------------------------------------------------------------------------------
 
@@ -109,6 +111,16 @@ class Topology:
             log.info("options_applied", version=stat.version if stat is not None else -1, options=value.values)
         self.worker.options = value
         self.options_version = stat.version if stat is not None else -1
+
+    def _on_users(self, data: bytes | None, stat: Any) -> None:
+        if stat is not None:
+            self.seen["users"] = stat.version
+        try:
+            value = Users() if data is None else Users.decode(data)
+        except ModelError as exc:
+            log.error("users_rejected", version=stat.version, error=str(exc), kept=sorted(self.worker.users.by_name))
+            return
+        self.worker.users.apply(value)
 
     def _apply(self) -> None:
         if self.groups is None or self.slots is None or self._stopped:
