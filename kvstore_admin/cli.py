@@ -102,6 +102,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
               help="Password of the Redis nodes (requirepass) for every Redis call the admin makes; "
                    "env KVSTORE_REDIS_PASSWORD (prefer it: a command line is visible to other users).")
 @clickopts.zk_auth_file
+@clickopts.redis_tls
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="console", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log each change made (to stderr).")
 @click.pass_context
@@ -109,6 +110,7 @@ def cli(ctx: click.Context, zk: str, cluster: str, zk_timeout: float, redis_pass
         zk_credentials: ZkCredentials | None, log_format: str, verbose: bool) -> None:
     """Administer a kvstore cluster kept in ZooKeeper."""
     logs.configure(log_format, "info" if verbose else "warning")
+    clickopts.apply_redis_tls(ctx)
     # Failures are reported as one line each; kazoo's own connection chatter would only add noise.
     logging.getLogger("kazoo").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     ctx.obj = Settings(zk=zk, cluster=cluster, zk_timeout=zk_timeout, redis_password=redis_password or None,
@@ -189,16 +191,19 @@ def group_cmd() -> None:
 @click.option("--replica", "replicas", multiple=True, metavar="HOST:PORT", help="Repeat for several.")
 @click.option("--repl-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds to wait for each replica's link to its master.")
+@click.option("--tls", "use_tls", is_flag=True,
+              help="The nodes speak TLS (their tls-port): every kvstore process connects to them with TLS "
+                   "(--redis-tls-ca-cert-file ... on each).")
 @pass_settings
 def group_add(settings: Settings, group_id: str | None, master: str, replicas: tuple[str, ...],
-              repl_timeout: float) -> None:
+              repl_timeout: float, use_tls: bool) -> None:
     """Add a group of running redis-servers; replicas are made to replicate the master (REPLICAOF).
 
     The new group owns no slot until 'rebalance' gives it unowned ones.
     """
     with open_store(settings) as store:
         g = ops.add_group(store, master, list(replicas), group_id=group_id, repl_timeout=repl_timeout,
-                          password=settings.redis_password)
+                          password=settings.redis_password, use_tls=use_tls)
         mode = store.read_meta().value.mode
     reps = f", replicas {', '.join(g.replicas)} (replicating)" if g.replicas else ""
     click.echo(f"added group {g.id}: master {g.master}{reps}; it owns no slots yet ('kvstore-admin rebalance')")

@@ -17,7 +17,7 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 
-from kvstore_cluster import paths
+from kvstore_cluster import paths, tls
 from kvstore_cluster.failover_record import FailoverRecord
 from kvstore_cluster.import_state import ImportRunner, ImportState
 from kvstore_cluster.leader_election import current_leader
@@ -149,7 +149,9 @@ class ClusterStore:
         return self._read(paths.meta(self.cluster), Meta.decode)
 
     def read_groups(self) -> Versioned[Groups]:
-        return self._read(paths.groups(self.cluster), Groups.decode)
+        found = self._read(paths.groups(self.cluster), Groups.decode)
+        tls.remember(found.value)  # which nodes speak TLS, for every connect to a node (tls.py)
+        return found
 
     def read_slots(self) -> Versioned[SlotTable]:
         return self._read(paths.slots(self.cluster), SlotTable.decode)

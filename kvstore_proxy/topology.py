@@ -11,7 +11,7 @@ import structlog
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoNodeError
 
-from kvstore_cluster import paths
+from kvstore_cluster import paths, tls
 from kvstore_cluster.model import Groups, ModelError, SlotTable
 from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.proxy_registration import ProxyRegistration
@@ -79,6 +79,7 @@ class Topology:
         except ModelError as exc:
             log.error("table_rejected", table="groups", version=stat.version, error=str(exc))
             return
+        tls.remember(value)  # which nodes speak TLS (backends, leases connect with it)
         self.groups = (value, stat.version)
         self._apply()
 
@@ -233,7 +234,7 @@ class Topology:
             return
         if self.state != "connected":
             return
-        self.groups = (groups.value, groups.version)
+        self.groups = (groups.value, groups.version)  # read_groups told tls.py
         self.slots = (slots.value, slots.version)
         self._lost = False
         self._apply()

@@ -45,6 +45,7 @@ def _name(kind: str):  # type: ignore[no-untyped-def]
 @click.option("--metrics-listen", default=None, callback=clickopts.address, metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @clickopts.zk_auth_file
+@clickopts.redis_tls
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="console")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def main(zk: str, cluster: str, interval: float, down_after: float, quorum: int, sentinel_id: str,
@@ -55,6 +56,7 @@ def main(zk: str, cluster: str, interval: float, down_after: float, quorum: int,
     from kvstore_sentinel.service import Config, Sentinel, StartupError
 
     logs.configure(log_format, log_level)
+    clickopts.apply_redis_tls(click.get_current_context())
     config = Config(zk=zk, cluster=cluster, interval=interval, down_after=down_after, quorum=quorum,
                     sentinel_id=sentinel_id, auto_rejoin=auto_rejoin, zk_session_timeout=zk_session_timeout,
                     password=redis_password, metrics_listen=metrics_listen, zk_credentials=zk_credentials)
