@@ -130,6 +130,16 @@ chaos: $(STAMP)
 import-bench: $(STAMP)
 	$(PY) tools/import_bench.py $(IMPORT_BENCH_ARGS)
 
+# make bench-reshard: kvstore-admin rebalance of 600,000 keys onto a third group timed from start to
+# exit, clients' ops/s and p99 through the proxy during vs before, the longest stall of a server while
+# a 1,000,000-field hash moves (tools/reshard_bench.py; README "Resharding figures"), a few minutes.
+# Writes bench/results/reshard.json; RESHARD_BENCH_ARGS="--keys N --rounds N ... -- --batch N" to vary.
+RESHARD_BENCH_ARGS ?=
+
+.PHONY: bench-reshard
+bench-reshard: $(STAMP)
+	$(PY) tools/reshard_bench.py $(RESHARD_BENCH_ARGS)
+
 # make deploy-test: the Ansible deployment (ansible/, docs/deploy.md) for real on this machine:
 # site.yml twice (the second run must change nothing), the rolling playbooks, teardown.yml, and
 # ansible-lint's production profile; about 3 minutes. ansible-core and ansible-lint come with the

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from kvstore_admin.reshard_report import progress_text
 from kvstore_admin.sentinel_summary import sentinel_summary
 from kvstore_cluster.model import Group
 from kvstore_cluster.node import NODE_TIMEOUT, Node, NodeError
@@ -115,17 +117,33 @@ def _reshard(store: ClusterStore) -> dict[str, Any] | None:
         current = store.read_reshard()
     except CorruptData as exc:
         return {"error": str(exc)}
-    return None if current is None else current.value.summary()
+    if current is None:
+        return None
+    out = current.value.summary()
+    try:
+        progress = store.read_reshard_progress()
+    except CorruptData as exc:
+        out["progress"] = {"error": str(exc)}
+    else:
+        out["progress"] = None if progress is None else progress.to_json()
+    return out
+
+
+PROGRESS_STALE = 5.0  # seconds without news from the executor: it is not running any more
 
 
 def reshard_text(r: dict[str, Any]) -> list[str]:
     if "error" in r:
         return [f"reshard: {r['error']}"]
     moving = ", ".join(f"{format_slot_ranges([(m['lo'], m['hi'])])} {m['from']}->{m['to']}" for m in r["moving"])
+    live = r.get("progress")
+    if not live or "error" in live or time.time() - live["updated_at"] > PROGRESS_STALE:
+        live = None  # an executor that died leaves its record until its ZooKeeper session expires
     flags = "".join(f", {f}" for f in ("aborting", "no_data") if r[f]).replace("no_data", "--no-data")
     return [
         f"reshard in progress: step {r['step']}/{r['steps']}, phase {r['phase']}{flags}: slots {moving}; "
         f"{r['slots_done']}/{r['slots_total']} slots done, {r['keys_moved']} keys moved",
+        *([f"  running: {progress_text(live)}"] if live else []),
         f"  request: {r['request_text']}; if no kvstore-admin runs it any more: "
         "'kvstore-admin reshard --resume' (or --abort)",
     ]

@@ -66,6 +66,11 @@ def reshard(cluster: str) -> str:
     return f"{cluster_root(cluster)}/reshard"
 
 
+def reshard_progress(cluster: str) -> str:
+    """Ephemeral: the running executor's live progress (keys/s, ETA), gone with its session."""
+    return f"{cluster_root(cluster)}/reshard-progress"
+
+
 def options(cluster: str) -> str:
     """The cluster options record (``kvstore_cluster.options``); absent means every default."""
     return f"{cluster_root(cluster)}/options"
@@ -79,6 +84,16 @@ def import_state(cluster: str) -> str:
 def import_lock(cluster: str) -> str:
     """Ephemeral: held by the one ``kvstore-admin import`` process running."""
     return f"{cluster_root(cluster)}/import-running"
+
+
+def access(cluster: str) -> str:
+    """Who may change and who may read the cluster (``kvstore_cluster.zkauth.ZkAccess``); absent: open."""
+    return f"{cluster_root(cluster)}/access"
+
+
+def users(cluster: str) -> str:
+    """The proxy's users and their rules (``kvstore_cluster.users.Users``); absent: no users but default."""
+    return f"{cluster_root(cluster)}/users"
 
 
 def containers(cluster: str) -> list[str]:

@@ -14,10 +14,12 @@ from kvstore_cluster import codec
 from kvstore_cluster.codec import ModelError
 
 # The cross-process protocols a proxy takes part in, with the version this release implements.
-# "migration": moves keys of migrating slots (MIGRATE on the source, then the command on the
-# target) and holds newly marked slots until the reshard record says every proxy has the mark.
+# "migration": moves keys of migrating slots (the take script on the source, then the command on
+# the target), holds newly marked slots until the reshard record says every proxy has the mark,
+# holds requests of keys being moved in pieces, and registers a slots version only once the
+# requests sent before it were answered. Version 1 MIGRATEd whole keys, big ones included.
 MIGRATION = "migration"
-PROTOCOLS: Mapping[str, int] = {MIGRATION: 1}
+PROTOCOLS: Mapping[str, int] = {MIGRATION: 2}
 
 
 @dataclass(frozen=True, slots=True)

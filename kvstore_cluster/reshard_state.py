@@ -1,4 +1,5 @@
-"""The ``reshard`` znode: the reshard in progress, its steps and phase (the executor writes it, proxies read it).
+"""The ``reshard`` znode: the reshard in progress, its steps and phase (the executor writes it, proxies read it);
+and ``reshard-progress``, the running executor's live figures (it writes them, ``status`` reads them).
 
 The protocol it drives is in docs/design.md ("Resharding"): per step ``pending -> marked ->
 moving -> committed``; proxies hold newly marked slots until the phase says every proxy has
@@ -131,4 +132,49 @@ class ReshardState:
             aborting=codec.field(obj, "aborting", bool, _WHAT),
             keys_moved=codec.field(obj, "keys_moved", int, _WHAT),
             started_at=codec.number(obj, "started_at", _WHAT),
+        )
+
+
+_PROGRESS = "reshard-progress"
+
+
+@dataclass(frozen=True, slots=True)
+class ReshardProgress:
+    """What a running executor has done so far (rewritten about once a second, ephemeral)."""
+
+    keys_moved: int  # by this run
+    keys_total: int  # by this run when it is done: an estimate until each source has been read once
+    bytes_moved: int
+    seconds: float  # since this run started
+    keys_per_second: float
+    eta_seconds: float | None  # None while there is no rate to go by
+    longest_stall_ms: float  # the longest single command the mover ran on a server
+    updated_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if min(self.keys_moved, self.keys_total, self.bytes_moved) < 0 or self.seconds < 0:
+            raise ModelError(f"{_PROGRESS}: counts and seconds cannot be negative")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"keys_moved": self.keys_moved, "keys_total": self.keys_total, "bytes_moved": self.bytes_moved,
+                "seconds": round(self.seconds, 3), "keys_per_second": round(self.keys_per_second),
+                "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+                "longest_stall_ms": round(self.longest_stall_ms, 1), "updated_at": self.updated_at}
+
+    def encode(self) -> bytes:
+        return codec.dump_object(self.to_json())
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> ReshardProgress:
+        obj = codec.load_object(raw, _PROGRESS)
+        eta = codec.optional(obj, "eta_seconds", (int, float), _PROGRESS)
+        return cls(
+            keys_moved=codec.field(obj, "keys_moved", int, _PROGRESS),
+            keys_total=codec.field(obj, "keys_total", int, _PROGRESS),
+            bytes_moved=codec.field(obj, "bytes_moved", int, _PROGRESS),
+            seconds=codec.number(obj, "seconds", _PROGRESS),
+            keys_per_second=codec.number(obj, "keys_per_second", _PROGRESS),
+            eta_seconds=None if eta is None else float(eta),
+            longest_stall_ms=codec.number(obj, "longest_stall_ms", _PROGRESS),
+            updated_at=codec.number(obj, "updated_at", _PROGRESS),
         )

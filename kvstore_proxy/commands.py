@@ -102,6 +102,7 @@ _PROXY = frozenset(
         "slowlog|get", "slowlog|len", "slowlog|reset",
         "monitor", "lastsave", "memory|stats", "memory|doctor",
         "latency|latest", "latency|history", "latency|reset", "latency|histogram",
+        "acl|whoami", "acl|cat", "acl|list", "acl|users",
     }
 )  # fmt: skip
 
@@ -144,7 +145,7 @@ _REFUSED: dict[str, str] = {
     ),
     "wait": _NOT_SUPPORTED + ": each group replicates on its own, there is no cluster-wide offset",
     **dict.fromkeys(
-        ["config", "save", "bgsave", "bgrewriteaof", "shutdown", "debug", "module", "acl",
+        ["config", "save", "bgsave", "bgrewriteaof", "shutdown", "debug", "module",
          "latency", "pfdebug", "pfselftest", "memory|purge", "memory|malloc-stats", "script|kill",
          "script|debug"],
         _SERVER,
@@ -160,6 +161,8 @@ _REFUSED: dict[str, str] = {
         ["client|tracking", "client|trackinginfo", "client|caching", "client|getredir"], _TRACKING
     ),
     "function": _FUNCTION,
+    "acl": _NOT_SUPPORTED + ": the proxy's users are managed with kvstore-admin user (ACL WHOAMI, CAT, LIST "
+           "and USERS are answered)",
     "lolwut": _NOT_SUPPORTED,
 }
 

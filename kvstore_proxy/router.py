@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -11,14 +12,23 @@ from kvstore_cluster.model import Groups, SlotTable
 from kvstore_cluster.slots import SLOT_COUNT, Slotter
 from kvstore_proxy import resp
 from kvstore_proxy.backend import Backend, Refuser
+from kvstore_proxy.clientstate import Step
 from kvstore_proxy.datapath import Outbox, SlotMap
-from kvstore_proxy.migrating import Migrating, released
+from kvstore_proxy.migrating import Migrating, redispatch, released
 
 log = structlog.get_logger("kvstore.proxy.router")
 
+_PING = resp.command([b"PING"])
 FENCED_ERROR = resp.error(
     "TRYAGAIN kvstore-proxy is cut off from ZooKeeper and its routing may be stale; retry shortly")
 NO_TABLE_ERROR = resp.error("TRYAGAIN kvstore-proxy has not read the cluster tables yet; retry shortly")
+
+
+def _resolver(future: asyncio.Future[None]) -> Callable[[bytes], None]:
+    def resolve(_reply: bytes) -> None:
+        if not future.done():
+            future.set_result(None)
+    return resolve
 
 
 class Router:
@@ -54,11 +64,13 @@ class Router:
         self.group_order: list[Any] = []  # one entry per group, for fan-out commands
         self.reshard_data: bytes | None = None  # the reshard znode, for holding newly marked slots
         self.migration_released = True
+        self.migrating: list[Migrating] = []  # the Migrating entries of the table (kept across table changes)
+        self.held_bytes = 0  # requests held by them (migrating.py bounds it)
         # Read by --metrics-listen (metrics.py); counted on the migrating slots' path only.
-        self.migrations_on_access = 0  # MIGRATE commands sent for a request's keys
-        self.keys_migrated_on_access = 0  # keys those MIGRATEs moved (or found gone)
-        self.migration_tryagain = 0  # requests answered TRYAGAIN while their slot is held
-        self.requests_held = 0  # requests made to wait (not refused) for a held slot
+        self.migrations_on_access = 0  # takes (MIGRATE) sent for a request's keys
+        self.keys_migrated_on_access = 0  # keys those takes moved (or found gone)
+        self.migration_tryagain = 0  # requests answered TRYAGAIN after being held too long (or too many held)
+        self.requests_held = 0  # requests made to wait (not refused) for a held slot or a key in pieces
         # Called after every change of the table (never per request): clients holding leases follow it.
         self.listeners: list[Callable[[], None]] = []
 
@@ -109,12 +121,29 @@ class Router:
         """The reshard znode changed: may keys of migrating slots move yet? (``migrating.py``)."""
         self.reshard_data = data
         self.migration_released = released(data, self.slots.migrating if self.slots is not None else ())
+        self._resume_held()
         self._changed()
+
+    def _resume_held(self) -> None:
+        for entry in self.migrating:
+            if self.migration_released or entry.committed:
+                for e in (entry, entry.resp3):
+                    if e.waiting:
+                        e.resume()
+
+    def entry_drained(self, entry: Migrating) -> None:
+        """A committed entry has no take in flight any more: its slots go to their owner directly."""
+        if entry in self.migrating and not self.fenced:
+            self._rebuild()
 
     def _rebuild(self) -> None:
         if self.fenced:
             self.slot_backend = [self._fence] * SLOT_COUNT
             self.group_order = [self._fence] * max(1, len(self.groups or ()))
+            fenced, self.migrating = self.migrating, []
+            for old in fenced:  # what they held is refused like everything else now
+                for e in (old, old.resp3):
+                    redispatch(self, e.evict(), e.is_resp3)
             self._changed()
             return
         if self.groups is None:
@@ -130,15 +159,39 @@ class Router:
             order.append(entry)
         unknown = table[None]
         slot_backend = [table.get(o, unknown) for o in self.owners]
+        before: list[Migrating] = self.migrating
+        kept: list[Migrating] = []
         for m in self.slots.migrating if self.slots is not None else ():
             source, target = table.get(m.source), table.get(m.target)
             if isinstance(source, Backend) and isinstance(target, Backend):
-                entry = Migrating(self, source, target)
+                # The same migration between the same backends keeps its entry: what it learnt
+                # (keys gone, keys busy) and the requests it holds stay in order.
+                same = [e for e in before if e.same(m, source, target)]
+                entry = same[0] if same else Migrating(self, m, source, target)
+                kept.append(entry)
             else:  # either side down: nobody can tell where a key of these slots is
                 entry = source if not isinstance(source, Backend) else target
             slot_backend[m.lo : m.hi + 1] = [entry] * (m.hi - m.lo + 1)
+        gone = []
+        for old in before:
+            if old in kept:
+                continue
+            m = old.migration
+            if (old.busy or old.resp3.busy) and all(x is old.target for x in slot_backend[m.lo: m.hi + 1]):
+                # Committed while takes are in flight: until they are answered, commands on their
+                # keys must follow them through the source rather than overtake them to the target.
+                old.committed = old.resp3.committed = True
+                slot_backend[m.lo: m.hi + 1] = [old] * m.size
+                kept.append(old)
+            else:
+                gone.append(old)
         self.slot_backend = slot_backend
         self.group_order = order
+        self.migrating = kept
+        for old in gone:  # their held requests go where the new table says
+            for e in (old, old.resp3):
+                redispatch(self, e.evict(), e.is_resp3)
+        self._resume_held()
         self._changed()
 
     def _changed(self) -> None:
@@ -187,6 +240,23 @@ class Router:
             m = self.slots.migration_of(slot)
             return m is not None and m.target == gid
         return False
+
+    async def drained(self, timeout: float) -> None:
+        """Return once every request sent to a backend before now has been answered (or failed).
+
+        The proxy registers a slots version only after this: past a reshard barrier, no request
+        routed by the old table can still reach a source after the key mover started reading it.
+        """
+        loop = asyncio.get_running_loop()
+        waits = []
+        for b in [*self.backends.values(), *self.retired]:
+            for conn in {b, b.resp3}:
+                if conn.fifo and conn.up:
+                    done: asyncio.Future[None] = loop.create_future()
+                    conn.send(Step(_resolver(done)), _PING)
+                    waits.append(done)
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
 
     def close(self) -> None:
         for b in [*self.backends.values(), *self.retired]:

@@ -19,6 +19,18 @@ log = structlog.get_logger("kvstore.ops")
 # never takes the step), so a test can kill its process mid-failover and watch another resume.
 HANG_AT_STEP_ENV = "KVSTORE_SENTINEL_TEST_HANG_AT_STEP"
 
+# Test hook: the reshard executor exits (code 86, no cleanup, as if killed) right after the named
+# step, so tests can resume a half-done reshard. Values: marked, acked, migrated (after the first
+# take), piece (after the first piece of a big key), moved, committed.
+CRASH_HOOK_ENV = "KVSTORE_TEST_CRASH_AFTER"
+CRASH_HOOK_EXIT = 86
+
+
+def crash_point(step: str) -> None:
+    if os.environ.get(CRASH_HOOK_ENV) == step:
+        log.warning("test_crash_hook", step=step)
+        os._exit(CRASH_HOOK_EXIT)
+
 
 @dataclass
 class Context:

@@ -1,37 +1,68 @@
-"""The key mover: SCAN a source master, MIGRATE the keys of given slots to their targets in batches.
+"""The key mover: reads each source master once per reshard and moves the keys of each step's slots.
 
-One scanner per source feeds batches of keys to ``parallel`` MIGRATE workers (each on its own
-connection), so the next SCAN runs while earlier batches move. MIGRATE is never given REPLACE:
-a key that already exists on the target (BUSYKEY) stops the move and is reported, nothing is
-overwritten.
+Per source (:class:`SourceMover`), at the first step it moves::
+
+    CLIENT TRACKING ON BCAST (write_tracker.py) ─► one SCAN pass ─┬─ keys of this step's slots ─► take workers
+                                                                  └─ keys of later steps' slots ─► kept, by slot
+    each later step: tracker fence ─► kept keys + keys written since (tracker) of its slots ─► take workers
+
+A SCAN pass returns every key present from its start to its end; a step's slots are released
+(every proxy moves their keys on access, none writes them on the source) before its keys move,
+so the kept keys plus the keys written since the pass began are all its keys. If the tracker
+cannot vouch for that (its connection dropped, the node was flushed) or too many keys would be
+kept, the step reads the source again instead.
+
+Keys leave through the take script (``kvstore_cluster/keymove.py``) in batches of ``batch`` keys
+and at most ``batch_bytes``, on ``parallel`` connections per source: it MIGRATEs them (never
+REPLACE: a key already on the target, BUSYKEY, stops the move with the key named) and leaves big
+or locked keys in place, which one task per source then moves in pieces (``big_keys.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import structlog
+
+from kvstore_cluster.codec import parse_address
+from kvstore_cluster.keymove import BIG_KEY_BYTES, LOCKED, TAKE, take_args
 from kvstore_cluster.node import CommandRefused, Node, NodeError
+from kvstore_cluster.ops import big_keys
+from kvstore_cluster.ops.big_keys import Stalls
 from kvstore_cluster.ops.errors import MoveError
+from kvstore_cluster.ops.write_tracker import WriteTracker
 from kvstore_cluster.slots import SLOT_COUNT, key_slot
 
-SCAN_COUNT = 1000
+log = structlog.get_logger("kvstore.ops.mover")
+
+SCAN_COUNT = 2000
 MIGRATE_TIMEOUT_MS = 10_000
-MAX_PASSES = 20  # a source that keeps gaining keys of moving slots means a proxy ignores the mark
 SCAN_TIMEOUT = 15.0
+MOVER_NICE = 10  # the movers' thread's nice value (see KeyMover._run)
+KEEP_MAX = 4_000_000  # keys kept for later steps per source; beyond, each step reads the source again
 RESUME_HINT = "run 'kvstore-admin reshard --resume'"
+T = TypeVar("T")
 
 
 @dataclass
 class Progress:
-    """What the movers have moved so far, for the progress bar."""
+    """What the movers have done so far (the progress bar, status, the final summary)."""
 
     keys: int = 0
+    bytes: int = 0
+    big_keys: int = 0
+    scans: int = 0  # SCAN passes over a source
+    stalls: Stalls = field(default_factory=Stalls)
 
 
 class SlotMap:
-    """slot -> target index (0 = not moving), a bytearray so the per-key test is one index."""
+    """slot -> target index (0 = not moving now), a bytearray so the per-key test is one index."""
 
     def __init__(self, slot_targets: dict[int, str]):
         self.targets = sorted(set(slot_targets.values()))
@@ -39,15 +70,265 @@ class SlotMap:
         for s, t in slot_targets.items():
             self.index[s] = self.targets.index(t) + 1
 
-    def split(self, keys: list[bytes]) -> dict[int, list[bytes]]:
-        """Keys of moving slots, by target index."""
-        out: dict[int, list[bytes]] = {}
-        index = self.index
+
+def _unique(keys: list[bytes]) -> list[bytes]:
+    # SCAN may return a key twice (while the source's table rehashes); a key given twice to
+    # one MIGRATE is restored twice on the target, and the second RESTORE fails with BUSYKEY.
+    return list(dict.fromkeys(keys))
+
+
+def _move_error(source: str, target: str, exc: NodeError, busy: list[bytes]) -> MoveError:
+    if isinstance(exc, CommandRefused):
+        if "BUSYKEY" in exc.reply:
+            shown = ", ".join(repr(k.decode(errors="backslashreplace")) for k in busy[:5]) or "(unknown)"
+            more = f" and {len(busy) - 5} more" if len(busy) > 5 else ""
+            return MoveError(
+                f"MIGRATE {source} -> {target} refused: the target already holds key(s) {shown}{more} (BUSYKEY). "
+                f"Nothing was overwritten. Decide which copy is right, delete the other, then {RESUME_HINT} "
+                "(or --abort)")
+        return MoveError(f"MIGRATE {source} -> {target} failed: {exc.reply}. The reshard stopped; fix the cause and "
+                         f"{RESUME_HINT} (an IOERR/timeout may leave a key on both nodes, which the next attempt "
+                         "reports as BUSYKEY)")
+    return MoveError(f"{exc}; the reshard stopped, {RESUME_HINT} once the nodes answer")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    batch: int = 500  # keys per take (MIGRATE)
+    batch_bytes: int = 512 << 10  # and at most this many bytes (MEMORY USAGE) per take
+    parallel: int = 2  # take connections per source
+    big_key_bytes: int = BIG_KEY_BYTES
+    timeout_ms: int = MIGRATE_TIMEOUT_MS
+    password: str | None = field(default=None, repr=False)
+
+
+class SourceMover:
+    """One source master's share of a reshard: its tracker, its kept keys, its take workers."""
+
+    def __init__(self, address: str, later: set[int], tuning: Tuning, progress: Progress):
+        self.address = address
+        self.tuning = tuning
+        self.progress = progress
+        self.later = bytearray(SLOT_COUNT)  # slots of later steps: keep their keys
+        for s in later:
+            self.later[s] = 1
+        self.kept: dict[int, list[bytes]] = {}
+        self.kept_count = 0
+        self.written: dict[int, set[bytes]] = {}
+        self.tracker: WriteTracker | None = None
+        self.read = False  # a pass has read the source for every slot still to move
+        self.keeping = True  # False once KEEP_MAX was exceeded: every step reads the source itself
+
+    def _on_written(self, keys: list[bytes]) -> None:
+        later, written = self.later, self.written
         for k in keys:
-            t = index[key_slot(k)]
+            s = key_slot(k)
+            if later[s]:
+                written.setdefault(s, set()).add(k)
+
+    async def close(self) -> None:
+        if self.tracker is not None:
+            await self.tracker.close()
+            self.tracker = None
+
+    async def move(self, slot_targets: dict[int, str], still_allowed: Callable[[], None]) -> int:
+        """Move every key of ``slot_targets``'s slots to its target; returns the number moved."""
+        slots = SlotMap(slot_targets)
+        work = _Work(self, slots, still_allowed)
+        async with work:
+            await work.resume_locked(slot_targets)
+            if self.read and self.tracker is not None and self.tracker.lost is None:
+                try:
+                    await self.tracker.fence()  # the step's slots are still "later" until its writes are in
+                except NodeError:
+                    pass
+            for s in slot_targets:
+                self.later[s] = 0
+            if self.read and self.tracker is not None and self.tracker.lost is None:
+                pending: dict[int, list[bytes]] = {}
+                for s in slot_targets:
+                    keys = self.kept.pop(s, [])
+                    self.kept_count -= len(keys)
+                    keys.extend(self.written.pop(s, ()))
+                    buf = pending.setdefault(slots.index[s], [])
+                    buf.extend(keys)
+                    if len(buf) >= self.tuning.batch:
+                        await work.add(slots.index[s], buf)
+                        pending[slots.index[s]] = []
+                for t, buf in pending.items():
+                    if buf:
+                        await work.add(t, buf)
+            else:
+                await self._pass(work)
+        return work.moved
+
+    async def _pass(self, work: _Work) -> None:
+        """One SCAN over the source: this step's keys to the workers, later steps' kept (and tracked from now on)."""
+        await self.close()
+        self.kept.clear()
+        self.written.clear()
+        self.kept_count = 0
+        keep = self.keeping and any(self.later)
+        if keep:
+            self.tracker = WriteTracker(self.address, self._on_written, self.tuning.password)
+            try:
+                await self.tracker.start()
+            except NodeError as exc:
+                log.warning("write_tracking_unavailable", node=self.address, error=str(exc))
+                await self.close()
+                keep = False
+        index, later, kept = work.slots.index, self.later, self.kept
+        self.progress.scans += 1
+        try:
+            async with Node(self.address, SCAN_TIMEOUT, self.tuning.password) as scanner:
+                pending: dict[int, list[bytes]] = {}
+                async for keys in scanner.scan(SCAN_COUNT):
+                    work.check()
+                    for k in keys:
+                        s = key_slot(k)
+                        t = index[s]
+                        if t:
+                            pending.setdefault(t, []).append(k)
+                        elif keep and later[s]:
+                            kept.setdefault(s, []).append(k)
+                            self.kept_count += 1
+                    for t, buf in pending.items():
+                        if len(buf) >= self.tuning.batch:
+                            await work.add(t, buf)
+                            pending[t] = []
+                    if keep and self.kept_count > KEEP_MAX:
+                        log.warning("reshard_keys_not_kept", node=self.address, kept=self.kept_count,
+                                    consequence="each later step reads the source again")
+                        keep = self.keeping = False
+                        kept.clear()
+                        self.kept_count = 0
+                        await self.close()
+                for t, buf in pending.items():
+                    if buf:
+                        await work.add(t, buf)
+        except NodeError as exc:
+            raise NodeError(f"{exc}; the reshard stopped, {RESUME_HINT} once it answers") from None
+        self.read = keep
+
+
+class _Work:
+    """The take workers and the big-key task of one source for one step."""
+
+    def __init__(self, owner: SourceMover, slots: SlotMap, still_allowed: Callable[[], None]):
+        self.owner = owner
+        self.slots = slots
+        self.tuning = owner.tuning
+        self.progress = owner.progress
+        self.still_allowed = still_allowed
+        self.queue: asyncio.Queue[tuple[int, list[bytes]] | None] = asyncio.Queue(maxsize=owner.tuning.parallel * 4)
+        self.big: asyncio.Queue[tuple[int, bytes, bool] | None] = asyncio.Queue()
+        self.big_seen: set[bytes] = set()
+        self.failed: list[BaseException] = []
+        self.moved = 0
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def check(self) -> None:
+        if self.failed:
+            raise self.failed[0]
+        self.still_allowed()
+
+    async def __aenter__(self) -> _Work:
+        self.tasks = [asyncio.create_task(self._taker()) for _ in range(self.tuning.parallel)]
+        self.big_task = asyncio.create_task(self._big_mover())
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        for _ in self.tasks:
+            await self.queue.put(None)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.big.put(None)
+        await asyncio.gather(self.big_task, return_exceptions=True)
+        if exc is None and self.failed:
+            raise self.failed[0]
+
+    async def add(self, target: int, keys: list[bytes]) -> None:
+        self.check()
+        keys = _unique(keys)
+        for i in range(0, len(keys), self.tuning.batch):
+            await self.queue.put((target, keys[i: i + self.tuning.batch]))
+
+    async def resume_locked(self, slot_targets: dict[int, str]) -> None:
+        """Big keys a mover that died left locked: finish them first (their requests are held meanwhile)."""
+        async with Node(self.owner.address, SCAN_TIMEOUT, self.tuning.password) as node:
+            locked = await node.call("EVAL", LOCKED, 0, what="EVAL locked")
+        for k in locked or ():
+            t = self.slots.index[key_slot(k)]
             if t:
-                out.setdefault(t, []).append(k)
-        return out
+                self.big_seen.add(k)
+                await self.big.put((t, k, True))
+            else:
+                log.warning("locked_key_outside_step", node=self.owner.address, key=k.decode(errors="backslashreplace"))
+
+    async def _taker(self) -> None:
+        tuning, source = self.tuning, self.owner.address
+        try:
+            async with Node(source, SCAN_TIMEOUT, tuning.password) as node:
+                await node.call("SCRIPT", "LOAD", TAKE, what="SCRIPT LOAD")
+                while (item := await self.queue.get()) is not None:
+                    if self.failed:
+                        continue  # drain the queue so producers never block
+                    t, keys = item
+                    target = self.slots.targets[t - 1]
+                    host, port = parse_address(target)
+                    try:
+                        self.check()
+                        while keys:
+                            began = time.monotonic()
+                            reply = await node.call("EVALSHA", *take_args(
+                                keys, host, port, tuning.timeout_ms, mode="mover", big_bytes=tuning.big_key_bytes,
+                                budget=tuning.batch_bytes, password=tuning.password),
+                                timeout=tuning.timeout_ms / 1000 + node.timeout, what=f"MIGRATE to {target}")
+                            took = time.monotonic() - began
+                            if took > self.progress.stalls.longest:
+                                self.progress.stalls.longest = took
+                            moved, size, nleft = int(reply[0]), int(reply[1]), int(reply[2])
+                            self.moved += moved
+                            self.progress.keys += moved
+                            self.progress.bytes += size
+                            for k in reply[3: 3 + nleft]:
+                                if k not in self.big_seen:
+                                    self.big_seen.add(k)
+                                    await self.big.put((t, k, False))
+                            keys = list(reply[3 + nleft:])
+                    except NodeError as exc:
+                        self.failed.append(_move_error(source, target, exc, await _busy_keys(node, target, keys,
+                                                                                             tuning.password)))
+                    except Exception as exc:  # noqa: BLE001 - reported by the caller
+                        self.failed.append(exc)
+        except NodeError as exc:
+            self.failed.append(MoveError(f"{exc}; the reshard stopped, {RESUME_HINT} once the nodes answer"))
+
+    async def _big_mover(self) -> None:
+        targets: dict[str, Node] = {}
+        try:
+            async with Node(self.owner.address, SCAN_TIMEOUT, self.tuning.password) as source:
+                while (item := await self.big.get()) is not None:
+                    if self.failed:
+                        continue
+                    t, key, resuming = item
+                    address = self.slots.targets[t - 1]
+                    target = targets.get(address)
+                    if target is None:
+                        target = targets[address] = Node(address, SCAN_TIMEOUT, self.tuning.password)
+                    try:
+                        self.check()
+                        n = await big_keys.move(source, target, key, self.progress.stalls, resuming)
+                    except NodeError as exc:
+                        self.failed.append(MoveError(f"moving the big key {key!r} failed: {exc}; {RESUME_HINT}"))
+                    except Exception as exc:  # noqa: BLE001 - reported by the caller
+                        self.failed.append(exc)
+                    else:
+                        self.moved += n
+                        self.progress.keys += n
+                        self.progress.big_keys += n
+        finally:
+            for node in targets.values():
+                await node.close()
 
 
 async def _busy_keys(source: Node, target: str, keys: list[bytes], password: str | None) -> list[bytes]:
@@ -61,109 +342,64 @@ async def _busy_keys(source: Node, target: str, keys: list[bytes], password: str
     return [k for k, t, s in zip(keys, on_target, on_source, strict=True) if t and s]
 
 
-async def migrate(node: Node, target: str, keys: list[bytes], timeout_ms: int, password: str | None = None) -> None:
-    """MIGRATE ``keys`` from ``node`` to ``target``; NOKEY (already gone) is fine; any error raises MoveError."""
-    source = node.address
-    try:
-        await node.migrate(target, keys, timeout_ms, password)
-    except CommandRefused as exc:
-        if "BUSYKEY" in exc.reply:
-            busy = await _busy_keys(node, target, keys, password)
-            shown = ", ".join(repr(k.decode(errors="backslashreplace")) for k in busy[:5]) or "(unknown)"
-            more = f" and {len(busy) - 5} more" if len(busy) > 5 else ""
-            raise MoveError(
-                f"MIGRATE {source} -> {target} refused: the target already holds key(s) {shown}{more} (BUSYKEY). "
-                f"Nothing was overwritten. Decide which copy is right, delete the other, then {RESUME_HINT} "
-                "(or --abort)"
-            ) from None
-        raise MoveError(f"MIGRATE {source} -> {target} failed: {exc.reply}. The reshard stopped; fix the cause and "
-                        f"{RESUME_HINT} (an IOERR/timeout may leave a key on both nodes, which the next attempt "
-                        "reports as BUSYKEY)") from None
-    except NodeError as exc:
-        raise MoveError(f"{exc}; the reshard stopped, {RESUME_HINT} once the nodes answer") from None
+class KeyMover:
+    """The movers of one executor run, on an event loop of their own (a thread), kept across steps.
 
-
-def _unique(keys: list[bytes]) -> list[bytes]:
-    # SCAN may return a key twice (while the source's table rehashes); a key given twice to
-    # one MIGRATE is restored twice on the target, and the second RESTORE fails with BUSYKEY.
-    return list(dict.fromkeys(keys))
-
-
-async def _one_pass(source: str, slots: SlotMap, batch: int, parallel: int, timeout_ms: int, progress: Progress,
-                    on_batch: Callable[[], None] | None, password: str | None,
-                    still_allowed: Callable[[], None] | None) -> int:
-    """One SCAN over ``source`` moving what it finds; returns how many keys of moving slots it saw."""
-    work: asyncio.Queue[tuple[int, list[bytes]] | None] = asyncio.Queue(maxsize=parallel * 4)
-    failed: list[BaseException] = []
-
-    async def worker() -> None:
-        async with Node(source, SCAN_TIMEOUT, password) as node:
-            while True:
-                item = await work.get()
-                if item is None:
-                    return
-                if failed:
-                    continue  # drain the queue so the scanner never blocks
-                t, keys = item
-                try:
-                    if still_allowed is not None:
-                        still_allowed()  # raises once these slots may no longer move
-                    await migrate(node, slots.targets[t - 1], keys, timeout_ms, password)
-                except Exception as exc:  # noqa: BLE001 - reported by the caller
-                    failed.append(exc)
-                    continue
-                progress.keys += len(keys)
-                if on_batch is not None:
-                    on_batch()
-
-    workers = [asyncio.create_task(worker()) for _ in range(parallel)]
-    seen = 0
-    try:
-        async with Node(source, SCAN_TIMEOUT, password) as scanner:
-            pending: dict[int, list[bytes]] = {}
-            async for keys in scanner.scan(SCAN_COUNT):
-                if failed:
-                    break
-                for t, ks in slots.split(keys).items():
-                    seen += len(ks)
-                    buf = pending.setdefault(t, [])
-                    buf.extend(ks)
-                    while len(buf) >= batch:
-                        await work.put((t, _unique(buf[:batch])))
-                        del buf[:batch]
-            for t, buf in pending.items():
-                if buf and not failed:
-                    await work.put((t, _unique(buf)))
-    except NodeError as exc:
-        raise NodeError(f"{exc}; the reshard stopped, {RESUME_HINT} once it answers") from None
-    finally:
-        for _ in workers:
-            await work.put(None)
-        await asyncio.gather(*workers, return_exceptions=True)
-    if failed:
-        raise failed[0]
-    return seen
-
-
-async def move_slots(source: str, slot_targets: dict[int, str], *, batch: int = 100, parallel: int = 4,
-                     timeout_ms: int = MIGRATE_TIMEOUT_MS, progress: Progress | None = None,
-                     on_batch: Callable[[], None] | None = None, password: str | None = None,
-                     still_allowed: Callable[[], None] | None = None) -> int:
-    """Move every key of ``slot_targets``'s slots from ``source`` to their target address.
-
-    Repeats full SCAN passes until one finds no key of those slots (a pass may miss keys written
-    meanwhile); returns the number of keys moved. ``still_allowed`` runs before every MIGRATE and
-    stops the move by raising.
+    The executor's ZooKeeper calls block; the trackers must keep reading meanwhile.
     """
-    progress = progress if progress is not None else Progress()
-    slots = SlotMap(slot_targets)
-    before = progress.keys
-    for _ in range(MAX_PASSES):
-        if await _one_pass(source, slots, batch, parallel, timeout_ms, progress, on_batch, password,
-                           still_allowed) == 0:
-            return progress.keys - before
-    raise MoveError(f"keys of the moving slots keep appearing on {source} after {MAX_PASSES} passes; is a "
-                    "proxy still writing there without the migrating mark? The reshard stopped (resumable)")
+
+    def __init__(self, tuning: Tuning, later: dict[str, set[int]]):
+        self.tuning = tuning
+        self.later = later  # source group -> slots of the steps after the first one moved
+        self.progress = Progress()
+        self.sources: dict[str, SourceMover] = {}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="key-mover", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        # The movers yield the CPU to the proxies and their clients when both want it (and lose
+        # nothing on an idle machine); the executor's thread keeps its priority, so the barriers,
+        # during which proxies hold requests, are not delayed.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MOVER_NICE)
+        except (OSError, AttributeError):
+            pass
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Any:
+        """Run ``coro`` on the movers' loop; a ``concurrent.futures.Future`` of its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def move(self, by_source: dict[str, tuple[str, dict[int, str]]], still_allowed: Callable[[], None]) -> int:
+        """``by_source``: group -> (its master's address, slot -> target address). All sources at once."""
+        movers = []
+        for gid, (address, slot_targets) in by_source.items():
+            mover = self.sources.get(gid)
+            if mover is None or mover.address != address:
+                if mover is not None:
+                    await mover.close()
+                mover = self.sources[gid] = SourceMover(address, self.later.get(gid, set()), self.tuning,
+                                                        self.progress)
+            movers.append(mover.move(slot_targets, still_allowed))
+        results = await asyncio.gather(*movers, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        return sum(r for r in results if isinstance(r, int))
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for mover in self.sources.values():
+                await mover.close()
+
+        try:
+            self.submit(close_all()).result(10)
+        except Exception as exc:  # noqa: BLE001 - closing must not mask the real outcome
+            log.warning("mover_close_failed", error=str(exc))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 async def delete_slots(address: str, slots: set[int], batch: int = 500, password: str | None = None) -> int:
@@ -181,3 +417,8 @@ async def delete_slots(address: str, slots: set[int], batch: int = 500, password
     except NodeError as exc:
         raise NodeError(f"deleting the keys of moved slots failed: {exc}") from None
     return deleted
+
+
+def estimate(dbsize: int, moving: int, owned: int) -> int:
+    """Keys a source will give up: its key count times the share of its slots that move."""
+    return dbsize * moving // owned if owned else 0

@@ -41,7 +41,6 @@ forward keeps the invariant that a slot's owner holds all its keys.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,31 +49,21 @@ import structlog
 
 from kvstore_cluster import paths
 from kvstore_cluster.model import Migration, SlotTable
+from kvstore_cluster.node import Node
 from kvstore_cluster.ops import mover
+from kvstore_cluster.ops.context import crash_point
 from kvstore_cluster.ops.errors import OpError, ReshardInProgress, ReshardStopped
 from kvstore_cluster.ops.fence import NO_FENCE, Fence
 from kvstore_cluster.ops.slot_moves import split_steps
 from kvstore_cluster.proxy_registration import MIGRATION, PROTOCOLS, ProxyRegistration
-from kvstore_cluster.reshard_state import ReshardState
+from kvstore_cluster.reshard_state import ReshardProgress, ReshardState
 from kvstore_cluster.slots import format_slot_ranges, merge_ranges
 from kvstore_cluster.store import Check, ClusterStore, CorruptData, Create, Delete, Records, Set, Versioned
 
 log = structlog.get_logger("kvstore.ops.reshard")
 
 DEFAULT_SLOTS_PER_STEP = 1024
-
-# Test hook: the executor exits (code 86, no cleanup, as if killed) right after the named step,
-# so tests can resume a half-done reshard. Values: marked, acked, migrated (after the first
-# MIGRATE batch), moved, committed.
-CRASH_HOOK_ENV = "KVSTORE_TEST_CRASH_AFTER"
-CRASH_HOOK_EXIT = 86
-
-
-def _crash_point(step: str) -> None:
-    if os.environ.get(CRASH_HOOK_ENV) == step:
-        log.warning("test_crash_hook", step=step)
-        os._exit(CRASH_HOOK_EXIT)
-
+DEFAULTS = mover.Tuning()  # batch sizes and parallelism (tuned by measurement: docs/design.md)
 
 def in_progress_error(state: ReshardState) -> ReshardInProgress:
     return ReshardInProgress(f"a reshard is already in progress ({state.request_text}, {state.describe()}); "
@@ -86,12 +75,19 @@ def in_progress_error(state: ReshardState) -> ReshardInProgress:
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    batch: int = 100  # keys per MIGRATE
-    parallel: int = 4  # MIGRATE workers per source
+    batch: int = mover.Tuning.batch  # keys per take (MIGRATE)
+    parallel: int = mover.Tuning.parallel  # take connections per source
     timeout: float = 30.0  # seconds to wait for the proxies at each barrier
     slots_per_step: int = DEFAULT_SLOTS_PER_STEP
     migrate_timeout_ms: int = mover.MIGRATE_TIMEOUT_MS
+    batch_bytes: int = mover.Tuning.batch_bytes
+    big_key_bytes: int = mover.Tuning.big_key_bytes
     password: str | None = field(default=None, repr=False)  # the Redis nodes' (--redis-password)
+
+    def tuning(self) -> mover.Tuning:
+        return mover.Tuning(batch=self.batch, batch_bytes=self.batch_bytes, parallel=self.parallel,
+                            big_key_bytes=self.big_key_bytes, timeout_ms=self.migrate_timeout_ms,
+                            password=self.password)
 
 
 class Reporter:
@@ -99,7 +95,7 @@ class Reporter:
 
     def start(self, total_slots: int, slots_done: int, keys: int) -> None: ...
 
-    def update(self, slots_done: int, keys: int) -> None: ...
+    def update(self, slots_done: int, progress: ReshardProgress) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -108,18 +104,24 @@ class Reporter:
 class Result:
     slots: int = 0  # slots moved by this run
     keys: int = 0  # keys moved by this run
+    bytes: int = 0  # their size (MEMORY USAGE of each, as the take script saw it)
+    big_keys: int = 0  # of them moved in pieces
     steps: int = 0
-    move_seconds: float = 0.0  # time spent in SCAN + MIGRATE only
+    scans: int = 0  # SCAN passes over a source
+    move_seconds: float = 0.0  # time spent moving keys only
     seconds: float = 0.0
+    longest_stall: float = 0.0  # the longest single command the mover ran on a server, seconds
     aborted: bool = False
     finished: bool = False
     deleted_keys: int = 0  # --no-data: keys dropped from the old owners
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "slots_moved": self.slots, "keys_moved": self.keys, "steps": self.steps,
+            "slots_moved": self.slots, "keys_moved": self.keys, "bytes_moved": self.bytes,
+            "big_keys_moved": self.big_keys, "steps": self.steps, "scan_passes": self.scans,
             "seconds": round(self.seconds, 3), "move_seconds": round(self.move_seconds, 3),
-            "keys_per_second": round(self.keys / self.move_seconds) if self.move_seconds > 0 else None,
+            "keys_per_second": round(self.keys / self.seconds) if self.seconds > 0 else None,
+            "longest_stall_ms": round(self.longest_stall * 1000, 1),
             "aborted": self.aborted, "finished": self.finished, "keys_deleted": self.deleted_keys,
         }
 
@@ -180,10 +182,14 @@ class Executor:
         self.path = paths.reshard(store.cluster)
         self.slots_path = paths.slots(store.cluster)
         self.result = Result()
+        self.mover: mover.KeyMover | None = None
+        self.began = time.monotonic()
+        self.keys_total = 0  # estimate of the keys this run moves (refined as sources are read)
+        self.published = 0.0
 
     def run(self) -> Result:
         """Drive the recorded reshard to its end (or to the end of its marked step if aborting)."""
-        began = time.monotonic()
+        self.began = time.monotonic()
         current = self.store.read_reshard()
         if current is None:
             self.result.finished = True
@@ -194,7 +200,15 @@ class Executor:
                 self.fence.check()
                 current = self._advance(current)
         finally:
-            self.result.seconds = time.monotonic() - began
+            self.result.seconds = time.monotonic() - self.began
+            if self.mover is not None:
+                self._take_progress()
+                self.mover.close()
+                self.mover = None
+            try:
+                self.store.clear_reshard_progress()
+            except Exception as exc:  # noqa: BLE001 - ephemeral: it goes with our session anyway
+                log.warning("reshard_progress_not_cleared", error=str(exc))
             self.reporter.finish()
         self.result.finished = True
         return self.result
@@ -213,15 +227,15 @@ class Executor:
         if state.phase == "marked":
             self._barrier(state, state.version)
             cur = self._set_phase(cur, "moving")
-            _crash_point("acked")
+            crash_point("acked")
             return cur
         if state.phase == "moving":
             # The barrier again: cheap, and a proxy that registered while no admin ran must have the mark too.
             self._barrier(state, state.version)
             moved = self._move(state)
-            _crash_point("moved")
+            crash_point("moved")
             return self._commit(cur, moved)
-        # committed
+        # committed: a --no-data step, or the last one
         self._barrier(state, state.version)
         if state.no_data:
             self._drop_old_keys(state)
@@ -247,12 +261,11 @@ class Executor:
             out[gid] = g.master
         return out
 
-    def _mark(self, cur: Versioned[ReshardState], step: int) -> Versioned[ReshardState]:
-        moves = cur.value.steps[step]
+    def _marked(self, state: ReshardState, table: SlotTable, step: int) -> SlotTable:
+        """``table`` with ``step``'s migrations marked, once checked that they still make sense."""
+        moves = state.steps[step]
         self._check_groups(moves)
-        self._check_proxies_migrate(self.store.proxies(), cur.value)
-        slots = self.store.read_slots()
-        table = slots.value
+        self._check_proxies_migrate(self.store.proxies(), state)
         for m in moves:
             for s in range(m.lo, m.hi + 1):
                 if table.owner(s) != m.source:
@@ -262,13 +275,15 @@ class Executor:
                         "--abort' and plan again")
                 if table.migration_of(s) is not None:
                     raise ReshardStopped(f"slot {s} is already marked migrating outside this reshard")
-        if cur.value.no_data:
-            new_table = _with_owners(table, moves)
-            phase = "committed"
-        else:
-            # A new SlotTable validates the marks now (source == owner) rather than a proxy rejecting them.
-            new_table = SlotTable(table.ranges, (*table.migrating, *moves))
-            phase = "marked"
+        if state.no_data:
+            return _with_owners(table, moves)
+        # A new SlotTable validates the marks now (source == owner) rather than a proxy rejecting them.
+        return SlotTable(table.ranges, (*table.migrating, *moves))
+
+    def _mark(self, cur: Versioned[ReshardState], step: int) -> Versioned[ReshardState]:
+        slots = self.store.read_slots()
+        new_table = self._marked(cur.value, slots.value, step)
+        phase = "committed" if cur.value.no_data else "marked"
         state = cur.value.at(step=step, phase=phase, version=slots.version + 1)
         self._commit_ops([
             Set(self.slots_path, new_table.encode(), slots.version),
@@ -276,8 +291,8 @@ class Executor:
         ])
         log.info("reshard_marked" if phase == "marked" else "reshard_reassigned", at=state.describe(),
                  slots_version=state.version)
-        self.reporter.update(state.slots_done, state.keys_moved)
-        _crash_point(phase)
+        self._report(state)
+        crash_point(phase)
         return Versioned(state, cur.version + 1)
 
     def _set_phase(self, cur: Versioned[ReshardState], phase: str) -> Versioned[ReshardState]:
@@ -307,9 +322,13 @@ class Executor:
                 f"'kvstore-admin reshard --resume' (the reshard is at {state.describe()})")
 
     def _barrier(self, state: ReshardState, version: int) -> None:
-        """Wait until every registered proxy has applied slots ``version`` (zero proxies: at once)."""
+        """Wait until every registered proxy has applied slots ``version`` (zero proxies: at once).
+
+        A proxy registers a version only once every request it sent before applying it has been
+        answered, so past the barrier no request of the old table is still on its way to a source.
+        """
         deadline = time.monotonic() + self.options.timeout
-        pause = 0.002
+        pause = 0.001
         while True:
             self.fence.check()
             proxies = self.store.proxies()
@@ -319,6 +338,8 @@ class Executor:
             stale.update({pid: reg.slots_version for pid, reg in proxies.items.items()
                           if reg.slots_version < version})
             if not stale:
+                log.debug("reshard_barrier", version=version, seconds=round(time.monotonic() - deadline +
+                                                                            self.options.timeout, 3))
                 return
             if time.monotonic() >= deadline:
                 names = ", ".join(f"{pid} (at {v if v is not None else 'unknown'})" for pid, v in sorted(stale.items()))
@@ -327,10 +348,10 @@ class Executor:
                     f"The reshard is stopped at {state.describe()} and is resumable: fix or stop those proxies "
                     "(a stopped proxy's node goes away with its ZooKeeper session), then run "
                     "'kvstore-admin reshard --resume'")
-            # Proxies apply a table within milliseconds, and newly marked slots are held
-            # (TRYAGAIN) until this barrier passes: poll fast at first, then back off.
+            # Proxies apply a table within milliseconds, and newly marked slots are held until
+            # this barrier passes: poll fast at first, then back off a little.
             time.sleep(pause)
-            pause = min(pause * 2, 0.1)
+            pause = min(pause * 2, 0.02)
 
     def _check_marks(self, state: ReshardState) -> None:
         """Stop unless the slot table still marks every migration of this step (and we may still act).
@@ -347,63 +368,99 @@ class Executor:
                     "failed and its slots were reassigned); run 'kvstore-admin reshard --abort', then "
                     "rebalance again")
 
+    def _start_mover(self, state: ReshardState) -> mover.KeyMover:
+        """The movers of this run: each source is read once, for this step and every later one."""
+        later: dict[str, set[int]] = {}
+        for step in state.steps[state.step + 1:]:
+            for m in step:
+                later.setdefault(m.source, set()).update(range(m.lo, m.hi + 1))
+        moving: dict[str, int] = {}
+        for step in state.steps[state.step:]:
+            for m in step:
+                moving[m.source] = moving.get(m.source, 0) + m.size
+        counts = self.store.read_slots().value.counts()
+        masters = {g.id: g.master for g in self.store.read_groups().value}
+        keymover = mover.KeyMover(self.options.tuning(), later)
+        for gid, n in moving.items():
+            try:
+                size = keymover.submit(_dbsize(masters[gid], self.options.password)).result(10)
+            except Exception:  # noqa: BLE001 - only the ETA suffers
+                size = 0
+            self.keys_total += mover.estimate(size, n, counts.get(gid, 0))
+        return keymover
+
     def _move(self, state: ReshardState) -> int:
         self._check_marks(state)
         masters = self._check_groups(state.current)
-        by_source: dict[str, dict[int, str]] = {}
+        if self.mover is None:
+            self.mover = self._start_mover(state)
+        by_source: dict[str, tuple[str, dict[int, str]]] = {}
         for m in state.current:
-            targets = by_source.setdefault(m.source, {})
+            _, targets = by_source.setdefault(m.source, (masters[m.source], {}))
             for s in range(m.lo, m.hi + 1):
                 targets[s] = masters[m.target]
         began = time.monotonic()
-        progress = asyncio.run(self._move_keys(state, by_source, masters))
-        self.result.move_seconds += time.monotonic() - began
-        self.result.keys += progress.keys
-        self.reporter.update(state.slots_done, state.keys_moved + progress.keys)
-        log.info("reshard_moved", at=state.describe(), keys=progress.keys)
-        return progress.keys
-
-    async def _move_keys(self, state: ReshardState, by_source: dict[str, dict[int, str]],
-                         masters: dict[str, str]) -> mover.Progress:
-        """Every source's keys of the step moved at once, while the marks (and the fence) are watched."""
-        progress = mover.Progress()
-        first_batch = False
+        before = self.mover.progress.keys
         dropped: list[BaseException] = []
+        first_batch = [False]
 
         def still_allowed() -> None:
             if dropped:
                 raise dropped[0]
+            if not first_batch[0] and self.mover is not None and self.mover.progress.keys > before:
+                first_batch[0] = True
+                crash_point("migrated")
 
-        def on_batch() -> None:
-            nonlocal first_batch
-            if not first_batch:
-                first_batch = True
-                _crash_point("migrated")
-
-        moves = asyncio.gather(*(
-            mover.move_slots(masters[source], slot_targets, batch=self.options.batch,
-                             parallel=self.options.parallel, timeout_ms=self.options.migrate_timeout_ms,
-                             progress=progress, on_batch=on_batch, password=self.options.password,
-                             still_allowed=still_allowed)
-            for source, slot_targets in by_source.items()), return_exceptions=True)
-        while True:
-            done, _ = await asyncio.wait([moves], timeout=0.2)
-            if done:
-                break
-            self.reporter.update(state.slots_done, state.keys_moved + progress.keys)
-            if not dropped:
+        future = self.mover.submit(self.mover.move(by_source, still_allowed))
+        try:
+            while True:
                 try:
-                    await asyncio.to_thread(self._check_marks, state)
-                except Exception as exc:  # noqa: BLE001 - ReshardStopped, Fenced, a ZooKeeper error: stop moving
-                    dropped.append(exc)
-        errors = [r for r in moves.result() if isinstance(r, BaseException)]
-        if errors:
-            # Keys already moved are where they belong (the slots are still migrating): only the
-            # count in the znode is behind, which is cosmetic.
-            raise errors[0]
-        return progress
+                    moved = future.result(timeout=0.2)
+                    break
+                except TimeoutError:
+                    pass
+                self._report(state)
+                if not dropped:
+                    try:
+                        self._check_marks(state)
+                    except Exception as exc:  # noqa: BLE001 - ReshardStopped, Fenced, a ZooKeeper error: stop moving
+                        dropped.append(exc)
+        finally:
+            self.result.move_seconds += time.monotonic() - began
+            self._take_progress()
+        self._report(state)
+        log.info("reshard_moved", at=state.describe(), keys=moved, seconds=round(time.monotonic() - began, 3))
+        return int(moved)
+
+    def _take_progress(self) -> None:
+        if self.mover is not None:
+            p = self.mover.progress
+            self.result.keys, self.result.bytes, self.result.big_keys = p.keys, p.bytes, p.big_keys
+            self.result.scans = p.scans
+            self.result.longest_stall = p.stalls.longest
+
+    def _report(self, state: ReshardState, force: bool = False) -> None:
+        """The bar, and (about once a second) the live progress record ``status`` shows."""
+        self._take_progress()
+        elapsed = time.monotonic() - self.began
+        keys = self.result.keys
+        total = max(self.keys_total, keys)
+        rate = keys / elapsed if elapsed > 0 else 0.0
+        progress = ReshardProgress(
+            keys_moved=keys, keys_total=total, bytes_moved=self.result.bytes, seconds=elapsed,
+            keys_per_second=rate, eta_seconds=(total - keys) / rate if rate > 0 else None,
+            longest_stall_ms=self.result.longest_stall * 1000)
+        self.reporter.update(state.slots_done, progress)
+        now = time.monotonic()
+        if force or now - self.published >= 1.0:
+            self.published = now
+            try:
+                self.store.publish_reshard_progress(progress)
+            except Exception as exc:  # noqa: BLE001 - only what status shows suffers
+                log.warning("reshard_progress_not_published", error=str(exc))
 
     def _commit(self, cur: Versioned[ReshardState], moved: int) -> Versioned[ReshardState]:
+        """One transaction: the step's slots to their targets, marks cleared, and the next step marked."""
         slots = self.store.read_slots()
         table = slots.value
         for m in cur.value.current:
@@ -412,15 +469,22 @@ class Executor:
                                   f"although the reshard is at {cur.value.describe()}")
         new_table = _with_owners(table, cur.value.current)
         state = cur.value.at(phase="committed", version=slots.version + 1, keys_moved=cur.value.keys_moved + moved)
+        last = state.aborting or state.step == len(state.steps) - 1
+        if not last:
+            # Marking the next step in the same transaction saves a barrier per step: a proxy that
+            # sees this record before the table holds the old step's slots for those milliseconds.
+            new_table = self._marked(state, new_table, state.step + 1)
+            state = state.at(step=state.step + 1, phase="marked")
         self._commit_ops([
             Set(self.slots_path, new_table.encode(), slots.version),
             Set(self.path, state.encode(), cur.version),
         ])
-        self.result.slots += sum(m.size for m in state.current)
+        self.result.slots += sum(m.size for m in cur.value.current)
         self.result.steps += 1
-        log.info("reshard_committed", at=state.describe(), slots_version=state.version)
-        self.reporter.update(state.slots_done, state.keys_moved)
-        _crash_point("committed")
+        log.info("reshard_committed", at=cur.value.describe(), next=None if last else state.describe(),
+                 slots_version=state.version)
+        self._report(state)
+        crash_point("committed")
         return Versioned(state, cur.version + 1)
 
     def _drop_old_keys(self, state: ReshardState) -> None:
@@ -442,6 +506,11 @@ class Executor:
         self._commit_ops([Delete(self.path, cur.version)])
         self.result.aborted = cur.value.aborting
         log.info("reshard_finished" if not cur.value.aborting else "reshard_aborted", at=cur.value.describe())
+
+
+async def _dbsize(address: str, password: str | None) -> int:
+    async with Node(address, password=password) as node:
+        return int(await node.call("DBSIZE"))
 
 
 def _with_owners(table: SlotTable, moves: tuple[Migration, ...]) -> SlotTable:

@@ -16,8 +16,7 @@ from observe_helpers import get, raw_request, scrape, status_of
 from sentinel_helpers import FAST
 
 from kvstore_admin.processes import LocalProcess, free_port, spawn, wait_until
-from kvstore_cluster.ops.context import HANG_AT_STEP_ENV
-from kvstore_cluster.ops.reshard import CRASH_HOOK_ENV, CRASH_HOOK_EXIT
+from kvstore_cluster.ops.context import CRASH_HOOK_ENV, CRASH_HOOK_EXIT, HANG_AT_STEP_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "web-status.png"  # the README's picture (KVSTORE_UPDATE_SCREENSHOT=1 retakes it)

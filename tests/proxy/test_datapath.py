@@ -15,6 +15,7 @@ import hiredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvstore_cluster import keymove
 from kvstore_cluster.model import Group, Groups, Migration, SlotTable, even_split
 from kvstore_proxy import commands
 from kvstore_proxy.config import ProxyConfig
@@ -50,7 +51,7 @@ class FakeTransport:
 
 class FakeRedis:
     """The replies one Redis would give for the commands of this test (RESP2); ``servers`` (by
-    port) are where MIGRATE moves keys."""
+    port) are where the take script (kvstore_cluster/keymove.py) moves keys."""
 
     def __init__(self, servers: dict[int, FakeRedis] | None = None) -> None:
         self.data: dict[bytes, bytes] = {}
@@ -59,14 +60,15 @@ class FakeRedis:
     def call(self, args: list[bytes]) -> bytes:
         name, rest = args[0].upper(), args[1:]
         d = self.data
-        if name == b"MIGRATE":  # host port "" 0 timeout KEYS key...
-            target = self.servers[int(rest[1])].data
-            keys = [k for k in rest[6:] if k in d]
+        if name == b"EVALSHA" and rest[0] == keymove.TAKE_SHA:  # the take: MIGRATE keys... to host port
+            n = int(rest[1])
+            target = self.servers[int(rest[3 + n])].data
+            keys = [k for k in rest[2: 2 + n] if k in d]
             if any(k in target for k in keys):
-                return b"-BUSYKEY Target key name already exists.\r\n"
+                return b"-ERR Target instance replied with error: BUSYKEY Target key name already exists.\r\n"
             for k in keys:
                 target[k] = d.pop(k)
-            return b"+OK\r\n" if keys else b"+NOKEY\r\n"
+            return b"+OK\r\n"
         if name == b"GET":
             return _bulk(d.get(rest[0]))
         if name == b"SET":
@@ -139,7 +141,7 @@ command = st.one_of(
 
 
 def _worker(loop: asyncio.AbstractEventLoop, groups: int = 3, migrating: bool = False) -> tuple[Worker, list[Server]]:
-    """``migrating``: g1's slots are moving to g2 (every key of g1 is MIGRATEd before it is used)."""
+    """``migrating``: g1's slots are moving to g2 (every key of g1 is taken to g2 before it is used)."""
     worker = Worker(ProxyConfig(), loop)
     worker.listening = True
     ids = [f"g{i}" for i in range(1, groups + 1)]

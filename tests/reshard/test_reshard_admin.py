@@ -10,7 +10,7 @@ from reshard_helpers import keys_in_slots, load_keys
 
 from kvstore_admin.errors import RESHARD_STOPPED
 from kvstore_cluster import paths
-from kvstore_cluster.ops.reshard import CRASH_HOOK_ENV, CRASH_HOOK_EXIT
+from kvstore_cluster.ops.context import CRASH_HOOK_ENV, CRASH_HOOK_EXIT
 from kvstore_cluster.proxy_registration import PROTOCOLS, ProxyRegistration
 from kvstore_cluster.slots import key_slot
 
@@ -168,6 +168,11 @@ def test_a_proxy_that_cannot_move_keys_refuses_the_marks(cluster) -> None:  # ty
     assert result.exit_code == RESHARD_STOPPED and "old-proxy" in result.stderr
     assert "do not move keys of migrating slots" in result.stderr
     assert c.store.read_slots().value.migrating == ()  # nothing was marked
+    # Version 1 MIGRATEs whole keys (a big one would stall both servers) and ignores keys in pieces.
+    c.store.client.set(old, registration(10**6, protocols={"migration": 1}).encode())
+    result = c.admin("reshard", "--resume")
+    assert result.exit_code == RESHARD_STOPPED and "old-proxy" in result.stderr
+    assert c.store.read_slots().value.migrating == ()
     # A registration that does not decode cannot vouch for its proxy either.
     c.store.client.set(old, json.dumps({"slots_version": 10**6, "protocols": {"migration": 1}}).encode())
     result = c.admin("reshard", "--resume")
