@@ -109,6 +109,7 @@ class Node:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._parser = hiredis.Reader()
+        self.sent = 0  # bytes written to the node (the key mover tells its own traffic from clients')
 
     async def __aenter__(self) -> Node:
         return self
@@ -148,7 +149,9 @@ class Node:
                 if isinstance(reply, hiredis.ReplyError):
                     raise _AuthRefused(str(reply))
         assert self._writer is not None
-        self._writer.write(b"".join(_pack(c) for c in commands))
+        data = b"".join(_pack(c) for c in commands)
+        self.sent += len(data)
+        self._writer.write(data)
         await self._writer.drain()
         replies = [await self._reply() for _ in commands]
         for reply in replies:

@@ -16,6 +16,11 @@ Keys leave through the take script (``kvstore_cluster/keymove.py``) in batches o
 and at most ``batch_bytes``, on ``parallel`` connections per source: it MIGRATEs them (never
 REPLACE: a key already on the target, BUSYKEY, stops the move with the key named) and leaves big
 or locked keys in place, which one task per source then moves in pieces (``big_keys.py``).
+
+The pace (:class:`Pace`): full speed while no client uses the sources; while clients do (their
+requests reaching a source, measured from its ``INFO stats`` less the movers' own traffic), at
+most ``busy_rate`` keys/s in takes of at most :data:`BUSY_BATCH` keys, so that the servers stay
+the clients' first.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import structlog
 
 from kvstore_cluster.codec import parse_address
 from kvstore_cluster.keymove import BIG_KEY_BYTES, LOCKED, TAKE, take_args
-from kvstore_cluster.node import CommandRefused, Node, NodeError
+from kvstore_cluster.node import CommandRefused, Node, NodeError, parse_info
 from kvstore_cluster.ops import big_keys
 from kvstore_cluster.ops.big_keys import Stalls
 from kvstore_cluster.ops.errors import MoveError
@@ -47,6 +52,11 @@ SCAN_TIMEOUT = 15.0
 MOVER_NICE = 10  # the movers' thread's nice value (see KeyMover._run)
 KEEP_MAX = 4_000_000  # keys kept for later steps per source; beyond, each step reads the source again
 RESUME_HINT = "run 'kvstore-admin reshard --resume'"
+BUSY_RATE = 20_000  # keys/s at most while clients use the sources (0: always full speed)
+BUSY_BYTES_PER_SECOND = 64 << 10  # client requests reaching a source above this: clients are active
+BUSY_BATCH = 100  # keys per take while clients are active (each take blocks the source for its length)
+BUSY_SAMPLE_SECONDS = 0.1  # how often each source's traffic is read
+BUSY_HOLD_SECONDS = 1.0  # paced this long after clients were last seen (they come in bursts)
 T = TypeVar("T")
 
 
@@ -97,18 +107,57 @@ class Tuning:
     batch: int = 500  # keys per take (MIGRATE)
     batch_bytes: int = 512 << 10  # and at most this many bytes (MEMORY USAGE) per take
     parallel: int = 2  # take connections per source
+    busy_rate: int = BUSY_RATE  # keys/s at most while clients use the sources (0: no limit)
     big_key_bytes: int = BIG_KEY_BYTES
     timeout_ms: int = MIGRATE_TIMEOUT_MS
     password: str | None = field(default=None, repr=False)
 
 
+class Pace:
+    """How fast the movers go: full speed while no client uses the sources, ``busy_rate`` keys/s while any does."""
+
+    def __init__(self, busy_rate: int):
+        self.busy_rate = busy_rate
+        self.busy_until = 0.0  # clients were seen: paced until then
+        self.next = 0.0  # when paced: the moment the next take may start
+
+    @property
+    def busy(self) -> bool:
+        return self.busy_rate > 0 and time.monotonic() < self.busy_until
+
+    def seen(self, address: str, client_bytes_per_second: float) -> None:
+        """A source's client traffic was just measured."""
+        if client_bytes_per_second > BUSY_BYTES_PER_SECOND:
+            if not self.busy and self.busy_rate > 0:
+                log.info("reshard_paced", node=address, client_bytes_per_second=round(client_bytes_per_second),
+                         keys_per_second=self.busy_rate)
+            self.busy_until = time.monotonic() + BUSY_HOLD_SECONDS
+
+    def batch(self, keys: int) -> int:
+        """Keys the next take may carry (fewer while clients are active: each take blocks the source)."""
+        return min(keys, BUSY_BATCH) if self.busy else keys
+
+    async def admit(self, keys: int) -> None:
+        """Wait until ``keys`` more keys may move."""
+        if not self.busy:
+            return
+        now = time.monotonic()
+        start = max(self.next, now)
+        self.next = start + keys / self.busy_rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
 class SourceMover:
     """One source master's share of a reshard: its tracker, its kept keys, its take workers."""
 
-    def __init__(self, address: str, later: set[int], tuning: Tuning, progress: Progress):
+    def __init__(self, address: str, later: set[int], tuning: Tuning, progress: Progress, pace: Pace | None = None):
         self.address = address
         self.tuning = tuning
         self.progress = progress
+        self.pace = pace or Pace(tuning.busy_rate)
+        self.nodes: list[Node] = []  # every connection of ours to the source (its traffic is not the clients')
+        self.watcher: asyncio.Task[None] | None = None
         self.later = bytearray(SLOT_COUNT)  # slots of later steps: keep their keys
         for s in later:
             self.later[s] = 1
@@ -126,14 +175,46 @@ class SourceMover:
             if later[s]:
                 written.setdefault(s, set()).add(k)
 
-    async def close(self) -> None:
+    def node(self) -> Node:
+        """A connection to the source, its traffic counted as ours."""
+        node = Node(self.address, SCAN_TIMEOUT, self.tuning.password)
+        self.nodes.append(node)
+        return node
+
+    async def close_tracker(self) -> None:
         if self.tracker is not None:
             await self.tracker.close()
             self.tracker = None
 
+    async def close(self) -> None:
+        await self.close_tracker()
+        if self.watcher is not None:
+            self.watcher.cancel()
+            await asyncio.gather(self.watcher, return_exceptions=True)
+            self.watcher = None
+
+    async def _watch(self) -> None:
+        """Tell the pace, every few tenths of a second, how much client traffic reaches the source."""
+        last: tuple[float, int, int] | None = None
+        async with self.node() as node:
+            while True:
+                try:
+                    info = await node.call("INFO", "stats")
+                    received = int(parse_info(info.decode(errors="replace")).get("total_net_input_bytes", 0))
+                except (NodeError, ValueError, AttributeError):
+                    last = None  # a node that does not answer is the takes' problem, not the pace's
+                else:
+                    now, ours = time.monotonic(), sum(n.sent for n in self.nodes)
+                    if last is not None and now > last[0]:
+                        self.pace.seen(self.address, ((received - last[1]) - (ours - last[2])) / (now - last[0]))
+                    last = (now, received, ours)
+                await asyncio.sleep(BUSY_SAMPLE_SECONDS)
+
     async def move(self, slot_targets: dict[int, str], still_allowed: Callable[[], None]) -> int:
         """Move every key of ``slot_targets``'s slots to its target; returns the number moved."""
         slots = SlotMap(slot_targets)
+        if self.watcher is None and self.pace.busy_rate > 0:
+            self.watcher = asyncio.create_task(self._watch())
         work = _Work(self, slots, still_allowed)
         async with work:
             await work.resume_locked(slot_targets)
@@ -164,7 +245,7 @@ class SourceMover:
 
     async def _pass(self, work: _Work) -> None:
         """One SCAN over the source: this step's keys to the workers, later steps' kept (and tracked from now on)."""
-        await self.close()
+        await self.close_tracker()
         self.kept.clear()
         self.written.clear()
         self.kept_count = 0
@@ -175,12 +256,12 @@ class SourceMover:
                 await self.tracker.start()
             except NodeError as exc:
                 log.warning("write_tracking_unavailable", node=self.address, error=str(exc))
-                await self.close()
+                await self.close_tracker()
                 keep = False
         index, later, kept = work.slots.index, self.later, self.kept
         self.progress.scans += 1
         try:
-            async with Node(self.address, SCAN_TIMEOUT, self.tuning.password) as scanner:
+            async with self.node() as scanner:
                 pending: dict[int, list[bytes]] = {}
                 async for keys in scanner.scan(SCAN_COUNT):
                     work.check()
@@ -202,7 +283,7 @@ class SourceMover:
                         keep = self.keeping = False
                         kept.clear()
                         self.kept_count = 0
-                        await self.close()
+                        await self.close_tracker()
                 for t, buf in pending.items():
                     if buf:
                         await work.add(t, buf)
@@ -254,7 +335,7 @@ class _Work:
 
     async def resume_locked(self, slot_targets: dict[int, str]) -> None:
         """Big keys a mover that died left locked: finish them first (their requests are held meanwhile)."""
-        async with Node(self.owner.address, SCAN_TIMEOUT, self.tuning.password) as node:
+        async with self.owner.node() as node:
             locked = await node.call("EVAL", LOCKED, 0, what="EVAL locked")
         for k in locked or ():
             t = self.slots.index[key_slot(k)]
@@ -265,9 +346,9 @@ class _Work:
                 log.warning("locked_key_outside_step", node=self.owner.address, key=k.decode(errors="backslashreplace"))
 
     async def _taker(self) -> None:
-        tuning, source = self.tuning, self.owner.address
+        tuning, source, pace = self.tuning, self.owner.address, self.owner.pace
         try:
-            async with Node(source, SCAN_TIMEOUT, tuning.password) as node:
+            async with self.owner.node() as node:
                 await node.call("SCRIPT", "LOAD", TAKE, what="SCRIPT LOAD")
                 while (item := await self.queue.get()) is not None:
                     if self.failed:
@@ -278,9 +359,12 @@ class _Work:
                     try:
                         self.check()
                         while keys:
+                            n = pace.batch(len(keys))
+                            await pace.admit(n)
+                            self.check()
                             began = time.monotonic()
                             reply = await node.call("EVALSHA", *take_args(
-                                keys, host, port, tuning.timeout_ms, mode="mover", big_bytes=tuning.big_key_bytes,
+                                keys[:n], host, port, tuning.timeout_ms, mode="mover", big_bytes=tuning.big_key_bytes,
                                 budget=tuning.batch_bytes, password=tuning.password),
                                 timeout=tuning.timeout_ms / 1000 + node.timeout, what=f"MIGRATE to {target}")
                             took = time.monotonic() - began
@@ -294,7 +378,7 @@ class _Work:
                                 if k not in self.big_seen:
                                     self.big_seen.add(k)
                                     await self.big.put((t, k, False))
-                            keys = list(reply[3 + nleft:])
+                            keys = [*reply[3 + nleft:], *keys[n:]]
                     except NodeError as exc:
                         self.failed.append(_move_error(source, target, exc, await _busy_keys(node, target, keys,
                                                                                              tuning.password)))
@@ -306,7 +390,7 @@ class _Work:
     async def _big_mover(self) -> None:
         targets: dict[str, Node] = {}
         try:
-            async with Node(self.owner.address, SCAN_TIMEOUT, self.tuning.password) as source:
+            async with self.owner.node() as source:
                 while (item := await self.big.get()) is not None:
                     if self.failed:
                         continue
@@ -352,6 +436,7 @@ class KeyMover:
         self.tuning = tuning
         self.later = later  # source group -> slots of the steps after the first one moved
         self.progress = Progress()
+        self.pace = Pace(tuning.busy_rate)  # shared: busy_rate is for the whole reshard
         self.sources: dict[str, SourceMover] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name="key-mover", daemon=True)
@@ -362,7 +447,8 @@ class KeyMover:
         # nothing on an idle machine); the executor's thread keeps its priority, so the barriers,
         # during which proxies hold requests, are not delayed.
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MOVER_NICE)
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + MOVER_NICE)
         except (OSError, AttributeError):
             pass
         self.loop.run_forever()
@@ -380,7 +466,7 @@ class KeyMover:
                 if mover is not None:
                     await mover.close()
                 mover = self.sources[gid] = SourceMover(address, self.later.get(gid, set()), self.tuning,
-                                                        self.progress)
+                                                        self.progress, self.pace)
             movers.append(mover.move(slot_targets, still_allowed))
         results = await asyncio.gather(*movers, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]

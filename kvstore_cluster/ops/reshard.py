@@ -82,11 +82,13 @@ class Options:
     migrate_timeout_ms: int = mover.MIGRATE_TIMEOUT_MS
     batch_bytes: int = mover.Tuning.batch_bytes
     big_key_bytes: int = mover.Tuning.big_key_bytes
+    busy_rate: int = mover.Tuning.busy_rate  # keys/s at most while clients use the sources (0: no limit)
     password: str | None = field(default=None, repr=False)  # the Redis nodes' (--redis-password)
 
     def tuning(self) -> mover.Tuning:
         return mover.Tuning(batch=self.batch, batch_bytes=self.batch_bytes, parallel=self.parallel,
-                            big_key_bytes=self.big_key_bytes, timeout_ms=self.migrate_timeout_ms,
+                            big_key_bytes=self.big_key_bytes, busy_rate=self.busy_rate,
+                            timeout_ms=self.migrate_timeout_ms,
                             password=self.password)
 
 
