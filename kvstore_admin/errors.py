@@ -8,6 +8,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kvstore_cluster.model import ModelError
 from kvstore_cluster.node import NodeError
 from kvstore_cluster.ops.errors import OpError, ReshardStopped
+from kvstore_cluster.ops.rule_change import RuleChangeStopped
 from kvstore_cluster.store import (
     ClusterExists,
     ClusterNotFound,
@@ -31,6 +32,8 @@ MISPLACED = 10  # 'check': a key lives in a group that does not own its slot (or
 RESHARD_STOPPED = 11  # 'reshard'/'rebalance' stopped part-way, its state kept (--resume / --abort)
 IMPORT_STOPPED = 12  # 'import' stopped part-way (link lost, cluster changed, cutover missed the pause); resumable
 DIFFERENT = 13  # 'import --verify' found differences, or commands of the source failed on the cluster
+RULES_STOPPED = 14  # 'keyrule add/remove' stopped part-way, the change recorded ('keyrule resume')
+SETTINGS_DIFFER = 15  # 'check': keys are fine, but a parameter or the function libraries differ between groups
 
 _EXIT_CODES = [
     (OK, "success"),
@@ -47,6 +50,8 @@ _EXIT_CODES = [
     (RESHARD_STOPPED, "reshard/rebalance stopped part-way; its state is kept (--resume or --abort)"),
     (IMPORT_STOPPED, "import stopped part-way; run it again to resume"),
     (DIFFERENT, "import: verify found differences, or the cluster refused commands the source ran"),
+    (RULES_STOPPED, "keyrule: the change stopped part-way; it is recorded ('keyrule resume')"),
+    (SETTINGS_DIFFER, "check: a parameter or the function libraries differ between groups"),
 ]
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "".join(f"  {code:<3} {text}\n" for code, text in _EXIT_CODES)
@@ -75,6 +80,7 @@ class ProcessFailed(AdminError):
 _CODES: list[tuple[type[Exception], int]] = [
     (NodeError, NODE_FAILED),
     (ReshardStopped, RESHARD_STOPPED),
+    (RuleChangeStopped, RULES_STOPPED),
     (OpError, USER_ERROR),
     (ZooKeeperUnavailable, ZOOKEEPER_UNREACHABLE),
     (ClusterNotFound, CLUSTER_MISSING_OR_EXISTS),

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kvstore_proxy import commands, fanout, inspection, resp
+from kvstore_proxy import clientcmd, commands, configcmd, fanout, inspection, resp, scripting
 from kvstore_proxy.commands import CommandSpec
 
 if TYPE_CHECKING:
@@ -122,12 +122,15 @@ def _hello(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes
 def _reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
     s.worker.monitor.detach(s)
     s.name = b""
+    s.reply_mode = None  # CLIENT REPLY ON
     if s.state is not None:
         s.state.reset()  # out of MULTI, no WATCH, no subscription
     s.set_protocol(2)
     if s.worker.config.requirepass:
         s.authenticated = False
         s.routes = {}
+    else:
+        s.refresh_routes()
     return resp.status("RESET")
 
 
@@ -249,6 +252,9 @@ HANDLERS: dict[bytes, Handler] = {
     b"slowlog|get": _slowlog_get, b"slowlog|len": _slowlog_len, b"slowlog|reset": _slowlog_reset,
     **fanout.HANDLERS,
     **inspection.HANDLERS,
+    **scripting.HANDLERS,
+    **configcmd.HANDLERS,
+    **clientcmd.HANDLERS,
 }
 
 

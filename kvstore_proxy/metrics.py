@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 # Bucket bounds of the latency histogram, in seconds (from 100 µs, Redis's usual range, to 10 s).
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BACKEND_STATES = ("up", "connecting", "down", "idle")
-TABLES = ("groups", "slots", "options")
+TABLES = ("groups", "slots", "options", "keyrules")
 
 
 def snapshot(w: Worker) -> dict[str, Any]:
@@ -54,7 +54,8 @@ def snapshot(w: Worker) -> dict[str, Any]:
         "backends": [{"group": b.group, "address": b.address, "state": b.state, "pending": len(b.fifo),
                       "connects": b.connects, "failures": b.failures} for b in router.backends.values()],
         "applied": {"groups": router.groups_version, "slots": router.slots_version,
-                    "options": topology.options_version if topology is not None else -1},
+                    "options": topology.options_version if topology is not None else -1,
+                    "keyrules": router.keyrules_version},
         "seen": dict(topology.seen) if topology is not None else {},
         "fenced": router.fenced,
         "zk_connected": topology is not None and topology.state == "connected",

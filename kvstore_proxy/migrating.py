@@ -37,7 +37,6 @@ import structlog
 from kvstore_cluster.keymove import MOVING_ERROR, TAKE, take_args
 from kvstore_cluster.model import Migration, ModelError
 from kvstore_cluster.reshard_state import ReshardState
-from kvstore_cluster.slots import key_slot
 from kvstore_proxy import commands, resp
 from kvstore_proxy.datapath import notify
 
@@ -165,7 +164,7 @@ class Migrating:
         self.send(r, resp.command(r.args))
 
     def send(self, r: Any, raw: bytes) -> None:
-        keys = _keys(r, raw)
+        keys = request_keys(r, raw)
         if not self.router.migration_released and not self.committed:
             self.hold(r, raw, keys)
             return
@@ -297,7 +296,7 @@ class Migrating:
 def redispatch(router: Any, held: list[_Held], resp3: bool) -> None:
     """Requests held by an entry that left the table go where their slot is served now."""
     for h in held:
-        entry = router.slot_backend[key_slot(h.keys[0])] if h.keys else None
+        entry = router.slot_backend[router.slotter.key_slot(h.keys[0])] if h.keys else None
         if entry is not None and resp3:
             entry = getattr(entry, "resp3", None)
         if entry is None:
@@ -313,7 +312,8 @@ def _args(keys: list[bytes], host: bytes, port: bytes) -> list[bytes]:
             for a in take_args(keys, host.decode(), int(port), MIGRATE_TIMEOUT_MS)]
 
 
-def _keys(r: Any, raw: bytes) -> list[bytes]:
+def request_keys(r: Any, raw: bytes) -> list[bytes]:
+    """The keys of a request (a Reply knows its arguments; a split request's part only its bytes)."""
     args = getattr(r, "args", None)
     if args is None:  # a Part of a split request: only its own bytes say which keys it has
         reader = hiredis.Reader()

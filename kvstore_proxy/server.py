@@ -14,7 +14,7 @@ import structlog
 
 from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
-from kvstore_proxy import inspection
+from kvstore_proxy import inspection, scripting
 from kvstore_proxy.commands import CommandSpec
 from kvstore_proxy.config import ProxyConfig
 from kvstore_proxy.datapath import CommandStat, Outbox, Route, command_name
@@ -22,6 +22,7 @@ from kvstore_proxy.groupinfo import GroupInfo
 from kvstore_proxy.info import worker_snapshot
 from kvstore_proxy.latency import Histograms, LatencyEvents
 from kvstore_proxy.monitor import Hub
+from kvstore_proxy.registry import Registry
 from kvstore_proxy.router import Router
 from kvstore_proxy.router3 import Resp3Router
 from kvstore_proxy.session import Session
@@ -82,6 +83,11 @@ class Worker:
         self.listening = False
         self.topology: Topology | None = None
         self.options = ClusterOptions()  # the cluster options record, applied live (Topology)
+        self.keyless_slot = 0  # where EVAL/FCALL with no keys run: the slot of option keyless-tag
+        self.registry = Registry()  # scripts and function libraries kept cluster-wide (registry.py)
+        self.scripts_loaded: dict[Any, tuple[int, set[bytes]]] = {}  # backend -> (connection, SHAs there)
+        self.config_differences: dict[str, tuple[str | None, ...]] = {}  # logged once per set of values
+        self.router.preload = scripting.preload(self)
         self.stateful = StatefulHub(self)  # leases, transactions, blocked clients, subscriptions
         self.server: asyncio.base_events.Server | None = None
         self.metrics: Any = None  # metrics.MetricsEndpoint with --metrics-listen
@@ -154,6 +160,7 @@ class Worker:
             raise StartupError(str(exc)) from None
         self.topology = Topology(self, self._zk)
         self.topology.start()
+        self.registry.start(self.topology.store, self.topology.bridge)
         try:
             await self.siblings.start()
         except OSError as exc:

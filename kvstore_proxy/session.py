@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from kvstore_proxy import answers, blocking, commands, pubsub, resp, transactions
+from kvstore_proxy import answers, blocking, clientcmd, commands, pubsub, resp, scripting, transactions
 from kvstore_proxy.clientstate import ClientState
 from kvstore_proxy.commands import Kind
 from kvstore_proxy.datapath import Reply, SessionCore
@@ -56,7 +56,7 @@ class Session(SessionCore, asyncio.Protocol):
     """
 
     __slots__ = ('router', 'id', 'addr', 'laddr', 'name', 'protocol', 'enc', 'lib_name', 'lib_ver',
-                 'created', 'last_cmd', 'authenticated', 'state')
+                 'created', 'last_cmd', 'authenticated', 'state', 'reply_mode')
 
     def __init__(self, worker: Worker):
         SessionCore.__init__(self, worker)
@@ -76,6 +76,7 @@ class Session(SessionCore, asyncio.Protocol):
         # Transaction, held requests, blocked command, subscriptions (clientstate.py); None for
         # the plain clients that use none of them.
         self.state: ClientState | None = None
+        self.reply_mode: str | None = None  # CLIENT REPLY OFF/SKIP (clientcmd.py); None: replies are sent
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -152,6 +153,9 @@ class Session(SessionCore, asyncio.Protocol):
         """Everything but the KEYED fast path: lookup, arity, auth, then by kind."""
         worker = self.worker
         st = self.state
+        if self.reply_mode is not None and not clientcmd.answered_anyway(args):
+            clientcmd.silently(self, args, raw, t0)
+            return
         if st is not None and st.held:
             st.keep(args, raw, t0)  # behind a lease's reply (clientstate.py)
             return
@@ -201,7 +205,7 @@ class Session(SessionCore, asyncio.Protocol):
                 if refusal is not None:
                     self.answer(route.stat, args, t0, refusal)
                     return
-                target = self.router.any_backend()
+                target = self.router.slot_backend[worker.keyless_slot]  # option keyless-tag
             else:
                 key_slot = worker.router.slotter.key_slot
                 slot = key_slot(args[keys[0]])
@@ -219,7 +223,10 @@ class Session(SessionCore, asyncio.Protocol):
                 target = self.router.slot_backend[slot]
             r = Reply(self, t0, route.stat, args)
             self.fifo.append(r)
-            target.send(r, raw)
+            if spec.name in scripting.EVAL or spec.name in scripting.EVALSHA:
+                scripting.forward(self, spec.name, target, r, raw, args)
+            else:
+                target.send(r, raw)
             if route.fast:
                 worker.learn_route(args[0], route)
         elif kind is Kind.MULTI:
@@ -265,7 +272,8 @@ class Session(SessionCore, asyncio.Protocol):
     def refresh_routes(self) -> None:
         """The fast path only for an authenticated client whose state does not need every request."""
         st = self.state
-        self.routes = self.worker.routes if self.authenticated and (st is None or not st.slow) else {}
+        self.routes = self.worker.routes if self.authenticated and (st is None or not st.slow) \
+            and self.reply_mode is None else {}
 
     def set_protocol(self, version: int) -> None:
         """Switch to RESP2 or RESP3 (HELLO, RESET): decided here once, never tested per request.

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -54,6 +54,7 @@ from kvstore_cluster.ops import mover
 from kvstore_cluster.ops.context import crash_point
 from kvstore_cluster.ops.errors import OpError, ReshardInProgress, ReshardStopped
 from kvstore_cluster.ops.fence import NO_FENCE, Fence
+from kvstore_cluster.ops.rule_change import no_rule_change
 from kvstore_cluster.ops.slot_moves import split_steps
 from kvstore_cluster.proxy_registration import MIGRATION, PROTOCOLS, ProxyRegistration
 from kvstore_cluster.reshard_state import ReshardProgress, ReshardState
@@ -147,7 +148,7 @@ def start(store: ClusterStore, moves: list[Migration], request: dict[str, Any], 
     try:
         # Checking the slots version: the plan was computed from this very table.
         store.commit([Create(path, state.encode()), Check(paths.slots(store.cluster), slots.version),
-                      *fence.zk_checks()])
+                      *no_rule_change(store), *fence.zk_checks()])
     except Exception:
         again = store.read_reshard()
         if again is not None:
@@ -380,7 +381,7 @@ class Executor:
                 moving[m.source] = moving.get(m.source, 0) + m.size
         counts = self.store.read_slots().value.counts()
         masters = {g.id: g.master for g in self.store.read_groups().value}
-        keymover = mover.KeyMover(self.options.tuning(), later)
+        keymover = mover.KeyMover(self._tuning(), later)
         for gid, n in moving.items():
             try:
                 size = keymover.submit(_dbsize(masters[gid], self.options.password)).result(10)
@@ -388,6 +389,10 @@ class Executor:
                 size = 0
             self.keys_total += mover.estimate(size, n, counts.get(gid, 0))
         return keymover
+
+    def _tuning(self) -> mover.Tuning:
+        """The mover's settings, with the slot function of the cluster's key rules."""
+        return replace(self.options.tuning(), key_slot=self.store.read_keyrules().value.slotter().key_slot)
 
     def _move(self, state: ReshardState) -> int:
         self._check_marks(state)
@@ -498,7 +503,8 @@ class Executor:
             if g is not None:
                 self.fence.check()
                 self.result.deleted_keys += asyncio.run(
-                    mover.delete_slots(g.master, slots, password=self.options.password))
+                    mover.delete_slots(g.master, slots, password=self.options.password,
+                                       key_slot=self._tuning().key_slot))
         self.result.slots += sum(m.size for m in state.current)
         self.result.steps += 1
 
