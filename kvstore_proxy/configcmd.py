@@ -20,7 +20,7 @@ import structlog
 
 from kvstore_cluster.node import Node, NodeError
 from kvstore_cluster.node_config import PER_NODE, as_dict, refusal
-from kvstore_cluster.store import VersionConflict
+from kvstore_cluster.store import StoreError
 from kvstore_proxy import resp
 from kvstore_proxy.inspection import answer_later
 from kvstore_proxy.request import CommandStat
@@ -120,7 +120,7 @@ def _persist(worker: Worker, params: dict[str, str]) -> None:
         read = store.read_node_config()
         try:
             store.write_node_config(read.value.with_params(params), read.version)
-        except VersionConflict:
+        except StoreError:  # changed (or created) by another proxy meanwhile: read again
             continue
         log.info("config_kept", params=params)
         return
