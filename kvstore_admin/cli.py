@@ -22,6 +22,7 @@ from kvstore_admin import groups as ops
 from kvstore_admin import keyrules as rules_cmd
 from kvstore_admin import local, reshard_report, status
 from kvstore_admin import options as opts
+from kvstore_admin import users as users_ops
 from kvstore_admin.errors import (
     DIFFERENT,
     EXIT_CODES_HELP,
@@ -41,7 +42,8 @@ from kvstore_cluster.ops import cache, rebalance, reshard, rule_change, switchov
 from kvstore_cluster.ops.context import Context
 from kvstore_cluster.ops.fence import NO_FENCE
 from kvstore_cluster.slots import parse_slot_ranges
-from kvstore_cluster.store import ClusterStore, connect
+from kvstore_cluster.store import ClusterStore
+from kvstore_cluster.zkauth import ZkAccess, ZkCredentials, connect_to_cluster, load_credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ class Settings:
     cluster: str
     zk_timeout: float
     redis_password: str | None = field(default=None, repr=False)  # for the admin's own Redis calls
+    zk_credentials: ZkCredentials | None = None  # --zk-auth-file / KVSTORE_ZK_AUTH (kvstore_cluster.zkauth)
 
 
 class AdminGroup(click.Group):
@@ -74,9 +77,10 @@ def open_store(settings: Settings, **kwargs: Any) -> Iterator[ClusterStore]:
         paths.check_name("cluster", settings.cluster)
     except ValueError as exc:
         raise AdminError(str(exc), USER_ERROR) from None
-    client = connect(settings.zk, settings.zk_timeout, **kwargs)
+    client = connect_to_cluster(settings.zk, settings.cluster, settings.zk_credentials, settings.zk_timeout,
+                                **kwargs)
     try:
-        yield ClusterStore(client, settings.cluster)
+        yield ClusterStore(client, settings.cluster, settings.zk_credentials)
     finally:
         client.stop()
         client.close()
@@ -100,27 +104,83 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 @click.option("--redis-password", envvar="KVSTORE_REDIS_PASSWORD", default=None, metavar="PASSWORD",
               help="Password of the Redis nodes (requirepass) for every Redis call the admin makes; "
                    "env KVSTORE_REDIS_PASSWORD (prefer it: a command line is visible to other users).")
+@clickopts.zk_auth_file
+@clickopts.redis_tls
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="console", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log each change made (to stderr).")
 @click.pass_context
 def cli(ctx: click.Context, zk: str, cluster: str, zk_timeout: float, redis_password: str | None,
-        log_format: str, verbose: bool) -> None:
+        zk_credentials: ZkCredentials | None, log_format: str, verbose: bool) -> None:
     """Administer a kvstore cluster kept in ZooKeeper."""
     logs.configure(log_format, "info" if verbose else "warning")
+    clickopts.apply_redis_tls(ctx)
     # Failures are reported as one line each; kazoo's own connection chatter would only add noise.
     logging.getLogger("kazoo").setLevel(logging.WARNING if verbose else logging.CRITICAL)
-    ctx.obj = Settings(zk=zk, cluster=cluster, zk_timeout=zk_timeout, redis_password=redis_password or None)
+    ctx.obj = Settings(zk=zk, cluster=cluster, zk_timeout=zk_timeout, redis_password=redis_password or None,
+                       zk_credentials=zk_credentials)
+
+
+_READER_ENV = "KVSTORE_ZK_READER_AUTH"
+reader_option = click.option(
+    "--zk-reader-auth-file", "reader_file", default=None, metavar="FILE",
+    help=f"A file holding the read-only viewers' ZooKeeper credentials, user:password (default: env "
+         f"{_READER_ENV}); only its digest is stored.")
+
+
+def _access(settings: Settings, reader_file: str | None) -> ZkAccess:
+    """The access record for the admin's own credentials as writer and the optional reader."""
+    if settings.zk_credentials is None:
+        raise AdminError("securing the cluster needs the writer's ZooKeeper credentials (user:password) in "
+                         "KVSTORE_ZK_AUTH or a file named by --zk-auth-file", USER_ERROR)
+    try:
+        reader = load_credentials(reader_file, variable=_READER_ENV)
+    except ValueError as exc:
+        raise AdminError(str(exc), USER_ERROR) from None
+    return ZkAccess(settings.zk_credentials.digest_id, reader.digest_id if reader else None)
 
 
 @cli.command()
 @click.option("--mode", type=click.Choice(["cache", "datastore"]), required=True,
               help="cache: a failed group's slots go to the others; datastore: a replica is promoted.")
+@click.option("--zk-auth", "secure_it", is_flag=True,
+              help="Secure the cluster with ZooKeeper ACLs: only this command's credentials (--zk-auth-file / "
+                   "KVSTORE_ZK_AUTH) may change it, the --zk-reader-auth-file ones may read it, nobody else.")
+@reader_option
 @pass_settings
-def init(settings: Settings, mode: str) -> None:
+def init(settings: Settings, mode: str, secure_it: bool, reader_file: str | None) -> None:
     """Create the cluster in ZooKeeper (no groups, no slot owned yet)."""
+    if reader_file and not secure_it:
+        raise click.UsageError("--zk-reader-auth-file goes with --zk-auth")
+    access = _access(settings, reader_file) if secure_it else None
     with open_store(settings) as store:
-        ops.init_cluster(store, mode)
-    click.echo(f"created cluster {settings.cluster!r} in {mode} mode; add groups with 'kvstore-admin group add'")
+        ops.init_cluster(store, mode, access)
+    secured = " secured with ZooKeeper ACLs" if access else ""
+    click.echo(f"created cluster {settings.cluster!r} in {mode} mode{secured}; add groups with "
+               "'kvstore-admin group add'")
+
+
+@cli.command()
+@reader_option
+@json_option
+@pass_settings
+def secure(settings: Settings, reader_file: str | None, as_json: bool) -> None:
+    """Secure an existing cluster with ZooKeeper ACLs (again: to change the reader).
+
+    Only this command's credentials (--zk-auth-file / KVSTORE_ZK_AUTH) may change the cluster
+    afterwards, the --zk-reader-auth-file ones may read it, nobody else. Give every proxy,
+    sentinel and admin the credentials first: a process without them loses access at once.
+    """
+    access = _access(settings, reader_file)
+    with open_store(settings) as store:
+        changed = store.secure(access)
+    out = {"cluster": settings.cluster, "znodes": changed, "writer": access.writer.partition(":")[0],
+           "reader": access.reader.partition(":")[0] if access.reader else None}
+    if as_json:
+        emit_json(out)
+    else:
+        reader = f", readable by {out['reader']!r}" if out["reader"] else ""
+        click.echo(f"secured cluster {settings.cluster!r}: {changed} znodes writable by {out['writer']!r} "
+                   f"only{reader}")
 
 
 @cli.group("group", cls=AdminGroup)
@@ -134,16 +194,19 @@ def group_cmd() -> None:
 @click.option("--replica", "replicas", multiple=True, metavar="HOST:PORT", help="Repeat for several.")
 @click.option("--repl-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds to wait for each replica's link to its master.")
+@click.option("--tls", "use_tls", is_flag=True,
+              help="The nodes speak TLS (their tls-port): every kvstore process connects to them with TLS "
+                   "(--redis-tls-ca-cert-file ... on each).")
 @pass_settings
 def group_add(settings: Settings, group_id: str | None, master: str, replicas: tuple[str, ...],
-              repl_timeout: float) -> None:
+              repl_timeout: float, use_tls: bool) -> None:
     """Add a group of running redis-servers; replicas are made to replicate the master (REPLICAOF).
 
     The new group owns no slot until 'rebalance' gives it unowned ones.
     """
     with open_store(settings) as store:
         g = ops.add_group(store, master, list(replicas), group_id=group_id, repl_timeout=repl_timeout,
-                          password=settings.redis_password)
+                          password=settings.redis_password, use_tls=use_tls)
         mode = store.read_meta().value.mode
     reps = f", replicas {', '.join(g.replicas)} (replicating)" if g.replicas else ""
     click.echo(f"added group {g.id}: master {g.master}{reps}; it owns no slots yet ('kvstore-admin rebalance')")
@@ -268,10 +331,17 @@ move_options = [
 ]
 
 
-def with_move_options(f: Any) -> Any:
-    for option in reversed(move_options):
-        f = option(f)
-    return f
+def with_options(options: list[Any]) -> Any:
+    """A decorator adding every one of ``options`` to a command."""
+    def decorate(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+with_move_options = with_options(move_options)
 
 
 def _options(settings: Settings, batch: int, batch_bytes: int, parallel: int, big_key_bytes: int, timeout: float,
@@ -577,6 +647,106 @@ def keyrule_resume(settings: Settings, timeout: float, as_json: bool) -> None:
     with open_store(settings) as store:
         out = rules_cmd.finish(store, _keyrule_options(settings, timeout), rules_cmd.progress_line(not as_json))
     _keyrule_emit(out, as_json)
+
+
+# --- users of the proxies -------------------------------------------------------------------------------
+
+_RULES_HELP = ("RULE: Redis ACL rules: on, off, +@category, -@category, +command, -command, allcommands, nocommands, "
+               "~keypattern, allkeys, resetkeys, &channelpattern, allchannels, resetchannels.")
+_RULE_ARGS = {"ignore_unknown_options": True}  # -@all, -flushall are rules, not options
+password_file_option = click.option(
+    "--password-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+    help="A file whose first line is the password (only its SHA-256 is stored).")
+limit_options = [
+    click.option("--max-connections", type=click.IntRange(min=0), default=None,
+                 help="Connections this user may hold at once on each proxy (0: no limit)."),
+    click.option("--max-rps", type=click.IntRange(min=0), default=None,
+                 help="Requests per second this user may send to each proxy (0: no limit)."),
+]
+
+with_limit_options = with_options(limit_options)
+
+
+def _given(value: int | None) -> Any:
+    return users_ops.KEEP if value is None else value
+
+
+@cli.group("user", cls=AdminGroup)
+def user_cmd() -> None:
+    """The proxies' users (AUTH username password) and their ACL rules; every proxy applies changes live."""
+
+
+@user_cmd.command("add", context_settings=_RULE_ARGS, epilog=_RULES_HELP)
+@click.argument("name")
+@password_file_option
+@with_limit_options
+@click.argument("rules", nargs=-1, metavar="[RULE]...")
+@pass_settings
+def user_add(settings: Settings, name: str, password_file: Path, max_connections: int | None,
+             max_rps: int | None, rules: tuple[str, ...]) -> None:
+    """Add user NAME, on, with RULEs (none: it may run nothing, as a new Redis user).
+
+    Example: kvstore-admin user add app1 --password-file pw '~app1:*' '&app1:*' +@all -@dangerous
+    """
+    with open_store(settings) as store:
+        user = users_ops.add_user(store, name, password_file, list(rules), _given(max_connections), _given(max_rps))
+    click.echo(f"added user {name}: {_rules_text(user)}")
+
+
+@user_cmd.command("set", context_settings=_RULE_ARGS, epilog=_RULES_HELP)
+@click.argument("name")
+@with_limit_options
+@click.argument("rules", nargs=-1, metavar="[RULE]...")
+@pass_settings
+def user_set(settings: Settings, name: str, max_connections: int | None, max_rps: int | None,
+             rules: tuple[str, ...]) -> None:
+    """Apply RULEs to user NAME, in order (as ACL SETUSER); connected clients of NAME follow at once."""
+    with open_store(settings) as store:
+        user = users_ops.set_user(store, name, list(rules), _given(max_connections), _given(max_rps))
+    click.echo(f"user {name}: {_rules_text(user)}")
+
+
+@user_cmd.command("passwd")
+@click.argument("name")
+@password_file_option
+@pass_settings
+def user_passwd(settings: Settings, name: str, password_file: Path) -> None:
+    """Replace user NAME's password (clients already authenticated stay so, as in Redis)."""
+    with open_store(settings) as store:
+        users_ops.set_password(store, name, password_file)
+    click.echo(f"password of user {name} changed")
+
+
+@user_cmd.command("remove")
+@click.argument("name")
+@pass_settings
+def user_remove(settings: Settings, name: str) -> None:
+    """Remove user NAME; its connected clients are disconnected."""
+    with open_store(settings) as store:
+        users_ops.remove_user(store, name)
+    click.echo(f"removed user {name}")
+
+
+@user_cmd.command("list")
+@json_option
+@pass_settings
+def user_list(settings: Settings, as_json: bool) -> None:
+    """The users with their rules and limits (never their password hashes)."""
+    with open_store(settings) as store:
+        rows = users_ops.list_users(store)
+    if as_json:
+        emit_json(rows)
+    elif not rows:
+        click.echo("no users (only 'default', whose password is the proxies' --requirepass)")
+    else:
+        click.echo(status.table(
+            ["USER", "STATE", "MAX CONN", "MAX RPS", "RULES"],
+            [[u["name"], "on" if u["enabled"] else "off", u["max_connections"] or "-", u["max_rps"] or "-",
+              u["rules"]] for u in rows]))
+
+
+def _rules_text(user: Any) -> str:
+    return " ".join(user.describe().split()[2:3] + user.describe().split()[3 + len(user.passwords):])
 
 
 # --- moving in ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from kvstore_cluster.model import ModelError
@@ -17,6 +17,7 @@ from kvstore_cluster.store import (
     VersionConflict,
     ZooKeeperUnavailable,
 )
+from kvstore_cluster.zkauth import HINT, AccessDenied
 
 OK = 0
 USER_ERROR = 1  # bad input or a refused operation (unknown group, node already in a group, ...)
@@ -32,8 +33,9 @@ MISPLACED = 10  # 'check': a key lives in a group that does not own its slot (or
 RESHARD_STOPPED = 11  # 'reshard'/'rebalance' stopped part-way, its state kept (--resume / --abort)
 IMPORT_STOPPED = 12  # 'import' stopped part-way (link lost, cluster changed, cutover missed the pause); resumable
 DIFFERENT = 13  # 'import --verify' found differences, or commands of the source failed on the cluster
-RULES_STOPPED = 14  # 'keyrule add/remove' stopped part-way, the change recorded ('keyrule resume')
-SETTINGS_DIFFER = 15  # 'check': keys are fine, but a parameter or the function libraries differ between groups
+ACCESS_DENIED = 14  # ZooKeeper refused these credentials (missing, wrong, or read-only for a change)
+RULES_STOPPED = 15  # 'keyrule add/remove' stopped part-way, the change recorded ('keyrule resume')
+SETTINGS_DIFFER = 16  # 'check': keys are fine, but a parameter or the function libraries differ between groups
 
 _EXIT_CODES = [
     (OK, "success"),
@@ -50,6 +52,7 @@ _EXIT_CODES = [
     (RESHARD_STOPPED, "reshard/rebalance stopped part-way; its state is kept (--resume or --abort)"),
     (IMPORT_STOPPED, "import stopped part-way; run it again to resume"),
     (DIFFERENT, "import: verify found differences, or the cluster refused commands the source ran"),
+    (ACCESS_DENIED, "ZooKeeper refused access: credentials missing or wrong, or read-only for a change"),
     (RULES_STOPPED, "keyrule: the change stopped part-way; it is recorded ('keyrule resume')"),
     (SETTINGS_DIFFER, "check: a parameter or the function libraries differ between groups"),
 ]
@@ -81,6 +84,7 @@ _CODES: list[tuple[type[Exception], int]] = [
     (NodeError, NODE_FAILED),
     (ReshardStopped, RESHARD_STOPPED),
     (RuleChangeStopped, RULES_STOPPED),
+    (AccessDenied, ACCESS_DENIED),
     (OpError, USER_ERROR),
     (ZooKeeperUnavailable, ZOOKEEPER_UNREACHABLE),
     (ClusterNotFound, CLUSTER_MISSING_OR_EXISTS),
@@ -99,6 +103,9 @@ def as_admin_error(exc: Exception) -> AdminError | None:
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return AdminError(str(exc), code)
+    if isinstance(exc, NoAuthError):
+        return AdminError(f"ZooKeeper refused access to the cluster ({HINT}; read-only credentials "
+                          "cannot change it)", ACCESS_DENIED)
     if isinstance(exc, KazooException | KazooTimeoutError):
         # ConnectionLoss, SessionExpired, ... after a successful connect.
         reason = str(exc) or type(exc).__name__

@@ -14,12 +14,13 @@ from typing import Any
 import structlog
 
 from kvstore_admin.errors import NODE_FAILED, AdminError
-from kvstore_cluster import node_config, paths
+from kvstore_cluster import node_config, paths, tls
 from kvstore_cluster.model import Group, Groups, Meta, SlotTable, parse_address
 from kvstore_cluster.node import NODE_TIMEOUT, Node, NodeError
 from kvstore_cluster.node_config import NodeConfig
 from kvstore_cluster.slots import format_slot_ranges
 from kvstore_cluster.store import Check, ClusterStore, Set
+from kvstore_cluster.zkauth import ZkAccess
 
 log = structlog.get_logger("kvstore.admin")
 
@@ -33,11 +34,11 @@ def check_address(text: str, what: str = "node") -> str:
     return text
 
 
-def init_cluster(store: ClusterStore, mode: str) -> Meta:
-    """Create an empty cluster (no groups, every slot unowned)."""
+def init_cluster(store: ClusterStore, mode: str, access: ZkAccess | None = None) -> Meta:
+    """Create an empty cluster (no groups, every slot unowned), secured by ``access`` if given."""
     meta = Meta(mode=mode, created_at=time.time())
-    store.create(meta, Groups(), SlotTable())
-    log.info("cluster_created", cluster=store.cluster, mode=mode)
+    store.create(meta, Groups(), SlotTable(), access)
+    log.info("cluster_created", cluster=store.cluster, mode=mode, secured=access is not None)
     return meta
 
 
@@ -119,8 +120,8 @@ async def _configure(address: str, config: NodeConfig, password: str | None) -> 
 
 
 def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: str | None = None,
-              repl_timeout: float = 30.0, password: str | None = None) -> Group:
-    """Add a group of live nodes; its replicas are made to replicate its master first.
+              repl_timeout: float = 30.0, password: str | None = None, use_tls: bool = False) -> Group:
+    """Add a group of live nodes (speaking TLS with ``use_tls``); its replicas are made to replicate its master first.
 
     The group owns no slot until ``rebalance`` (or a reshard) gives it some.
     """
@@ -144,10 +145,12 @@ def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: s
     _check_free(groups.value, master, as_replica=False)
     for r in replicas:
         _check_free(groups.value, r, as_replica=True)
+    if use_tls:
+        tls.add_nodes(wanted)
     # Replication first, the ZooKeeper write last: a group appears in the cluster only once
     # its replicas really follow its master. A lost race afterwards leaves nothing in ZooKeeper.
     asyncio.run(_prepare_group(master, replicas, repl_timeout, password, store.read_node_config().value))
-    group = Group(id=gid, master=master, replicas=tuple(replicas))
+    group = Group(id=gid, master=master, replicas=tuple(replicas), tls=use_tls)
     store.commit([
         Check(paths.meta(store.cluster), meta.version),
         Set(paths.groups(store.cluster), groups.value.put(group).encode(), groups.version),
@@ -162,6 +165,8 @@ def add_replica(store: ClusterStore, group_id: str, address: str, repl_timeout: 
     check_address(address, "replica")
     groups = store.read_groups()
     group = _get_group(groups.value, group_id)
+    if group.tls:
+        tls.add_nodes([address])
     _check_free(groups.value, address, as_replica=True)
     asyncio.run(_prepare_replica(address, group.master, repl_timeout, password, store.read_node_config().value))
     updated = replace(group, replicas=(*group.replicas, address))
@@ -260,7 +265,7 @@ def list_groups(store: ClusterStore) -> list[dict[str, Any]]:
     counts = slots.counts()
     return [
         {
-            **g.to_json(),
+            **g.to_json(), "tls": g.tls,
             "slots": counts.get(g.id, 0),
             "ranges": format_slot_ranges(slots.ranges_of(g.id)),
         }

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -262,10 +263,12 @@ def start_zookeeper(data_dir: Path, port: int | None = None, timeout: float = 30
 # --- Redis -----------------------------------------------------------------------------------------
 
 
-def redis_ping(port: int, password: str | None = None, host: str = "127.0.0.1") -> bool:
+def redis_ping(port: int, password: str | None = None, host: str = "127.0.0.1",
+               tls_context: ssl.SSLContext | None = None) -> bool:
     try:
         auth = b"" if password is None else _resp(b"AUTH", password.encode())
-        with socket.create_connection((host, port), timeout=1.0) as s:
+        with socket.create_connection((host, port), timeout=1.0) as raw:
+            s = tls_context.wrap_socket(raw, server_hostname=host) if tls_context is not None else raw
             s.sendall(auth + b"PING\r\n")
             data = b""
             while b"PONG" not in data and not data.startswith(b"-") and len(data) < 4096:
@@ -309,20 +312,36 @@ def redis_config(port: int, data_dir: Path, *, password: str | None = None,
     return "".join(f"{k} {v}\n" for k, v in lines.items())
 
 
+def tls_config(cert: str, key: str, ca: str) -> dict[str, str]:
+    """redis.conf lines for a node that speaks TLS only (``port`` becomes its ``tls-port``), requires
+    client certificates signed by ``ca``, and replicates and migrates over TLS too."""
+    return {"tls-cert-file": cert, "tls-key-file": key, "tls-ca-cert-file": ca, "tls-auth-clients": "yes",
+            "tls-replication": "yes", "tls-cluster": "yes"}
+
+
 def start_redis(data_dir: Path, port: int | None = None, *, name: str | None = None,
                 password: str | None = None, replicaof: str | None = None,
-                extra: dict[str, str] | None = None, timeout: float = 15.0) -> LocalProcess:
-    """Start a redis-server on 127.0.0.1 with its own dir and config file; wait for PING."""
+                extra: dict[str, str] | None = None, timeout: float = 15.0,
+                tls_context: ssl.SSLContext | None = None) -> LocalProcess:
+    """Start a redis-server on 127.0.0.1 with its own dir and config file; wait for PING.
+
+    With ``extra`` from :func:`tls_config`, the node listens with TLS only, on ``port`` (unless
+    ``extra`` has its own ``tls-port``: then both); it is pinged with ``tls_context`` (which must
+    carry a client certificate).
+    """
     binary = require_binary("redis-server", "redis-server")
     if port is None and (extra or {}).get("cluster-enabled") == "yes":
         port = free_cluster_port()
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "redis.conf"
+    if extra and "tls-cert-file" in extra and "tls-port" not in extra:
+        extra = {**extra, "port": "0", "tls-port": str(port)}
     conf.write_text(redis_config(port, data_dir, password=password, replicaof=replicaof, extra=extra))
     proc = spawn(name or f"redis-{port}", [binary, str(conf)], port, data_dir / "redis.log")
     try:
-        wait_until(lambda: redis_ping(port, password) or not proc.alive(), timeout, f"redis on port {port}")
+        wait_until(lambda: redis_ping(port, password, tls_context=tls_context) or not proc.alive(), timeout,
+                   f"redis on port {port}")
     except TimeoutError:
         proc.stop()
         raise ProcessError(f"redis-server did not start on port {port}; see {proc.log}") from None
@@ -336,8 +355,10 @@ def start_redis(data_dir: Path, port: int | None = None, *, name: str | None = N
 
 def start_proxy(zk: str, cluster: str, log: Path, *extra: str, port: int | None = None, workers: int = 1,
                 timeout: float = 30.0, module: str = "kvstore_proxy",
-                record: Callable[[LocalProcess], object] | None = None) -> LocalProcess:
-    """Start ``python -m kvstore_proxy`` on 127.0.0.1 and wait until it answers PING.
+                record: Callable[[LocalProcess], object] | None = None,
+                tls_context: ssl.SSLContext | None = None) -> LocalProcess:
+    """Start ``python -m kvstore_proxy`` on 127.0.0.1 and wait until it answers PING (over TLS with
+    ``tls_context``: ``extra`` then has ``--listen none --tls-listen 127.0.0.1:PORT``).
 
     ``record`` is called as soon as the process exists, so a caller killed during the wait can
     still find and stop it.
@@ -350,7 +371,8 @@ def start_proxy(zk: str, cluster: str, log: Path, *extra: str, port: int | None 
         record(proc)
     password = extra[extra.index("--requirepass") + 1] if "--requirepass" in extra else None
     try:
-        wait_until(lambda: redis_ping(port, password) or not proc.alive(), timeout, f"the proxy on port {port}")
+        wait_until(lambda: redis_ping(port, password, tls_context=tls_context) or not proc.alive(), timeout,
+                   f"the proxy on port {port}")
     except TimeoutError:
         proc.stop()
         raise ProcessError(f"the proxy did not answer PING on port {port} within {timeout:g}s; "

@@ -50,6 +50,9 @@ class Group:
     master: str
     replicas: tuple[str, ...] = ()
     state: str = "ok"
+    # The group's nodes speak TLS (redis-server tls-port); clients of them verify them with the CA
+    # each process is given (kvstore_cluster/redis_tls.py). Absent in the record: false.
+    tls: bool = False
 
     def __post_init__(self) -> None:
         what = f"group {self.id!r}"
@@ -84,7 +87,11 @@ class Group:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "master": self.master, "replicas": list(self.replicas), "state": self.state}
+        out: dict[str, Any] = {"id": self.id, "master": self.master, "replicas": list(self.replicas),
+                               "state": self.state}
+        if self.tls:
+            out["tls"] = True
+        return out
 
     @classmethod
     def from_json(cls, obj: Any) -> Group:
@@ -100,6 +107,7 @@ class Group:
             master=codec.field(obj, "master", str, what),
             replicas=tuple(replicas),
             state=codec.field(obj, "state", str, what),
+            tls=bool(codec.optional(obj, "tls", bool, what)),
         )
 
 

@@ -18,6 +18,7 @@ from typing import Any, cast
 import hiredis
 import structlog
 
+from kvstore_cluster import tls
 from kvstore_cluster.codec import parse_address
 
 log = structlog.get_logger("kvstore.node")
@@ -138,7 +139,8 @@ class Node:
     async def _exchange(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send ``commands`` in one write, return their replies (error replies as ``hiredis.ReplyError``)."""
         if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port,
+                                                                       ssl=tls.for_address(self.address))
             self._parser = hiredis.Reader()
             if self.password is not None:
                 self._writer.write(_pack(("AUTH", self.password)))

@@ -114,6 +114,16 @@ def import_lock(cluster: str) -> str:
     return f"{cluster_root(cluster)}/import-running"
 
 
+def access(cluster: str) -> str:
+    """Who may change and who may read the cluster (``kvstore_cluster.zkauth.ZkAccess``); absent: open."""
+    return f"{cluster_root(cluster)}/access"
+
+
+def users(cluster: str) -> str:
+    """The proxy's users and their rules (``kvstore_cluster.users.Users``); absent: no users but default."""
+    return f"{cluster_root(cluster)}/users"
+
+
 def containers(cluster: str) -> list[str]:
     """Persistent parent znodes created with the cluster."""
     return [proxies(cluster), sentinels(cluster), sentinel_leader(cluster), failovers(cluster), scripts(cluster),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
     BadVersionError,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
@@ -16,7 +17,7 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 
-from kvstore_cluster import paths
+from kvstore_cluster import paths, tls
 from kvstore_cluster.failover_record import FailoverRecord
 from kvstore_cluster.import_state import ImportRunner, ImportState
 from kvstore_cluster.keyrules import KeyRules
@@ -28,6 +29,10 @@ from kvstore_cluster.proxy_registration import ProxyRegistration
 from kvstore_cluster.reshard_state import ReshardProgress, ReshardState
 from kvstore_cluster.scripts import Library, Script
 from kvstore_cluster.sentinel_view import SentinelView
+from kvstore_cluster.users import Users
+
+if TYPE_CHECKING:
+    from kvstore_cluster.zkauth import ZkAccess, ZkCredentials
 
 T = TypeVar("T")
 
@@ -56,8 +61,11 @@ class CorruptData(StoreError):
     pass
 
 
-def connect(hosts: str, timeout: float = 5.0, **kwargs: Any) -> KazooClient:
-    """Start a kazoo client, or raise ``ZooKeeperUnavailable`` after ``timeout`` seconds."""
+def connect(hosts: str, timeout: float = 5.0, credentials: ZkCredentials | None = None, **kwargs: Any) -> KazooClient:
+    """Start a kazoo client (authenticated with ``credentials``, kvstore_cluster.zkauth), or raise
+    ``ZooKeeperUnavailable`` after ``timeout`` seconds."""
+    if credentials is not None:
+        kwargs["auth_data"] = credentials.auth_data
     client = KazooClient(hosts=hosts, timeout=kwargs.pop("session_timeout", 10.0), **kwargs)
     try:
         client.start(timeout=timeout)
@@ -103,6 +111,7 @@ class Check:
 class Create:
     path: str
     data: bytes = b""
+    acl: Sequence[Any] | None = None  # None: the client's default (the cluster's ACL, zkauth.establish)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +126,16 @@ Op = Set | Check | Create | Delete
 class ClusterStore:
     """One cluster's znodes under ``/kvstore/<cluster>``."""
 
-    def __init__(self, client: KazooClient, cluster: str):
+    def __init__(self, client: KazooClient, cluster: str, credentials: ZkCredentials | None = None):
         self.client = client
         self.cluster = cluster
         self.root = paths.cluster_root(cluster)
+        self.credentials = credentials  # only to word ZooKeeper's refusals (zkauth.denied)
+
+    def _denied(self, path: str, writing: bool = False) -> StoreError:
+        from kvstore_cluster.zkauth import denied
+
+        return denied(path, self.credentials, writing)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -137,7 +152,9 @@ class ClusterStore:
         return self._read(paths.meta(self.cluster), Meta.decode)
 
     def read_groups(self) -> Versioned[Groups]:
-        return self._read(paths.groups(self.cluster), Groups.decode)
+        found = self._read(paths.groups(self.cluster), Groups.decode)
+        tls.remember(found.value)  # which nodes speak TLS, for every connect to a node (tls.py)
+        return found
 
     def read_slots(self) -> Versioned[SlotTable]:
         return self._read(paths.slots(self.cluster), SlotTable.decode)
@@ -146,6 +163,8 @@ class ClusterStore:
         """The record at ``path`` with its version, ``None`` if the znode does not exist (and the cluster does)."""
         try:
             data, stat = self.client.get(path)
+        except NoAuthError:
+            raise self._denied(path) from None
         except NoNodeError:
             # A missing cluster is an error, not "no such record".
             if not self.exists():
@@ -162,11 +181,16 @@ class ClusterStore:
             names = self.client.get_children(parent)
         except NoNodeError:
             return out
+        except NoAuthError:
+            raise self._denied(parent) from None
         for name in sorted(names):
             try:
                 data, _ = self.client.get(f"{parent}/{name}")
             except NoNodeError:
                 continue  # an ephemeral node went away between the listing and the read
+            except NoAuthError:
+                out.malformed[name] = "not readable with these ZooKeeper credentials"
+                continue
             try:
                 out.items[name] = decode(data)
             except ModelError as exc:
@@ -261,9 +285,15 @@ class ClusterStore:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def create(self, meta: Meta, groups: Groups, slots: SlotTable) -> None:
-        """Create the whole cluster layout in one transaction."""
-        self.client.ensure_path(paths.ROOT)
+    def create(self, meta: Meta, groups: Groups, slots: SlotTable, access: ZkAccess | None = None) -> None:
+        """Create the whole cluster layout in one transaction; with ``access`` every znode carries
+        its ACL (and this client creates with it from now on)."""
+        from kazoo.security import OPEN_ACL_UNSAFE
+
+        # /kvstore is shared by every cluster: it stays open so that each can create its own.
+        self.client.ensure_path(paths.ROOT, acl=OPEN_ACL_UNSAFE)
+        if access is not None:
+            self.client.default_acl = access.acl()
         ops: list[Op] = [
             Create(self.root),
             Create(paths.meta(self.cluster), meta.encode()),
@@ -271,6 +301,8 @@ class ClusterStore:
             Create(paths.slots(self.cluster), slots.encode()),
             *(Create(p) for p in paths.containers(self.cluster)),
         ]
+        if access is not None:
+            ops.append(Create(paths.access(self.cluster), access.encode()))
         try:
             self.commit(ops)
         except StoreError as exc:
@@ -287,7 +319,7 @@ class ClusterStore:
             elif isinstance(op, Check):
                 txn.check(op.path, op.version)
             elif isinstance(op, Create):
-                txn.create(op.path, op.data)
+                txn.create(op.path, op.data, acl=op.acl)
             elif isinstance(op, Delete):
                 txn.delete(op.path, version=op.version)
             else:  # pragma: no cover - a programming error
@@ -307,6 +339,8 @@ class ClusterStore:
                 if not self.exists():
                     raise ClusterNotFound(f"cluster {self.cluster!r} does not exist")
                 raise StoreError(f"{op.path} does not exist; nothing was written")
+            if isinstance(result, NoAuthError):
+                raise self._denied(op.path, writing=True)
             if isinstance(result, NotEmptyError):
                 raise StoreError(f"{op.path} is not empty; nothing was written")
             raise StoreError(f"transaction failed at {op.path}: {type(result).__name__}")
@@ -370,12 +404,63 @@ class ClusterStore:
             return False
         return True
 
+    def read_users(self) -> Versioned[Users]:
+        """The proxy's users (version -1: no record yet, no user but ``default``)."""
+        return self._read_optional(paths.users(self.cluster), Users.decode) or Versioned(Users(), -1)
+
+    def write_users(self, users: Users, version: int) -> None:
+        """Replace the users if still at ``version`` (-1: create the record, readable by the writer
+        identity only when the cluster is secured); else ``VersionConflict``."""
+        from kvstore_cluster.zkauth import acl_for, read_access
+
+        path = paths.users(self.cluster)
+        if version < 0:
+            access = read_access(self.client, self.cluster, self.credentials)
+            op: Op = Create(path, users.encode(), acl_for(path, self.cluster, access) if access else None)
+        else:
+            op = Set(path, users.encode(), version)
+        self.commit([op])
+
+    def secure(self, access: ZkAccess) -> int:
+        """Record ``access`` and give every znode of the cluster the ACL it implies; the znodes changed.
+
+        The record goes first, so processes following it (zkauth.establish) create with the new
+        ACL before the walk reaches what they created. Idempotent: run it again after a crash.
+        """
+        from kvstore_cluster.zkauth import acl_for
+
+        if not self.exists():
+            raise ClusterNotFound(f"cluster {self.cluster!r} does not exist (run 'kvstore-admin init')")
+        path = paths.access(self.cluster)
+        try:
+            try:
+                self.client.create(path, access.encode(), acl=access.acl())
+            except NodeExistsError:
+                self.client.set(path, access.encode())
+        except NoAuthError:
+            raise self._denied(path, writing=True) from None
+        changed = 0
+        pending = [self.root]
+        while pending:
+            node = pending.pop()
+            try:
+                self.client.set_acls(node, acl_for(node, self.cluster, access))
+                pending.extend(f"{node}/{child}" for child in self.client.get_children(node))
+            except NoNodeError:
+                continue  # an ephemeral node went away meanwhile
+            except NoAuthError:
+                raise self._denied(node, writing=True) from None
+            changed += 1
+        return changed
+
     def destroy(self) -> None:
         """Delete the cluster and everything under it."""
         try:
             self.client.delete(self.root, recursive=True)
         except NoNodeError:
             raise ClusterNotFound(f"cluster {self.cluster!r} does not exist") from None
+        except NoAuthError:
+            raise self._denied(self.root, writing=True) from None
 
     def _register(self, path: str, data: bytes) -> None:
         """Create (or replace) the ephemeral node ``path``."""
@@ -385,6 +470,8 @@ class ClusterStore:
             self.client.set(path, data)
         except NoNodeError:
             raise ClusterNotFound(f"cluster {self.cluster!r} does not exist") from None
+        except NoAuthError:
+            raise self._denied(path, writing=True) from None
 
     def publish_reshard_progress(self, progress: ReshardProgress) -> None:
         self._register(paths.reshard_progress(self.cluster), progress.encode())

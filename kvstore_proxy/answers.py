@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kvstore_proxy import clientcmd, commands, configcmd, fanout, inspection, resp, scripting
+from kvstore_proxy import acl, clientcmd, commands, configcmd, fanout, inspection, resp, scripting
 from kvstore_proxy.commands import CommandSpec
 
 if TYPE_CHECKING:
@@ -41,21 +40,22 @@ def _quit(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> None:
 
 
 def _check_password(s: Session, user: bytes | None, password: bytes) -> bytes | None:
-    """None if accepted, else the error reply.
+    """None if accepted (the session is then ``user``'s), else the error reply.
 
-    Without --requirepass the default user has no password, as in Redis: ``AUTH <password>``
-    is a configuration mistake, but ``AUTH default <anything>`` (what redis-py sends as
-    ``HELLO 3 AUTH default <password>``) is accepted.
+    Users are the users record's (acl.py) plus ``default``, whose password is --requirepass.
+    Without one the default user needs no password, as in Redis: ``AUTH <password>`` is a
+    configuration mistake, but ``AUTH default <anything>`` (what redis-py sends as ``HELLO 3 AUTH
+    default <password>``) is accepted.
     """
-    wanted = s.worker.config.requirepass
-    if user is not None and user != b"default":
+    users = s.worker.users
+    if user is None:
+        if users.default.nopass:
+            return _NOPASS
+        user = b"default"
+    perms = users.authenticate(user, password)
+    if perms is None:
         return _WRONGPASS
-    if not wanted:
-        return _NOPASS if user is None else None
-    if not hmac.compare_digest(password, wanted.encode()):
-        return _WRONGPASS
-    s.authenticate()
-    return None
+    return s.login(perms)
 
 
 def _auth(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
@@ -126,11 +126,7 @@ def _reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes
     if s.state is not None:
         s.state.reset()  # out of MULTI, no WATCH, no subscription
     s.set_protocol(2)
-    if s.worker.config.requirepass:
-        s.authenticated = False
-        s.routes = {}
-    else:
-        s.refresh_routes()
+    s.logout()
     return resp.status("RESET")
 
 
@@ -217,6 +213,27 @@ def _command_count(s: Session, args: list[bytes], stat: CommandStat, t0: float) 
     return resp.integer(sum(1 for spec in commands.all_specs() if b"|" not in spec.name))
 
 
+def _acl_whoami(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.bulk(s.user.name.encode())
+
+
+def _acl_cat(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    if len(args) > 3:
+        return resp.error("ERR wrong number of arguments for 'acl|cat' command")
+    out = acl.acl_cat(args)
+    if out is None:
+        return resp.error(f"ERR Unknown category '{args[2].decode(errors='replace')}'")
+    return out
+
+
+def _acl_list(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.array([resp.bulk(line) for line in s.worker.users.list_lines()])
+
+
+def _acl_users(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
+    return resp.array([resp.bulk(name.encode()) for name in sorted(s.worker.users.by_name)])
+
+
 def _slowlog_get(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
     count = 10
     if len(args) > 2:
@@ -249,6 +266,7 @@ HANDLERS: dict[bytes, Handler] = {
     b"client|setname": _client_setname, b"client|getname": _client_getname,
     b"client|id": _client_id, b"client|list": _client_list, b"client|info": _client_info,
     b"command|count": _command_count,
+    b"acl|whoami": _acl_whoami, b"acl|cat": _acl_cat, b"acl|list": _acl_list, b"acl|users": _acl_users,
     b"slowlog|get": _slowlog_get, b"slowlog|len": _slowlog_len, b"slowlog|reset": _slowlog_reset,
     **fanout.HANDLERS,
     **inspection.HANDLERS,

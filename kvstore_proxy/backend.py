@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from kvstore_cluster import tls
 from kvstore_proxy import resp
 from kvstore_proxy.datapath import BackendCore, Outbox, notify
 
@@ -125,7 +126,8 @@ class Backend(BackendCore, asyncio.Protocol):
     async def _connect(self) -> None:
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: self, self.host, self.port), self.connect_timeout)
+                self.loop.create_connection(lambda: self, self.host, self.port, ssl=tls.for_address(self.address)),
+                self.connect_timeout)
         except (TimeoutError, OSError) as exc:
             if self.state == CLOSED:
                 return

@@ -8,7 +8,13 @@ import sys
 import click
 
 from kvstore_cluster import clickopts, logs
+from kvstore_cluster.tls import ServerTLS, TLSConfigError, TLSFiles
+from kvstore_cluster.zkauth import ZkCredentials
 from kvstore_proxy.config import ProxyConfig, parse_output_limit
+
+
+def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int] | None:
+    return None if value == "none" else clickopts.address(ctx, param, value)
 
 
 def _output_limit(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, float]:
@@ -23,8 +29,16 @@ def _output_limit(ctx: click.Context, param: click.Parameter, value: str) -> tup
               help="ZooKeeper hosts (env KVSTORE_ZK).")
 @click.option("--cluster", envvar="KVSTORE_CLUSTER", default="default", show_default=True,
               help="Cluster name (env KVSTORE_CLUSTER).")
-@click.option("--listen", "listen", default="127.0.0.1:6380", show_default=True, callback=clickopts.address,
-              help="HOST:PORT to serve clients on (loopback by default).")
+@click.option("--listen", "listen", default="127.0.0.1:6380", show_default=True, callback=_listen,
+              help="HOST:PORT to serve clients on (loopback by default); 'none': TLS only (--tls-listen).")
+@click.option("--tls-listen", default=None, callback=clickopts.address, metavar="HOST:PORT",
+              help="Serve clients over TLS on HOST:PORT too (--tls-cert-file, --tls-key-file); SIGHUP, or a "
+                   "change of the files, reloads them.")
+@click.option("--tls-cert-file", default=None, metavar="FILE", help="The proxy's certificate (PEM), with its chain.")
+@click.option("--tls-key-file", default=None, metavar="FILE", help="The key of --tls-cert-file (PEM).")
+@click.option("--tls-ca-cert-file", default=None, metavar="FILE",
+              help="Require client certificates signed by this CA (PEM) on --tls-listen.")
+@clickopts.redis_tls
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
               help="Processes sharing the port (SO_REUSEPORT); 1 runs in this process.")
 @click.option("--requirepass", default=None, envvar="KVSTORE_PROXY_REQUIREPASS",
@@ -67,16 +81,41 @@ def _output_limit(ctx: click.Context, param: click.Parameter, value: str) -> tup
                    "(Redis's client-output-buffer-limit pubsub; 0 disables).")
 @click.option("--metrics-listen", default=None, callback=clickopts.address, metavar="HOST:PORT",
               help="Serve Prometheus metrics of the whole proxy (every worker) at http://HOST:PORT/metrics.")
-def main(zk: str, cluster: str, listen: tuple[str, int], workers: int, requirepass: str | None,
+@clickopts.zk_auth_file
+@click.option("--max-clients-per-address", type=click.IntRange(min=1), default=None,
+              help="Connections one client address may hold (refused with -ERR max number of clients ...).")
+@click.option("--max-rps-per-address", type=click.IntRange(min=1), default=None,
+              help="Requests per second one client address may send (over it: -ERR max requests per second ...).")
+def main(zk: str, cluster: str, listen: tuple[str, int] | None, tls_listen: tuple[str, int] | None,
+         tls_cert_file: str | None, tls_key_file: str | None, tls_ca_cert_file: str | None, workers: int,
+         requirepass: str | None,
          backend_password: str | None, timeout: float, max_clients: int, max_request_size: int,
          idle_timeout: float, zk_session_timeout: float, slowlog_slower_than: int, slowlog_max_len: int,
          latency_monitor_threshold: int, latency_tracking: bool, monitor_output_limit: int,
          drain_timeout: float, log_format: str, log_level: str, max_leases: int, max_leases_per_client: int,
-         pubsub_output_limit: tuple[int, int, float], metrics_listen: tuple[str, int] | None) -> None:
+         pubsub_output_limit: tuple[int, int, float], metrics_listen: tuple[str, int] | None,
+         zk_credentials: ZkCredentials | None, max_clients_per_address: int | None,
+         max_rps_per_address: int | None) -> None:
     """Serve the Redis protocol for a kvstore cluster, routing each key to its group."""
     logs.configure(log_format, log_level)
+    clickopts.apply_redis_tls(click.get_current_context())
+    if listen is None and tls_listen is None:
+        raise click.UsageError("--listen none needs --tls-listen HOST:PORT")
+    tls_files = None
+    if tls_listen is not None:
+        if not (tls_cert_file and tls_key_file):
+            raise click.UsageError("--tls-listen needs --tls-cert-file and --tls-key-file")
+        tls_files = TLSFiles(tls_cert_file, tls_key_file, tls_ca_cert_file)
+        try:
+            ServerTLS(tls_files)  # a file that cannot be used is reported now, not by every worker
+        except TLSConfigError as exc:
+            raise click.UsageError(f"--tls-listen: {exc}") from None
+    elif tls_cert_file or tls_key_file or tls_ca_cert_file:
+        raise click.UsageError("--tls-cert-file, --tls-key-file and --tls-ca-cert-file go with --tls-listen")
+    host, port = listen if listen is not None else (None, 0)
     config = ProxyConfig(
-        zk=zk, cluster=cluster, host=listen[0], port=listen[1], workers=workers,
+        zk=zk, cluster=cluster, host=host or tls_listen[0], port=port, workers=workers,  # type: ignore[index]
+        tls_listen=tls_listen, tls_files=tls_files,
         requirepass=requirepass or None, backend_password=backend_password or None, timeout=timeout,
         max_clients=max_clients, max_request_size=max_request_size, idle_timeout=idle_timeout,
         zk_session_timeout=zk_session_timeout, slowlog_slower_than=slowlog_slower_than,
@@ -84,7 +123,8 @@ def main(zk: str, cluster: str, listen: tuple[str, int], workers: int, requirepa
         latency_tracking=latency_tracking, monitor_output_limit=monitor_output_limit,
         drain_timeout=drain_timeout, log_format=log_format, log_level=log_level, max_leases=max_leases,
         max_leases_per_client=max_leases_per_client, pubsub_output_limit=pubsub_output_limit,
-        metrics_listen=metrics_listen,
+        metrics_listen=metrics_listen, zk_credentials=zk_credentials,
+        max_clients_per_address=max_clients_per_address, max_rps_per_address=max_rps_per_address,
     )
     if workers == 1:
         from kvstore_proxy import server

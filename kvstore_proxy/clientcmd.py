@@ -77,8 +77,8 @@ def _laddr(c: Any) -> str:
 
 
 def _user(c: Any) -> bytes:
-    user = getattr(c, "user", None) or b"default"
-    return user.encode() if isinstance(user, str) else user
+    name = getattr(c.user, "name", None) or "default"  # acl.Permissions of the session's user
+    return name.encode() if isinstance(name, str) else bytes(name)
 
 
 def _kind(c: Any) -> bytes:

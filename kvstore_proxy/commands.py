@@ -107,6 +107,7 @@ _PROXY = frozenset(
         "slowlog|get", "slowlog|len", "slowlog|reset",
         "monitor", "lastsave", "memory|stats", "memory|doctor",
         "latency|latest", "latency|history", "latency|reset", "latency|histogram",
+        "acl|whoami", "acl|cat", "acl|list", "acl|users",
     }
 )  # fmt: skip
 
@@ -161,6 +162,8 @@ _REFUSED: dict[str, str] = {
     **dict.fromkeys(
         ["client|tracking", "client|trackinginfo", "client|caching", "client|getredir"], _TRACKING
     ),
+    "acl": _NOT_SUPPORTED + ": the proxy's users are managed with kvstore-admin user (ACL WHOAMI, CAT, LIST "
+           "and USERS are answered)",
     "lolwut": _NOT_SUPPORTED,
 }
 

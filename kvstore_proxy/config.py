@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from kvstore_cluster.tls import TLSFiles
+from kvstore_cluster.zkauth import ZkCredentials
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 
@@ -13,7 +16,7 @@ class ProxyConfig:
     zk: str = "127.0.0.1:2181"
     cluster: str = "default"
     host: str = "127.0.0.1"
-    port: int = 6380
+    port: int = 6380  # 0 with --listen none: clients are served over TLS only (tls_listen)
     workers: int = 1
     requirepass: str | None = None
     backend_password: str | None = None
@@ -37,6 +40,11 @@ class ProxyConfig:
     pubsub_output_limit: tuple[int, int, float] = (32 * 1024**2, 8 * 1024**2, 60.0)
     # --metrics-listen: where /metrics is served (every worker binds it, SO_REUSEPORT); None: nowhere
     metrics_listen: tuple[str, int] | None = None
+    zk_credentials: ZkCredentials | None = field(default=None, repr=False)  # kvstore_cluster.zkauth
+    tls_listen: tuple[str, int] | None = None  # --tls-listen, served beside (or instead of) --listen
+    tls_files: TLSFiles | None = None
+    max_clients_per_address: int | None = None  # limits.py; per proxy, each worker takes its share
+    max_rps_per_address: int | None = None
 
 
 def parse_output_limit(text: str) -> tuple[int, int, float]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from kvstore_cluster import tls
 from kvstore_cluster.codec import parse_address
 from kvstore_proxy import resp
 
@@ -81,7 +82,8 @@ class Lease(asyncio.Protocol):
 
     async def _connect(self) -> None:
         try:
-            await asyncio.wait_for(self.pool.loop.create_connection(lambda: self, self.host, self.port),
+            await asyncio.wait_for(self.pool.loop.create_connection(lambda: self, self.host, self.port,
+                                                                    ssl=tls.for_address(self.address)),
                                    self.pool.connect_timeout)
         except (TimeoutError, OSError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__

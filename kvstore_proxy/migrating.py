@@ -299,7 +299,7 @@ def redispatch(router: Any, held: list[_Held], resp3: bool) -> None:
         entry = router.slot_backend[router.slotter.key_slot(h.keys[0])] if h.keys else None
         if entry is not None and resp3:
             entry = getattr(entry, "resp3", None)
-        if entry is None:
+        if entry is None or getattr(entry, "evicted", False):
             done = h.r.fail(HELD_ERROR)
             if done is not None:
                 notify(done, router.outbox)

@@ -193,6 +193,7 @@ class Router:
             else:  # either side down: nobody can tell where a key of these slots is
                 entry = source if not isinstance(source, Backend) else target
             slot_backend[m.lo : m.hi + 1] = [entry] * (m.hi - m.lo + 1)
+        gone = []
         for old in before:
             if old in kept:
                 continue
@@ -204,13 +205,15 @@ class Router:
                 slot_backend[m.lo: m.hi + 1] = [old] * m.size
                 kept.append(old)
             else:
-                for e in (old, old.resp3):
-                    redispatch(self, e.evict(), e.is_resp3)
+                gone.append(old)
         before_hubs = self.rule_hubs
         self.rule_hubs = install(self, slot_backend, before_hubs)
         self.slot_backend = slot_backend
         self.group_order = order
         self.migrating = kept
+        for old in gone:  # their held requests go where the new table says
+            for e in (old, old.resp3):
+                redispatch(self, e.evict(), e.is_resp3)
         release(self, [h for s, h in before_hubs.items() if self.rule_hubs.get(s) is not h])
         self._resume_held()
         self._changed()

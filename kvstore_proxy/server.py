@@ -13,14 +13,18 @@ from typing import Any
 import structlog
 
 from kvstore_cluster.options import ClusterOptions
-from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError, connect
+from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError
+from kvstore_cluster.tls import ServerTLS
+from kvstore_cluster.zkauth import connect_to_cluster
 from kvstore_proxy import inspection, scripting
+from kvstore_proxy.acl import UserDirectory
 from kvstore_proxy.commands import CommandSpec
 from kvstore_proxy.config import ProxyConfig
 from kvstore_proxy.datapath import CommandStat, Outbox, Route, command_name
 from kvstore_proxy.groupinfo import GroupInfo
 from kvstore_proxy.info import worker_snapshot
 from kvstore_proxy.latency import Histograms, LatencyEvents
+from kvstore_proxy.limits import Limits
 from kvstore_proxy.monitor import Hub
 from kvstore_proxy.registry import Registry
 from kvstore_proxy.router import Router
@@ -47,8 +51,13 @@ class Worker:
         self.config = config
         self.loop = loop
         self.family = family if family is not None else Family(workers=config.workers)
-        self.port = config.port
-        self.proxy_id = proxy_id(config.host, config.port)
+        self.port = config.port or (config.tls_listen[1] if config.tls_listen else 0)
+        self.proxy_id = proxy_id(config.host, self.port)
+        # --tls-listen: its own listening socket, the same sessions behind it (tls.py: reloadable)
+        self.tls = ServerTLS(config.tls_files) if config.tls_files is not None else None
+        self.tls_server: asyncio.base_events.Server | None = None
+        self.tls_port = 0
+        self._tls_check = 0.0
         self.started_at = time.time()
         self.outbox = Outbox(loop)
         self.router = Router(self.outbox, config.backend_password)
@@ -65,6 +74,8 @@ class Worker:
         self.slow_threshold = self.slowlog.threshold
         self.commandstats: dict[str, CommandStat] = {}
         self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route (datapath.Route)
+        self.users = UserDirectory(self)  # users, their rules and their routes tables (acl.py)
+        self.limits = Limits(config.workers, config.max_clients_per_address, config.max_rps_per_address)
         self._spec_routes: dict[bytes, Route] = {}
         self.clients: dict[int, Session] = {}
         self._next_id = 0
@@ -134,7 +145,9 @@ class Worker:
 
     def learn_route(self, name: bytes, route: Route) -> None:
         if len(self.routes) < _MAX_LEARNED and not self.monitoring:
-            self.routes[command_name(name)] = route  # the object the compiled path looks names up with
+            name = command_name(name)  # the object the compiled path looks names up with
+            self.routes[name] = route
+            self.users.learn(name, route)
 
     def set_monitoring(self, on: bool) -> None:
         """MONITOR's worker-wide switch: with ``routes`` empty (in place: every session holds this
@@ -145,6 +158,7 @@ class Worker:
         if on:
             self._routes_before_monitor = dict(self.routes)
             self.routes.clear()
+            self.users.forget_routes()
         else:
             self.routes.update(self._routes_before_monitor)
             self._routes_before_monitor = {}
@@ -173,15 +187,26 @@ class Worker:
         try:
             if sock is not None:
                 self.server = await self.loop.create_server(lambda: Session(self), sock=sock, backlog=1024)
-            else:
+            elif cfg.port:
                 self.server = await self.loop.create_server(
                     lambda: Session(self), cfg.host, cfg.port, backlog=1024,
                     reuse_port=cfg.workers > 1, reuse_address=True)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
-        sockets: Any = self.server.sockets or []
+        sockets: Any = self.server.sockets if self.server is not None else []
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        if self.tls is not None and cfg.tls_listen is not None:
+            host, port = cfg.tls_listen
+            try:
+                self.tls_server = await self.loop.create_server(
+                    lambda: Session(self), host, port, ssl=self.tls.context, backlog=1024,
+                    reuse_port=cfg.workers > 1, reuse_address=True)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {host}:{port} (--tls-listen): {exc.strerror or exc}") from None
+            self.tls_port = (self.tls_server.sockets or [None])[0].getsockname()[1]  # type: ignore[union-attr]
+            if self.server is None:
+                self.port = self.tls_port
         if cfg.metrics_listen is not None:
             self.metrics = _metrics().MetricsEndpoint(self, *cfg.metrics_listen)
             try:
@@ -193,7 +218,12 @@ class Worker:
         self.topology.register()
         self._tick()
         log.info("proxy_listening", address=f"{cfg.host}:{self.port}", proxy_id=self.proxy_id,
-                 cluster=cfg.cluster)
+                 cluster=cfg.cluster, tls=f"{cfg.tls_listen[0]}:{self.tls_port}" if cfg.tls_listen else None)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: read the --tls-listen certificate, key and CA again (new connections get them)."""
+        if self.tls is not None:
+            self.tls.reload()
 
     def _tick(self) -> None:
         """Per-request timeouts (oldest pending per backend) and idle clients; no timer per request."""
@@ -203,6 +233,9 @@ class Worker:
         self.ops.sample(now, sum(st.calls for st in self.commandstats.values()))
         if self.monitoring:
             self.monitor.relink()
+        if self.tls is not None and now >= self._tls_check:  # a certificate renewed on disk is taken
+            self._tls_check = now + 2.0
+            self.tls.reload_if_changed()
         timeout = self.config.timeout
         for b in list(self.router.backends.values()) + self.router.retired:
             b.check_timeout(now, timeout)
@@ -227,6 +260,8 @@ class Worker:
         log.info("proxy_stopping", clients=len(self.clients))
         if self.server is not None:
             self.server.close()
+        if self.tls_server is not None:
+            self.tls_server.close()
         self.siblings.close()
         self.monitor.close()
         if self.metrics is not None:
@@ -262,8 +297,9 @@ def _event_names(arg: bytes) -> list[str] | None:
 
 
 def _connect(cfg: ProxyConfig) -> Any:
-    client = connect(cfg.zk, timeout=min(10.0, cfg.zk_session_timeout), session_timeout=cfg.zk_session_timeout)
-    store = ClusterStore(client, cfg.cluster)
+    client = connect_to_cluster(cfg.zk, cfg.cluster, cfg.zk_credentials, timeout=min(10.0, cfg.zk_session_timeout),
+                                session_timeout=cfg.zk_session_timeout)
+    store = ClusterStore(client, cfg.cluster, cfg.zk_credentials)
     try:
         if not store.exists():
             raise ClusterNotFound(f"cluster {cfg.cluster!r} does not exist in ZooKeeper at {cfg.zk} "
@@ -287,6 +323,7 @@ def run(config: ProxyConfig, sock: Any = None, family: Family | None = None) -> 
     worker = Worker(config, loop, family)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, worker.reload_tls)
     try:
         loop.run_until_complete(worker.start(sock))
     except StartupError as exc:

@@ -56,7 +56,7 @@ class Session(SessionCore, asyncio.Protocol):
     """
 
     __slots__ = ('router', 'id', 'addr', 'laddr', 'name', 'protocol', 'enc', 'lib_name', 'lib_ver',
-                 'created', 'last_cmd', 'authenticated', 'state', 'reply_mode')
+                 'created', 'last_cmd', 'authenticated', 'state', 'user', 'acl', 'buckets', 'reply_mode')
 
     def __init__(self, worker: Worker):
         SessionCore.__init__(self, worker)
@@ -71,7 +71,12 @@ class Session(SessionCore, asyncio.Protocol):
         self.lib_ver = b""
         self.created = time.time()
         self.last_cmd = b"NULL"
-        self.authenticated = not worker.config.requirepass
+        # The user (acl.Permissions); ``acl`` is the same object when it restricts anything, else
+        # None; ``buckets`` are the request rates it draws from (limits.py), empty for most.
+        self.user = worker.users.default
+        self.acl = None
+        self.buckets: tuple[Any, ...] = ()
+        self.authenticated = self.user.nopass and self.user.enabled
         self.routes = worker.routes if self.authenticated else {}
         # Transaction, held requests, blocked command, subscriptions (clientstate.py); None for
         # the plain clients that use none of them.
@@ -92,11 +97,24 @@ class Session(SessionCore, asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self.addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
-        if not self.worker.accept(self):
-            transport.write(resp.error("ERR max number of clients reached"))
+        limits = self.worker.limits
+        refusal = limits.connect(self.addr)
+        if refusal is None:
+            if not self.worker.accept(self):
+                refusal = resp.error("ERR max number of clients reached")
+            elif self.authenticated:
+                refusal = limits.login(self.user.name, self.user.max_connections)
+                if refusal is not None:
+                    self.worker.forget(self)
+                    self.id = 0
+            if refusal is not None:
+                limits.disconnect(self.addr)
+        if refusal is not None:
+            transport.write(refusal)
             transport.close()
             self.transport = None
             return
+        self.set_user(self.user)
         log.debug("client_connected", client=self.id, addr=self.addr)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -105,6 +123,10 @@ class Session(SessionCore, asyncio.Protocol):
         self.transport = None
         self._closing = True
         self.worker.forget(self)
+        limits = self.worker.limits
+        limits.disconnect(self.addr)
+        if self.authenticated:
+            limits.logout(self.user.name)
         if self.state is not None:
             self.state.disconnected()
         log.debug("client_disconnected", client=self.id, addr=self.addr, pending=len(self.fifo))
@@ -162,7 +184,7 @@ class Session(SessionCore, asyncio.Protocol):
         spec = commands.lookup(args)
         if spec is None:
             if len(args) > 1 and args[0].lower() == b"client" and args[1].lower() == b"setinfo" \
-                    and (self.authenticated or not worker.config.requirepass):
+                    and self.authenticated:
                 self.answer(worker.stat_for(b"client|setinfo"), args, t0, answers.client_setinfo(self, args))
                 return
             self.answer(worker.stat_for(b"(unknown)"), args, t0,
@@ -180,6 +202,18 @@ class Session(SessionCore, asyncio.Protocol):
         if not self.authenticated and spec.name not in answers.BEFORE_AUTH:
             self.answer(route.stat, args, t0, _NOAUTH)
             return
+        if self.buckets:
+            refusal = worker.limits.over_rate(self.buckets, self.user.name)
+            if refusal is not None:
+                self.answer(route.stat, args, t0, refusal)
+                return
+        if self.acl is not None:  # a restricted user (acl.py): the command, its keys, its channels
+            refusal = self.acl.refusal(spec, args)
+            if refusal is not None:
+                self.answer(route.stat, args, t0, refusal)
+                if st is not None:
+                    st.command_failed()
+                return
         if worker.monitoring:  # every request comes here while a monitor is attached (monitor.py)
             refusal = worker.monitor.feed(self, spec, args)
             if refusal is not None:
@@ -265,15 +299,45 @@ class Session(SessionCore, asyncio.Protocol):
         self._closing = True
         self._close_after = r
 
-    def authenticate(self) -> None:
+    def login(self, perms: Any) -> bytes | None:
+        """AUTH succeeded as ``perms``'s user: the error if its connection limit refuses it, else None."""
+        limits = self.worker.limits
+        if not (self.authenticated and self.user.name == perms.name):
+            refusal = limits.login(perms.name, perms.max_connections)
+            if refusal is not None:
+                return refusal
+            if self.authenticated:
+                limits.logout(self.user.name)
         self.authenticated = True
+        self.set_user(perms)
+        return None
+
+    def logout(self) -> None:
+        """RESET: back to the default user, authenticated only if it needs no password."""
+        limits = self.worker.limits
+        if self.authenticated:
+            limits.logout(self.user.name)
+        default = self.worker.users.default
+        self.authenticated = default.nopass and default.enabled
+        if self.authenticated:
+            limits.login(default.name, None)
+        self.set_user(default)
+
+    def set_user(self, perms: Any) -> None:
+        """This session's user (login, RESET, a change of its rules): its checks, rates and routes."""
+        self.user = perms
+        self.acl = perms if perms.restricted else None
+        self.buckets = self.worker.limits.buckets(self.addr, perms.name, perms.max_rps)
         self.refresh_routes()
 
     def refresh_routes(self) -> None:
-        """The fast path only for an authenticated client whose state does not need every request."""
+        """The fast path only for an authenticated client whose state does not need every request;
+        its user's routes (acl.UserDirectory.routes_for): every command, those it may run, or none."""
         st = self.state
-        self.routes = self.worker.routes if self.authenticated and (st is None or not st.slow) \
-            and self.reply_mode is None else {}
+        if self.authenticated and (st is None or not st.slow) and not self.buckets and self.reply_mode is None:
+            self.routes = self.worker.users.routes_for(self.user)
+        else:
+            self.routes = {}
 
     def set_protocol(self, version: int) -> None:
         """Switch to RESP2 or RESP3 (HELLO, RESET): decided here once, never tested per request.
@@ -312,6 +376,6 @@ class Session(SessionCore, asyncio.Protocol):
             f"id={self.id} addr={self.addr} laddr={self.laddr} fd=-1 name={self.name.decode(errors='replace')} "
             f"age={age} idle={idle} flags={flags} db=0 sub={sub} psub={psub} ssub={ssub} multi={multi} qbuf=0 "
             f"qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll={len(self.fifo)} omem=0 tot-mem=0 events=r "
-            f"cmd={self.last_cmd.decode(errors='replace')} user=default redir=-1 resp={self.protocol} "
+            f"cmd={self.last_cmd.decode(errors='replace')} user={self.user.name} redir=-1 resp={self.protocol} "
             f"lib-name={self.lib_name.decode(errors='replace')} lib-ver={self.lib_ver.decode(errors='replace')}"
         ).encode()

@@ -11,12 +11,13 @@ import structlog
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoNodeError
 
-from kvstore_cluster import paths
+from kvstore_cluster import paths, tls
 from kvstore_cluster.keyrules import KeyRules, tag_slot
 from kvstore_cluster.model import Groups, ModelError, SlotTable
 from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.proxy_registration import ProxyRegistration
 from kvstore_cluster.store import ClusterStore, CorruptData
+from kvstore_cluster.users import Users
 from kvstore_cluster.zkbridge import LoopBridge
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class Topology:
         self.bridge.watch_data(paths.reshard(self.cluster), self._on_reshard)
         self.bridge.watch_data(paths.options(self.cluster), self._on_options)
         self.bridge.watch_data(paths.keyrules(self.cluster), self._on_keyrules)
+        self.bridge.watch_data(paths.users(self.cluster), self._on_users)
 
     # --- tables ---------------------------------------------------------------------------------
 
@@ -79,6 +81,7 @@ class Topology:
         except ModelError as exc:
             log.error("table_rejected", table="groups", version=stat.version, error=str(exc))
             return
+        tls.remember(value)  # which nodes speak TLS (backends, leases connect with it)
         self.groups = (value, stat.version)
         self._apply()
 
@@ -135,6 +138,16 @@ class Topology:
                  change=value.change.request if value.change is not None else None, hubs=len(router.hubs))
         self.register()
 
+    def _on_users(self, data: bytes | None, stat: Any) -> None:
+        if stat is not None:
+            self.seen["users"] = stat.version
+        try:
+            value = Users() if data is None else Users.decode(data)
+        except ModelError as exc:
+            log.error("users_rejected", version=stat.version, error=str(exc), kept=sorted(self.worker.users.by_name))
+            return
+        self.worker.users.apply(value)
+
     def _apply(self) -> None:
         if self.groups is None or self.slots is None or self._stopped:
             return
@@ -178,7 +191,10 @@ class Topology:
                 # What we say we applied is what we applied before draining: a request sent before
                 # a newer table is only covered by the next round's drain.
                 registration = self.registration()
-                await self.worker.router.drained(self.worker.config.timeout)
+                try:
+                    await self.worker.router.drained(self.worker.config.timeout)
+                except Exception as exc:  # noqa: BLE001 - never leave a version unregistered
+                    log.error("drain_before_register_failed", error=str(exc) or type(exc).__name__)
                 try:
                     await self.loop.run_in_executor(None, self.store.register_proxy, self.proxy_id, registration)
                     log.debug("registered", path=self.path, **registration.to_json())
@@ -248,7 +264,7 @@ class Topology:
             return
         if self.state != "connected":
             return
-        self.groups = (groups.value, groups.version)
+        self.groups = (groups.value, groups.version)  # read_groups told tls.py
         self.slots = (slots.value, slots.version)
         self._lost = False
         self._apply()

@@ -39,6 +39,7 @@ def _child(config: ProxyConfig, family: Family) -> None:
     index = family.index
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker handles it (reload_tls)
     code = 1
     try:
         code = server.run(config, family=family)
@@ -84,8 +85,16 @@ def _supervise(config: ProxyConfig, family: Family) -> int:
                 except ProcessLookupError:
                     pass
 
+    def on_hangup(signum: int, frame: object) -> None:
+        for pid in children:  # each worker reloads its TLS certificate (server.Worker.reload_tls)
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     for i in range(n):
         spawn(i)
     restarts: list[tuple[float, int]] = []

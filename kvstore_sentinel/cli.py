@@ -10,6 +10,7 @@ import click
 from kvstore_cluster import clickopts, logs
 from kvstore_cluster.paths import check_name
 from kvstore_cluster.store import StoreError
+from kvstore_cluster.zkauth import ZkCredentials
 
 
 def _name(kind: str):  # type: ignore[no-untyped-def]
@@ -43,18 +44,22 @@ def _name(kind: str):  # type: ignore[no-untyped-def]
               help="Password of the Redis nodes (env KVSTORE_REDIS_PASSWORD).")
 @click.option("--metrics-listen", default=None, callback=clickopts.address, metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@clickopts.zk_auth_file
+@clickopts.redis_tls
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="console")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def main(zk: str, cluster: str, interval: float, down_after: float, quorum: int, sentinel_id: str,
          auto_rejoin: bool, zk_session_timeout: float, redis_password: str | None,
-         metrics_listen: tuple[str, int] | None, log_format: str, log_level: str) -> None:
+         metrics_listen: tuple[str, int] | None, zk_credentials: ZkCredentials | None, log_format: str,
+         log_level: str) -> None:
     """Watch every Redis node of a kvstore cluster and repair the cluster when a master fails."""
     from kvstore_sentinel.service import Config, Sentinel, StartupError
 
     logs.configure(log_format, log_level)
+    clickopts.apply_redis_tls(click.get_current_context())
     config = Config(zk=zk, cluster=cluster, interval=interval, down_after=down_after, quorum=quorum,
                     sentinel_id=sentinel_id, auto_rejoin=auto_rejoin, zk_session_timeout=zk_session_timeout,
-                    password=redis_password, metrics_listen=metrics_listen)
+                    password=redis_password, metrics_listen=metrics_listen, zk_credentials=zk_credentials)
     try:
         asyncio.run(Sentinel(config).run())
     except (StoreError, StartupError) as exc:

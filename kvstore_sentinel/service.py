@@ -29,7 +29,8 @@ from kvstore_cluster.ops.context import Context
 from kvstore_cluster.ops.fence import Fenced
 from kvstore_cluster.reshard_state import ReshardState
 from kvstore_cluster.sentinel_view import fresh_views
-from kvstore_cluster.store import ClusterNotFound, ClusterStore, CorruptData, StoreError, connect
+from kvstore_cluster.store import ClusterNotFound, ClusterStore, CorruptData, StoreError
+from kvstore_cluster.zkauth import ZkCredentials, connect_to_cluster
 from kvstore_sentinel.background_rebalance import BackgroundRebalance
 from kvstore_sentinel.election import Leadership
 from kvstore_sentinel.leader import Leader
@@ -51,6 +52,7 @@ class Config:
     zk_session_timeout: float = 6.0
     password: str | None = None
     metrics_listen: tuple[str, int] | None = None  # where /metrics is served (metrics.py); None: nowhere
+    zk_credentials: ZkCredentials | None = field(default=None, repr=False)  # kvstore_cluster.zkauth
 
     @property
     def probe_timeout(self) -> float:
@@ -110,8 +112,9 @@ class Sentinel:
         cfg = self.config
         loop = asyncio.get_running_loop()
         self.client = await loop.run_in_executor(
-            None, lambda: connect(cfg.zk, timeout=10.0, session_timeout=cfg.zk_session_timeout))
-        self.store = ClusterStore(self.client, cfg.cluster)
+            None, lambda: connect_to_cluster(cfg.zk, cfg.cluster, cfg.zk_credentials, timeout=10.0,
+                                             session_timeout=cfg.zk_session_timeout))
+        self.store = ClusterStore(self.client, cfg.cluster, cfg.zk_credentials)
         self.ctx = Context(self.store, node_timeout=max(1.0, cfg.down_after), password=cfg.password,
                            actor=self.id, zk_timeout=cfg.zk_session_timeout)
         endpoint = await self._serve_metrics() if cfg.metrics_listen is not None else None

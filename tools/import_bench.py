@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,6 +242,7 @@ def main() -> None:
             writer.wait()
         for p in reversed(procs):
             p.stop()
+        shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(result, indent=2))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import hiredis
 
+from kvstore_cluster import tls
 from kvstore_cluster.model import parse_address
 
 RECV_SIZE = 1 << 20
@@ -58,10 +59,12 @@ class Conn:
         self.name = name  # what the address is, for messages ("the source", "group g1's master")
         host, port = parse_address(address)
         try:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            context = tls.for_address(address)  # a group's node that speaks TLS (kvstore_cluster/tls.py)
+            self.sock = context.wrap_socket(sock, server_hostname=host) if context is not None else sock
         except OSError as exc:
             raise LinkError(f"cannot connect to {name} {address} ({exc.strerror or exc})") from None
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = new_reader()
 
     def close(self) -> None:

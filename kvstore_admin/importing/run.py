@@ -320,7 +320,7 @@ class Importer:
         if rec is None:
             self._require_empty()
         self.watch = TopologyWatch(self.store, groups, slots, router)
-        self.workdir = Path(tempfile.mkdtemp(prefix="kvstore-import-", dir=opts.work_dir))
+        self.workdir = make_workdir(opts.work_dir)
         spool = Spool(self.workdir)
         self.link = source.ReplicationLink(opts.source, opts.password, spool, disk_snapshot=opts.disk_snapshot)
         sync = self.link.handshake(resume.replid if resume else None, resume.offset if resume else None)
@@ -648,6 +648,26 @@ class Importer:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.progress.close()
+
+
+WORKDIR_PREFIX = "kvstore-import-"
+OWNER_FILE = "owner"
+
+
+def make_workdir(parent: Path | None) -> Path:
+    """A fresh work directory, after removing those left by imports that died (same host, process gone):
+    a killed import leaves its snapshot behind, as big as the source's data set."""
+    base = Path(parent or tempfile.gettempdir())
+    for old in base.glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            host, _, pid = (old / OWNER_FILE).read_text().partition(" ")
+        except OSError:
+            continue
+        if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=base))
+    (path / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}")
+    return path
 
 
 def _unpause(src: Conn) -> None:

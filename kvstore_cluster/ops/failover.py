@@ -143,7 +143,7 @@ async def resume_failover(ctx: Context, fence: Fence, current: Versioned[Failove
                 return
             # The old master goes last: it is the one expected back later, as a replica.
             replicas = (*(n for n in group.nodes if n not in (candidate, old_master)), old_master)
-            new_group = Group(group_id, candidate, replicas, "ok")
+            new_group = Group(group_id, candidate, replicas, "ok", group.tls)
             fence.check()
             await ctx.zk(ctx.store.commit, [
                 Set(paths.groups(ctx.store.cluster), groups_v.value.put(new_group).encode(), groups_v.version),

@@ -128,10 +128,10 @@ async def _commit(ctx: Context, fence: Fence, group_id: str, target: str, old: s
     if current is None:
         raise SwitchoverError(f"group {group_id!r} vanished meanwhile")
     replicas = (*(n for n in current.nodes if n not in (target, old)), old)
+    changed = Group(group_id, target, replicas, "ok", current.tls)
     fence.check()
     await ctx.zk(ctx.store.commit, [
-        Set(paths.groups(ctx.store.cluster), groups_v.value.put(Group(group_id, target, replicas, "ok")).encode(),
-            groups_v.version),
+        Set(paths.groups(ctx.store.cluster), groups_v.value.put(changed).encode(), groups_v.version),
         Delete(paths.failover(ctx.store.cluster, group_id), record_version),
         *fence.zk_checks(),
     ])

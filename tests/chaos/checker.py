@@ -29,6 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from chaos.addresses import plain
 from chaos.history import (
     FAILED,
     GET,
@@ -472,7 +473,7 @@ def read_node(address: str, timeout: float = 20.0) -> NodeData:
     """SCAN every key of one node with its value (strings and lists; the type name otherwise)."""
     import redis
 
-    host, _, port = address.rpartition(":")
+    host, _, port = plain(address).rpartition(":")
     client = redis.Redis(host=host, port=int(port), socket_timeout=timeout, protocol=2, decode_responses=True)
     node = NodeData(address)
     try:
@@ -512,7 +513,7 @@ def replication_caught_up(master: str, replica: str) -> bool:
     import redis
 
     def info(address: str) -> dict[str, Any]:
-        host, _, port = address.rpartition(":")
+        host, _, port = plain(address).rpartition(":")
         c = redis.Redis(host=host, port=int(port), socket_timeout=3, protocol=2, decode_responses=True)
         try:
             return c.info("replication")

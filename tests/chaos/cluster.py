@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from security.security_helpers import READER, WRITER, Certs, client_tls
 
+from chaos.addresses import PLAIN, plain
 from chaos.faultlink import FaultLink
 from chaos.processes import spawn_sentinel, start_chaos_proxy, wait_sentinel
-from kvstore_admin.processes import LocalProcess, redis_ping, spawn, start_redis, wait_until
+from kvstore_admin.processes import LocalProcess, free_port, redis_ping, spawn, start_redis, tls_config, wait_until
 from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split
 from kvstore_cluster.store import ClusterStore, connect
+from kvstore_cluster.zkauth import ZkAccess
 
 # What the chaos clusters run with; see docs/contracts.md for why.
 DATASTORE_REDIS = {
@@ -33,7 +36,7 @@ PROXY_ARGS = ("--zk-session-timeout", "4")
 
 
 def redis_client(address: str, timeout: float = 3.0) -> redis.Redis:
-    host, _, port = address.rpartition(":")
+    host, _, port = plain(address).rpartition(":")
     return redis.Redis(host=host, port=int(port), socket_timeout=timeout, socket_connect_timeout=timeout,
                        protocol=2, decode_responses=True)
 
@@ -52,7 +55,7 @@ class ChaosCluster:
     def __init__(self, zookeeper: LocalProcess, base: Path, mode: str = "datastore", groups: int = 2,
                  replicas: int = 2, proxies: int = 2, sentinels: int = 2, linked: tuple[str, ...] = (),
                  sentinel_args: tuple[str, ...] = SENTINEL_ARGS, proxy_args: tuple[str, ...] = PROXY_ARGS,
-                 auto_rejoin: bool = False):
+                 auto_rejoin: bool = False, secure: bool = False):
         self.zookeeper = zookeeper
         self.base = base
         self.mode = mode
@@ -77,8 +80,33 @@ class ChaosCluster:
         self.all_services: list[LocalProcess] = []
         self._zk: Any = None
         self.store: ClusterStore | None = None
+        # secure: ZooKeeper ACLs (every process authenticates), nodes registered by their TLS port
+        # (the harness inspects them on their plain one, chaos/addresses.py), proxies serving TLS only.
+        self.secure = secure
+        self.client_tls: Any = None  # what workload clients connect to the proxies with
+        self._security_args: tuple[str, ...] = ()
 
     # --- start / stop -------------------------------------------------------------------------
+
+    def _make_certificates(self) -> None:
+        certs = Certs(self.base / "certs")
+        ca = certs.ca("ca")
+        node, client, proxy = (certs.issue(name, ca) for name in ("node", "client", "proxy"))
+        self.redis_extra = {**self.redis_extra, **tls_config(node[0], node[1], ca[0])}
+        auth = self.base / "zk-auth"
+        auth.write_text(f"{WRITER.user}:{WRITER.password}\n")
+        self._security_args = ("--zk-auth-file", str(auth), "--redis-tls-ca-cert-file", ca[0],
+                               "--redis-tls-cert-file", client[0], "--redis-tls-key-file", client[1])
+        self._proxy_tls = ("--tls-cert-file", proxy[0], "--tls-key-file", proxy[1], "--tls-ca-cert-file", ca[0])
+        self.client_tls = client_tls(ca[0], client)
+
+    def admin_args(self) -> tuple[str, ...]:
+        """What kvstore-admin needs to act on this cluster: its credentials and TLS files, if secure."""
+        return self._security_args
+
+    def registered(self, proc: LocalProcess) -> str:
+        """The address the cluster knows ``proc`` by: its TLS port in a secure cluster."""
+        return next((tls for tls, p in PLAIN.items() if p == proc.address), proc.address)
 
     def start(self) -> ChaosCluster:
         admin = connect(self.zookeeper.address)
@@ -87,26 +115,30 @@ class ChaosCluster:
         finally:
             admin.stop()
             admin.close()
+        if self.secure:
+            self._make_certificates()
         group_list = []
         for i in range(1, self.n_groups + 1):
             gid = f"g{i}"
             master = self._start_redis(f"{gid}-m")
-            reps = [self._start_redis(f"{gid}-r{j}", replicaof=master.address) for j in range(1, self.n_replicas + 1)]
-            registered = [master.address, *(r.address for r in reps)]
+            reps = [self._start_redis(f"{gid}-r{j}", replicaof=self.registered(master))
+                    for j in range(1, self.n_replicas + 1)]
+            registered = [self.registered(master), *(self.registered(r) for r in reps)]
             if gid in self.linked:
                 link = FaultLink(master.port)
                 self.links[link.address] = link
                 registered[0] = link.address
-            group_list.append(Group(gid, registered[0], tuple(registered[1:])))
+            group_list.append(Group(gid, registered[0], tuple(registered[1:]), tls=self.secure))
         for g in group_list:
             for rep in g.replicas:
                 wait_until(lambda r=rep: info_replication(r).get("master_link_status") == "up", 20,
                            f"replica {rep} of {g.id} to sync")
-        self._zk = connect(self.zk_hosts, timeout=10.0)
+        self._zk = connect(self.zk_hosts, timeout=10.0, credentials=WRITER if self.secure else None)
         self.store = ClusterStore(self._zk, self.name)
         model = Groups(tuple(group_list))
         self.store.create(Meta(mode=self.mode, created_at=time.time()), model,
-                          SlotTable(tuple(even_split(model.ids()))))
+                          SlotTable(tuple(even_split(model.ids()))),
+                          ZkAccess(WRITER.digest_id, READER.digest_id) if self.secure else None)
         for _ in range(self.n_proxies):
             self.start_proxy()
         sents = [self.spawn_sentinel(f"s{i}") for i in range(1, self.n_sentinels + 1)]
@@ -116,16 +148,22 @@ class ChaosCluster:
         return self
 
     def _start_redis(self, name: str, replicaof: str | None = None) -> LocalProcess:
-        proc = start_redis(self.base / f"redis-{name}", name=f"redis-{name}", replicaof=replicaof,
-                           extra=self.redis_extra)
+        extra = dict(self.redis_extra)
+        tls_port = free_port() if self.secure else 0
+        if tls_port:
+            extra["tls-port"] = str(tls_port)  # and the plain port, for the harness only
+        proc = start_redis(self.base / f"redis-{name}", name=f"redis-{name}", replicaof=replicaof, extra=extra)
+        if tls_port:
+            PLAIN[f"127.0.0.1:{tls_port}"] = proc.address
         self.nodes[proc.address] = proc
         self.all_redis.append(proc)
         return proc
 
     def start_proxy(self, port: int | None = None) -> LocalProcess:
         """Start a proxy (on ``port``: in place of the one that had it) and wait until it answers PING."""
-        proc = start_chaos_proxy(self.zk_hosts, self.name, self.base, *self.proxy_args, port=port,
-                                 record=self.all_services.append)
+        proc = start_chaos_proxy(self.zk_hosts, self.name, self.base, *self.proxy_args, *self._security_args,
+                                 port=port, record=self.all_services.append,
+                                 tls=(self._proxy_tls, self.client_tls) if self.secure else None)
         if port is None:
             self.proxies.append(proc)
         else:
@@ -133,7 +171,7 @@ class ChaosCluster:
         return proc
 
     def spawn_sentinel(self, sentinel_id: str) -> LocalProcess:
-        args = [*self.sentinel_args, *(["--auto-rejoin"] if self.auto_rejoin else [])]
+        args = [*self.sentinel_args, *(["--auto-rejoin"] if self.auto_rejoin else []), *self._security_args]
         proc = spawn_sentinel(self.zk_hosts, self.name, self.base, sentinel_id, *args)
         self.sentinels[sentinel_id] = proc
         self.all_services.append(proc)
@@ -164,8 +202,12 @@ class ChaosCluster:
                 self._zk.close()
             except Exception:  # noqa: BLE001
                 pass
+        for node in self.all_redis:
+            for tls_address, address in list(PLAIN.items()):
+                if address == node.address:
+                    del PLAIN[tls_address]
         try:
-            admin = connect(self.zookeeper.address, timeout=5)
+            admin = connect(self.zookeeper.address, timeout=5, credentials=WRITER if self.secure else None)
             try:
                 admin.delete(self.chroot, recursive=True)
             finally:
@@ -188,9 +230,10 @@ class ChaosCluster:
         return self.store.read_slots().value
 
     def real(self, address: str) -> str:
-        """The redis-server behind a registered address (a fault link's address maps to its target)."""
+        """The redis-server behind a registered address (a fault link's address maps to its target, a
+        TLS address to the node's plain one)."""
         link = self.links.get(address)
-        return f"127.0.0.1:{link.target[1]}" if link else address
+        return f"127.0.0.1:{link.target[1]}" if link else plain(address)
 
     def master(self, gid: str) -> str:
         group = self.groups().get(gid)

@@ -150,7 +150,7 @@ def reshard_unsupported(c: ChaosCluster) -> str | None:
 
 def _admin(c: ChaosCluster, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-c", "from kvstore_admin.cli import main; main()", "--zk", c.zk_hosts,
-            "--cluster", c.name, *args]
+            "--cluster", c.name, *c.admin_args(), *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 

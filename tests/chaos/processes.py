@@ -15,11 +15,17 @@ from kvstore_admin.processes import LocalProcess, free_port, sentinel_argv, spaw
 
 
 def start_chaos_proxy(zk_hosts: str, cluster: str, log_dir: Path, *args: str, port: int | None = None,
-                      record: Callable[[LocalProcess], object] | None = None) -> LocalProcess:
-    """Start a kvstore-proxy (one worker, JSON logs) on ``port`` (a free one if None) and wait for PING."""
+                      record: Callable[[LocalProcess], object] | None = None,
+                      tls: tuple[tuple[str, ...], Any] | None = None) -> LocalProcess:
+    """Start a kvstore-proxy (one worker, JSON logs) on ``port`` (a free one if None) and wait for PING.
+
+    With ``tls`` (its --tls-* flags, a client context to ping it with) it serves TLS only, on ``port``.
+    """
     port = port or free_port()
+    tls_args = ("--listen", "none", "--tls-listen", f"127.0.0.1:{port}", *tls[0]) if tls else ()
     proc = start_proxy(zk_hosts, cluster, log_dir / f"proxy-{port}.log", "--log-format", "json",
-                       "--log-level", "info", *args, port=port, record=record)
+                       "--log-level", "info", *args, *tls_args, port=port, record=record,
+                       tls_context=tls[1] if tls else None)
     proc.name = f"proxy-{port}"
     return proc
 

@@ -59,7 +59,8 @@ def run_fault(cluster: ChaosCluster, name: str, fault: Callable[[ChaosCluster], 
     """
     started = time.monotonic()
     seed = zlib.crc32(name.encode()) & 0xFFFF
-    workload = Workload(cluster.proxy_ports, clients=clients, rate=rate, seed=seed, stateful=stateful).start()
+    workload = Workload(cluster.proxy_ports, clients=clients, rate=rate, seed=seed, stateful=stateful,
+                        tls=cluster.client_tls).start()
     records: list[FaultRecord] = []
     rounds = 0
     try:

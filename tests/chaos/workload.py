@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -67,8 +68,10 @@ class _NotSent(Exception):
 class RespClient:
     """One blocking RESP2 connection to one address; no retries, no hidden commands."""
 
-    def __init__(self, port: int, timeout: float, connect_timeout: float = 1.0, host: str = "127.0.0.1"):
+    def __init__(self, port: int, timeout: float, connect_timeout: float = 1.0, host: str = "127.0.0.1",
+                 tls: ssl.SSLContext | None = None):
         self.address = (host, port)
+        self.tls = tls
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.sock: socket.socket | None = None
@@ -86,6 +89,8 @@ class RespClient:
     def _connect(self) -> None:
         try:
             sock = socket.create_connection(self.address, timeout=self.connect_timeout)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock)  # the handshake sends nothing of a request
         except OSError as exc:
             raise _NotSent(f"connect failed: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -120,9 +125,11 @@ class WorkloadClient(threading.Thread):
     """One client: sequential ops on one proxy; after a connection problem it moves to the next proxy."""
 
     def __init__(self, index: int, ports: Callable[[], Sequence[int]], stop: threading.Event, seed: int,
-                 rate: float, timeout: float, id_base: int, mix: Sequence[tuple[str, int]] = MIX):
+                 rate: float, timeout: float, id_base: int, mix: Sequence[tuple[str, int]] = MIX,
+                 tls: ssl.SSLContext | None = None):
         super().__init__(name=f"chaos-client-{index}", daemon=True)
         self.index = index
+        self.tls = tls
         self.ports = ports
         self.stop_event = stop
         self.rng = random.Random(seed)
@@ -142,7 +149,7 @@ class WorkloadClient(threading.Thread):
         if self.client is None:
             ports = self.ports()
             port = ports[self.proxy_index % len(ports)]
-            self.client = RespClient(port, self.timeout)
+            self.client = RespClient(port, self.timeout, tls=self.tls)
         return self.client
 
     def _drop(self) -> None:
@@ -249,10 +256,10 @@ class Workload:
     """``clients`` threads spread over the proxies; ``ports`` is read again after each reconnect."""
 
     def __init__(self, ports: Callable[[], Sequence[int]], clients: int = 6, rate: float = 80.0,
-                 timeout: float = 8.0, seed: int = 0, stateful: int = 0):
+                 timeout: float = 8.0, seed: int = 0, stateful: int = 0, tls: ssl.SSLContext | None = None):
         self.stop_event = threading.Event()
         self.clients = [WorkloadClient(i, ports, self.stop_event, seed * 1000 + i, rate, timeout,
-                                       id_base=i * 10_000_000, mix=MIX if i < clients else STATEFUL_MIX)
+                                       id_base=i * 10_000_000, mix=MIX if i < clients else STATEFUL_MIX, tls=tls)
                         for i in range(clients + stateful)]
         self.started_at = 0.0
 

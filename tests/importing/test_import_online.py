@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 import redis
@@ -64,16 +65,18 @@ def test_import_with_writer_cutover_and_verify(cluster, source, proxy_factory, z
     assert again.returncode == 1 and "was cut over" in again.stderr and "--forget" in again.stderr
 
 
-def _crash_then_resume(cluster, source, hook: str, writer: Writer, *resume_args: str) -> dict:  # type: ignore[no-untyped-def]
+def _crash_then_resume(cluster, source, hook: str, writer: Writer, work: Path) -> dict:  # type: ignore[no-untyped-def]
     crashed = admin_process(cluster.zk_hosts, cluster.name, "import", "--from", source.address, "--json",
-                            env={testhooks.ENV: hook})
+                            "--work-dir", str(work), env={testhooks.ENV: hook})
     assert crashed.returncode == testhooks.EXIT_CODE, crashed.stderr
+    assert list(work.glob("kvstore-import-*"))  # killed: its work directory stays behind...
     writer.wait_ops(writer.ops + 300)
     proc = admin_process(cluster.zk_hosts, cluster.name, "import", "--from", source.address, "--cutover",
-                         "--pause", "6", "--verify", "--verify-keys", "all", "--json", *resume_args)
+                         "--pause", "6", "--verify", "--verify-keys", "all", "--json", "--work-dir", str(work))
     out = summary(proc)
     assert proc.returncode == 0, proc.stderr + json.dumps(out, indent=1)
     assert out["verify"]["ok"], out["verify"]
+    assert not list(work.glob("kvstore-import-*"))  # ... until the next run removes it
     return out
 
 
@@ -81,12 +84,12 @@ def _crash_then_resume(cluster, source, hook: str, writer: Writer, *resume_args:
     "streaming:30",  # killed after the 30th batch of the stream: the groups' markers say what each one applied
     "cross-group:3",  # killed after the first group of a command spanning groups committed it
 ])
-def test_killed_while_streaming_resumes_without_duplicates(cluster, source, hook: str) -> None:  # type: ignore[no-untyped-def]
+def test_killed_while_streaming_resumes_without_duplicates(cluster, source, hook: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = redis.Redis(port=source.port)
     fill(src, 800)
     writer = Writer(source.port).start()
     writer.wait_ops(100)
-    out = _crash_then_resume(cluster, source, hook, writer)
+    out = _crash_then_resume(cluster, source, hook, writer, tmp_path)
     acked = dict(writer.counters)
     assert out["start"] == "continue", out
     assert out["stream"]["errors"] == 0

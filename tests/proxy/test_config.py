@@ -82,7 +82,7 @@ def test_a_parameter_that_differs_between_groups_is_flagged(shared_cluster: Prox
     assert pc.config_get("hz") == {"hz": "10"}  # the first group's value...
     _wait(lambda: "config_differs" in c.proxy.output(), "the proxy to log it")  # type: ignore[union-attr]
     found = admin(c.zk_hosts, "check", "--json", cluster=c.name)
-    assert found.exit_code == 15, found.output
+    assert found.exit_code == 16, found.output
     assert json.loads(found.output)["config_differs"]["hz"] == {"g1": "10", "g2": "33", "g3": "10"}
     assert "config hz differs between groups" in admin(c.zk_hosts, "check", cluster=c.name).output
     pc.config_set("hz", "10")  # ... and setting it through the proxy repairs it
