@@ -33,6 +33,7 @@ from kvstore_admin.processes import (
     start_zookeeper,
     wait_until,
 )
+from kvstore_cluster.keyrules import KeyRule, KeyRules
 from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split
 from kvstore_cluster.store import ClusterStore, connect
 
@@ -130,6 +131,26 @@ def start_zk_cluster(stack: contextlib.ExitStack, tmp: Path, backends: list[Loca
     return zk
 
 
+def add_rules_cluster(zk: LocalProcess, backends: list[LocalProcess], n: int) -> str:
+    """Cluster ``bench-rules`` over the same backends as ``bench``, with ``n`` key rules that share the
+    benchmark keys' first bytes (``key:``, ``counter:``, ``my``) but match none of them: a key walks the
+    rules' trie a few bytes and hashes as without rules, so both clusters route every key alike."""
+    name = f"{CLUSTER}-rules"
+    client = connect(zk.address)
+    try:
+        groups = Groups(tuple(Group(f"g{i + 1}", b.address) for i, b in enumerate(backends)))
+        slots = SlotTable(tuple(even_split(groups.ids())))
+        store = ClusterStore(client, name)
+        store.create(Meta(mode="cache", created_at=time.time()), groups, slots)
+        stems = [b"key:", b"counter:", b"my"]
+        rules = tuple(KeyRule(stems[i % len(stems)] + b"x%d:" % i, b"t%d" % i) for i in range(n))
+        store.commit([store.keyrules_op(KeyRules(rules), -1)])
+    finally:
+        client.stop()
+        client.close()
+    return name
+
+
 def nutcracker_config(port: int, backends: list[str], distribution: str = "modula") -> str:
     """twemproxy pool over ``backends`` set up like kvstore-proxy: one connection per backend,
     connected at start, never ejecting a server, no timeout (kvstore's per-request timeout only
@@ -199,14 +220,14 @@ def checkout(ref: str, dest: Path) -> Path:
 
 def start_kvstore(stack: contextlib.ExitStack, tmp: Path, zk: LocalProcess,
                   extra_args: list[str] | None = None, name: str = "kvstore", root: Path = ROOT,
-                  workers: int = 1) -> Target:
+                  workers: int = 1, cluster: str = CLUSTER) -> Target:
     """kvstore-proxy --workers N; ``root`` is the source tree it runs from (``checkout`` for a baseline)."""
     if not (root / "kvstore_proxy" / "__main__.py").exists():
         raise ProcessError("kvstore_proxy has no __main__.py yet: run with --targets direct,nutcracker")
     d = tmp / f"{name}-proxy"
     d.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk.address, "--cluster", CLUSTER,
+    argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk.address, "--cluster", cluster,
             "--listen", f"127.0.0.1:{port}", "--workers", str(workers),
             # like nutcracker here: no client limit, logs warnings only
             "--max-clients", "100000", "--log-level", "warning", *(extra_args or [])]

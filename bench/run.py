@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--baseline", metavar="REF",
                     help="also run kvstore-proxy as of git REF (e.g. main) as target 'base', in the same "
                          "rounds: what a change costs shows as kvstore/base")
+    ap.add_argument("--rules", type=int, default=0, metavar="N",
+                    help="also run kvstore-proxy --workers 1 of a cluster with N key rules as target 'rules', in "
+                         "the same rounds (none matches the benchmark's keys): what N rules cost, as rules/kvstore")
     ap.add_argument("--proxy-arg", action="append", default=[],
                     help="extra argument for kvstore-proxy (repeatable), e.g. --proxy-arg=--log-level=warning")
     ap.add_argument("--name", help="results file name without extension (default: latest; --quick: quick)")
@@ -90,6 +93,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.target_list = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.baseline and "base" not in args.target_list:
         args.target_list.append("base")
+    if args.rules and "rules" not in args.target_list:
+        args.target_list.append("rules")
+    if "rules" in args.target_list and not args.rules:
+        ap.error("--targets rules needs --rules N")
     if "base" in args.target_list and not args.baseline:
         ap.error("--targets base needs --baseline REF")
     bad = [t for t in args.target_list if t not in report.TARGETS]
@@ -291,11 +298,15 @@ def main(argv: list[str] | None = None) -> int:
                 targets["nutcracker"] = cluster.start_nutcracker(stack, tmp, backends, args.distribution,
                                                                  args.nutcracker_mbuf)
             kvstores = [t for t in ("kvstore", "kvstore2") if t in args.target_list]
-            if kvstores or "base" in args.target_list:
+            if kvstores or "base" in args.target_list or "rules" in args.target_list:
                 zk = cluster.start_zk_cluster(stack, tmp, backends)
             for name in kvstores:
                 targets[name] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name=name,
                                                       workers=2 if name == "kvstore2" else 1)
+            if "rules" in args.target_list:
+                targets["rules"] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name="rules",
+                                                         cluster=cluster.add_rules_cluster(zk, backends, args.rules))
+                targets["rules"].note += f" ({args.rules} key rules)"
             if "base" in args.target_list:
                 tree = cluster.checkout(args.baseline, tmp / "baseline-tree")
                 targets["base"] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name="base", root=tree)
@@ -318,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.rounds()
             idle_results = []
             if idle_conns:
-                for name in [p for p in proxies if p not in ("kvstore2", "base")]:
+                for name in [p for p in proxies if p not in ("kvstore2", "base", "rules")]:
                     print(f"idle connections: {idle_conns:,} to {name} ...", flush=True)
                     res = idle.run(name, targets[name].port, targets[name].tree, idle_conns)  # type: ignore[arg-type]
                     idle_results.append(res)
@@ -339,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds_per_measurement": args.seconds, "keyspace": args.keyspace,
                 "pipelines": args.pipeline_list, "tests": [t.name for t in args.test_list],
                 "idle_conns": idle_conns, "quick": args.quick, "elapsed_s": round(elapsed, 1),
-                "baseline": args.baseline,
+                "baseline": args.baseline, "rules": args.rules,
             },
             "targets": {n: {"port": t.port, "note": t.note} for n, t in targets.items()},
             "sanity_check_errors": sanity,
@@ -378,7 +389,7 @@ def finish(doc: dict[str, Any], out: Path, name: str) -> None:
     row_order = [(t, p) for p in cfg["pipelines"] for t in cfg["tests"]]
     table = report.build_rows(measurements, row_order, cfg["targets"])
     idle_results = [report.IdleResult(**{k: r.get(k) for k in IDLE_FIELDS}) for r in doc["idle_connections"]]
-    lines = report.summary_lines(table, doc["rss_bytes"], idle_results, cfg.get("baseline"))
+    lines = report.summary_lines(table, doc["rss_bytes"], idle_results, cfg.get("baseline"), cfg.get("rules") or 0)
     lines += [f"sanity check FAILED: {err}" for err in doc["sanity_check_errors"].values() if err]
     doc["rows"] = [r.to_json() for r in table]
     doc["idle_connections"] = [r.to_json() for r in idle_results]
