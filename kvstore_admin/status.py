@@ -79,6 +79,12 @@ def collect(store: ClusterStore, node_timeout: float = NODE_TIMEOUT,
     in_progress = _reshard(store)
     if in_progress is not None and "error" in in_progress:
         problems.append(in_progress["error"])
+    rules = _keyrules(store)
+    if "error" in rules:
+        problems.append(rules["error"])
+    elif rules["change"] is not None:
+        problems.append(f"key rule change in progress ({rules['change']}): its keys' requests wait "
+                        "until it is done ('kvstore-admin keyrule resume' if it stopped)")
     return {
         "cluster": store.cluster,
         "mode": meta.value.mode,
@@ -94,6 +100,7 @@ def collect(store: ClusterStore, node_timeout: float = NODE_TIMEOUT,
         },
         "groups": group_rows,
         "reshard": in_progress,
+        "keyrules": rules,
         "proxies": {"count": len(proxies), "items": proxies},
         "sentinels": {"count": len(sentinels), "items": sentinels},
         "sentinel_view": view,
@@ -127,6 +134,17 @@ def _reshard(store: ClusterStore) -> dict[str, Any] | None:
     else:
         out["progress"] = None if progress is None else progress.to_json()
     return out
+
+
+def _keyrules(store: ClusterStore) -> dict[str, Any]:
+    """How many key rules, and the change in progress (its request), or why the record is unreadable."""
+    try:
+        record = store.read_keyrules()
+    except CorruptData as exc:
+        return {"error": str(exc)}
+    change = record.value.change
+    return {"rules": len(record.value.rules), "version": record.version,
+            "change": None if change is None else change.request}
 
 
 PROGRESS_STALE = 5.0  # seconds without news from the executor: it is not running any more
@@ -171,6 +189,9 @@ def render(status: dict[str, Any]) -> str:
         f"groups v{status['versions']['groups']}  slots v{status['versions']['slots']}",
         f"slots: {s['owned']}/{s['total']} owned, {s['unowned']} unowned, {len(s['migrating'])} migrating",
     ]
+    rules = status.get("keyrules") or {}
+    if rules.get("rules"):
+        lines.append(f"key rules: {rules['rules']} ('kvstore-admin keyrule list')")
     if status.get("reshard"):
         lines += reshard_text(status["reshard"])
     lines.append("")

@@ -56,8 +56,13 @@ def check_library(name: str) -> str:
     return name
 
 
-def _payload(obj: dict[str, object], what: str) -> bytes:
-    text = codec.field(obj, "body", str, what)
+def encode_body(body: bytes) -> bytes:
+    return codec.dump_object({"body": base64.b64encode(body).decode()})
+
+
+def decode_body(raw: bytes | str, what: str) -> bytes:
+    """The body of a registry record: base64 in JSON, at most ``MAX_BODY`` bytes."""
+    text = codec.field(codec.load_object(raw, what), "body", str, what)
     try:
         body = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -78,12 +83,12 @@ class Script:
         return sha1(self.body)
 
     def encode(self) -> bytes:
-        return codec.dump_object({"body": base64.b64encode(self.body).decode()})
+        return encode_body(self.body)
 
     @classmethod
     def decode(cls, raw: bytes | str, name: str) -> Script:
         what = f"script {name}"
-        body = _payload(codec.load_object(raw, what), what)
+        body = decode_body(raw, what)
         if sha1(body) != check_sha(name):
             raise ModelError(f"{what}: the body's SHA1 is {sha1(body)}, not its name")
         return cls(body)
@@ -100,12 +105,12 @@ class Library:
         return library_name(self.code)
 
     def encode(self) -> bytes:
-        return codec.dump_object({"body": base64.b64encode(self.code).decode()})
+        return encode_body(self.code)
 
     @classmethod
     def decode(cls, raw: bytes | str, name: str) -> Library:
         what = f"function library {name}"
-        code = _payload(codec.load_object(raw, what), what)
+        code = decode_body(raw, what)
         if library_name(code) != check_library(name):
             raise ModelError(f"{what}: its code declares library {library_name(code)!r}")
         return cls(code)

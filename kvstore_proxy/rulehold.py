@@ -26,7 +26,7 @@ import structlog
 from kvstore_cluster.keyrules import KeyRules
 from kvstore_proxy import resp
 from kvstore_proxy.datapath import notify
-from kvstore_proxy.migrating import HOLD_MAX_BYTES, HOLD_SECONDS, request_keys
+from kvstore_proxy.migrating import HOLD_MAX_BYTES, HOLD_SECONDS, Held, request_keys
 
 log = structlog.get_logger("kvstore.proxy.rulehold")
 
@@ -53,16 +53,6 @@ class Change:
         return owners[self.old.key_slot(key)] != owners[self.new.key_slot(key)]
 
 
-class _Held:
-    __slots__ = ("r", "raw", "keys", "deadline")
-
-    def __init__(self, r: Any, raw: bytes, keys: list[bytes], deadline: float):
-        self.r = r
-        self.raw = raw
-        self.keys = keys
-        self.deadline = deadline
-
-
 class RuleHub:
     """The slot table entry of one hub slot during a rule change; ``base`` is what the slot has otherwise."""
 
@@ -74,7 +64,7 @@ class RuleHub:
         self.change = change
         self.slot = slot
         self.base = base
-        self.held: deque[_Held] = deque()
+        self.held: deque[Held] = deque()
         self.timer: asyncio.TimerHandle | None = None
         self.evicted = False
         # RESP3 sessions use the twin, whose requests go to the base's RESP3 twin.
@@ -104,7 +94,7 @@ class RuleHub:
     def send(self, r: Any, raw: bytes) -> None:
         keys = request_keys(r, raw)
         if self.evicted:
-            _redispatch(self.router, [_Held(r, raw, keys, 0.0)], self.is_resp3)
+            _redispatch(self.router, [Held(r, raw, keys, 0.0)], self.is_resp3)
             return
         moves = self.change.moves
         if not any(moves(k) for k in keys):
@@ -116,7 +106,7 @@ class RuleHub:
             return
         router.held_bytes += len(raw)
         router.requests_held += 1
-        self.held.append(_Held(r, raw, keys, time.monotonic() + HOLD_SECONDS))
+        self.held.append(Held(r, raw, keys, time.monotonic() + HOLD_SECONDS))
         if self.timer is None:
             self.timer = asyncio.get_running_loop().call_later(TICK, self._tick)
 
@@ -124,7 +114,7 @@ class RuleHub:
         self.timer = None
         now = time.monotonic()
         if self.held and self.held[0].deadline <= now:
-            kept: deque[_Held] = deque()
+            kept: deque[Held] = deque()
             for h in self.held:
                 if h.deadline <= now:
                     self.router.held_bytes -= len(h.raw)
@@ -135,7 +125,7 @@ class RuleHub:
         if self.held:
             self.timer = asyncio.get_running_loop().call_later(TICK, self._tick)
 
-    def evict(self) -> list[_Held]:
+    def evict(self) -> list[Held]:
         """This hub left the table (the change is committed, or the router fenced): its held requests."""
         self.evicted = True
         if self.timer is not None:
@@ -179,7 +169,7 @@ def release(router: Any, gone: list[RuleHub]) -> None:
             _redispatch(router, h.evict(), h.is_resp3)
 
 
-def _redispatch(router: Any, held: list[_Held], resp3: bool) -> None:
+def _redispatch(router: Any, held: list[Held], resp3: bool) -> None:
     slot = router.slotter.key_slot
     table = router.slot_backend
     for h in held:

@@ -10,7 +10,7 @@ import structlog
 from kvstore_cluster.ops.errors import OpError
 from kvstore_cluster.ops.fence import NO_FENCE, Fence
 from kvstore_cluster.proxy_registration import ProxyRegistration
-from kvstore_cluster.store import ClusterStore
+from kvstore_cluster.store import ClusterStore, Records
 
 log = structlog.get_logger("kvstore.ops.barrier")
 
@@ -25,12 +25,13 @@ class BarrierTimeout(OpError):
 
 def wait_for_proxies(store: ClusterStore, applied: Callable[[ProxyRegistration], int], version: int,
                      timeout: float, what: str, fence: Fence = NO_FENCE,
-                     check: Callable[[], None] | None = None) -> None:
+                     check: Callable[[Records[ProxyRegistration]], None] | None = None) -> None:
     """Return once ``applied(registration) >= version`` for every registered proxy (none: at once).
 
     A proxy registers a version only once every request it routed by the previous one was
     answered, so past the barrier no request of the old routing is still on its way. An
-    unreadable registration counts as stale. ``check`` runs on every poll (it may raise to stop).
+    unreadable registration counts as stale. ``check`` sees the registrations of every poll (it may
+    raise to stop).
     Raises :class:`BarrierTimeout` naming the proxies still behind after ``timeout`` seconds.
     """
     began = time.monotonic()
@@ -38,9 +39,9 @@ def wait_for_proxies(store: ClusterStore, applied: Callable[[ProxyRegistration],
     pause = 0.001
     while True:
         fence.check()
-        if check is not None:
-            check()
         proxies = store.proxies()
+        if check is not None:
+            check(proxies)
         stale: dict[str, int | None] = {pid: None for pid in proxies.malformed}
         stale.update({pid: applied(reg) for pid, reg in proxies.items.items() if applied(reg) < version})
         if not stale:

@@ -51,6 +51,7 @@ from kvstore_cluster import paths
 from kvstore_cluster.model import Migration, SlotTable
 from kvstore_cluster.node import Node
 from kvstore_cluster.ops import mover
+from kvstore_cluster.ops.barrier import BarrierTimeout, wait_for_proxies
 from kvstore_cluster.ops.context import crash_point
 from kvstore_cluster.ops.errors import OpError, ReshardInProgress, ReshardStopped
 from kvstore_cluster.ops.fence import NO_FENCE, Fence
@@ -328,31 +329,18 @@ class Executor:
         A proxy registers a version only once every request it sent before applying it has been
         answered, so past the barrier no request of the old table is still on its way to a source.
         """
-        deadline = time.monotonic() + self.options.timeout
-        pause = 0.001
-        while True:
-            self.fence.check()
-            proxies = self.store.proxies()
+        def check(proxies: Records[ProxyRegistration]) -> None:
             if state.phase in ("marked", "moving"):
                 self._check_proxies_migrate(proxies, state)
-            stale: dict[str, int | None] = {pid: None for pid in proxies.malformed}
-            stale.update({pid: reg.slots_version for pid, reg in proxies.items.items()
-                          if reg.slots_version < version})
-            if not stale:
-                log.debug("reshard_barrier", version=version, seconds=round(time.monotonic() - deadline +
-                                                                            self.options.timeout, 3))
-                return
-            if time.monotonic() >= deadline:
-                names = ", ".join(f"{pid} (at {v if v is not None else 'unknown'})" for pid, v in sorted(stale.items()))
-                raise ReshardStopped(
-                    f"proxies did not apply slots version {version} within {self.options.timeout:g}s: {names}. "
-                    f"The reshard is stopped at {state.describe()} and is resumable: fix or stop those proxies "
-                    "(a stopped proxy's node goes away with its ZooKeeper session), then run "
-                    "'kvstore-admin reshard --resume'")
-            # Proxies apply a table within milliseconds, and newly marked slots are held until
-            # this barrier passes: poll fast at first, then back off a little.
-            time.sleep(pause)
-            pause = min(pause * 2, 0.02)
+
+        try:
+            wait_for_proxies(self.store, lambda reg: reg.slots_version, version, self.options.timeout, "slots",
+                             self.fence, check)
+        except BarrierTimeout as exc:
+            raise ReshardStopped(
+                f"{exc}. The reshard is stopped at {state.describe()} and is resumable: fix or stop those proxies "
+                "(a stopped proxy's node goes away with its ZooKeeper session), then run "
+                "'kvstore-admin reshard --resume'") from None
 
     def _check_marks(self, state: ReshardState) -> None:
         """Stop unless the slot table still marks every migration of this step (and we may still act).

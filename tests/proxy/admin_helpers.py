@@ -1,4 +1,4 @@
-"""kvstore-admin from proxy tests: in-process (click's runner) or as a real process (for the crash hooks)."""
+"""kvstore-admin from proxy tests (in-process, or as a real process for the crash hooks), and the cluster's tables."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from click.testing import CliRunner, Result
 
 from kvstore_admin.cli import cli
+from kvstore_cluster.store import ClusterStore, connect
 
 
 def admin(zk_hosts: str, *args: str, cluster: str = "test") -> Result:
@@ -20,3 +21,13 @@ def admin_process(zk_hosts: str, *args: str, cluster: str = "test", env: dict[st
     argv = [sys.executable, "-c", "from kvstore_admin.cli import main; main()",
             "--zk", zk_hosts, "--cluster", cluster, *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def slot_owner(zk_hosts: str, slot: int, cluster: str = "test") -> str | None:
+    """The group owning ``slot`` now."""
+    client = connect(zk_hosts)
+    try:
+        return ClusterStore(client, cluster).read_slots().value.owner(slot)
+    finally:
+        client.stop()
+        client.close()

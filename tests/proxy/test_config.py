@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
+from kvstore_admin.processes import wait_until
 from kvstore_cluster.node_config import NodeConfig, refusal
 from kvstore_cluster.store import ClusterStore
 
@@ -24,12 +24,6 @@ def _record(c: ProxyCluster) -> NodeConfig:
         client.stop()
         client.close()
 
-
-def _wait(predicate, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_the_policy_says_why() -> None:
@@ -54,8 +48,8 @@ def test_config_get_set_and_refusals(shared_cluster: ProxyCluster) -> None:
     assert {c.direct(g).config_get("maxmemory-policy")["maxmemory-policy"] for g in c.nodes} == {"allkeys-lru"}
     assert pc.config_get("notify-keyspace-events")["notify-keyspace-events"] == "AKE"
     # kept in ZooKeeper, as the masters report the values
-    _wait(lambda: _record(c).params.get("notify-keyspace-events") == "AKE"
-          and _record(c).params.get("maxmemory-policy") == "allkeys-lru", "the record")
+    wait_until(lambda: _record(c).params.get("notify-keyspace-events") == "AKE"
+               and _record(c).params.get("maxmemory-policy") == "allkeys-lru", 10, "the record")
     # several at once; a value a node refuses is the client's error
     assert pc.execute_command("CONFIG", "SET", "hz", "15", "slowlog-max-len", "200") == b"OK"
     with pytest.raises(redis.ResponseError, match="argument|Invalid|must be"):
@@ -80,7 +74,7 @@ def test_a_parameter_that_differs_between_groups_is_flagged(shared_cluster: Prox
     assert admin(c.zk_hosts, "check", cluster=c.name).exit_code == 0
     c.direct("g2").config_set("hz", "33")  # behind the proxy's back
     assert pc.config_get("hz") == {"hz": "10"}  # the first group's value...
-    _wait(lambda: "config_differs" in c.proxy.output(), "the proxy to log it")  # type: ignore[union-attr]
+    wait_until(lambda: "config_differs" in c.proxy.output(), 10, "the proxy to log it")  # type: ignore[union-attr]
     found = admin(c.zk_hosts, "check", "--json", cluster=c.name)
     assert found.exit_code == 16, found.output
     assert json.loads(found.output)["config_differs"]["hz"] == {"g1": "10", "g2": "33", "g3": "10"}

@@ -10,6 +10,7 @@ import time
 import pytest
 import redis
 
+from kvstore_admin.processes import wait_until
 from kvstore_cluster import paths
 from kvstore_cluster.codec import ModelError
 from kvstore_cluster.keyrules import KeyRule, KeyRules, RuleChange, tag_slot
@@ -18,7 +19,7 @@ from kvstore_cluster.ops.rule_change import added, glob_escape, removed
 from kvstore_cluster.slots import key_slot
 from kvstore_cluster.store import ClusterStore
 
-from .admin_helpers import admin, admin_process
+from .admin_helpers import admin, admin_process, slot_owner
 from .conftest import ProxyCluster
 
 
@@ -94,13 +95,8 @@ def _rules(c: ProxyCluster, *args: str, expect: int = 0) -> dict:  # type: ignor
     return json.loads(result.output) if expect == 0 else {}
 
 
-def _owner_of_slot(c: ProxyCluster, slot: int) -> str:
-    client = c.zk()
-    try:
-        return ClusterStore(client, c.name).read_slots().value.owner(slot)  # type: ignore[return-value]
-    finally:
-        client.stop()
-        client.close()
+def _owner_of_slot(c: ProxyCluster, slot: int) -> str | None:
+    return slot_owner(c.zk_hosts, slot, c.name)
 
 
 def _where(c: ProxyCluster, key: bytes) -> list[str]:
@@ -243,6 +239,8 @@ def test_a_change_interrupted_is_held_then_resumed(rules_cluster: ProxyCluster) 
     assert crashed.returncode == CRASH_HOOK_EXIT, crashed.stderr
     listed = _rules(c, "list")
     assert listed["change"]["request"] == "add --tag jobs job:" and listed["rules"] == []
+    status = json.loads(admin(c.zk_hosts, "status", "--json", cluster=c.name).output)
+    assert status["keyrules"]["change"] == "add --tag jobs job:" and not status["healthy"]
     target = _owner_of_slot(c, key_slot(b"jobs"))
     moving = next(k for k in keys if _owner_of_slot(c, key_slot(k)) != target)
     staying = next(k for k in keys if _owner_of_slot(c, key_slot(k)) == target)
@@ -268,7 +266,27 @@ def test_a_change_interrupted_is_held_then_resumed(rules_cluster: ProxyCluster) 
     assert admin(c.zk_hosts, "check", cluster=c.name).exit_code == 0
 
 
-def test_garbage_in_the_rules_znode(rules_cluster: ProxyCluster) -> None:
+def test_keyspace_notifications_follow_the_rules(rules_cluster: ProxyCluster) -> None:
+    """A keyspace channel lives with its key's slot, the rules applied: the notification arrives."""
+    c = rules_cluster
+    assert c.proxy is not None
+    _rules(c, "add", "--tag", "ks", "ks:")
+    pc = c.proxy.client()
+    pc.config_set("notify-keyspace-events", "KA")
+    try:
+        sub = c.proxy.client().pubsub()
+        sub.subscribe("__keyspace@0__:ks:item")
+        assert sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        pc.set("ks:item", "1")
+        message = sub.get_message(timeout=5)
+        assert message is not None and message["data"] == b"set", message
+        assert c.direct(_owner_of_slot(c, key_slot(b"ks"))).get("ks:item") == b"1"
+        sub.close()
+    finally:
+        pc.config_set("notify-keyspace-events", "")
+
+
+def test_garbage_in_the_rules_and_options_znodes(rules_cluster: ProxyCluster) -> None:
     c = rules_cluster
     assert c.proxy is not None
     _rules(c, "add", "--tag", "t", "g:")
@@ -280,12 +298,18 @@ def test_garbage_in_the_rules_znode(rules_cluster: ProxyCluster) -> None:
         client.set(paths.keyrules(c.name), b'{"format":1,"rules":[{"prefix":""}]}')
         result = admin(c.zk_hosts, "keyrule", "list", cluster=c.name)
         assert result.exit_code == 7 and "keyrules holds malformed data" in result.output
-        deadline = time.monotonic() + 10
-        while "keyrules_rejected" not in c.proxy.output() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "keyrules_rejected" in c.proxy.output()
+        wait_until(lambda: "keyrules_rejected" in c.proxy.output(), 10, "the proxy to reject the rules")
         assert pc.get("g:1") == b"v" and pc.rpoplpush("g:a", "g:b") is None  # still by the rules it had
         client.set(paths.keyrules(c.name), data)
+        # the options: a keyless tag that is not a string
+        client.ensure_path(paths.options(c.name))
+        options, _ = client.get(paths.options(c.name))
+        client.set(paths.options(c.name), b'{"format":1,"options":{"keyless-tag":7}}')
+        result = admin(c.zk_hosts, "option", "list", cluster=c.name)
+        assert result.exit_code == 7 and "must be a string" in result.output
+        wait_until(lambda: "options_rejected" in c.proxy.output(), 10, "the proxy to reject the options")
+        assert pc.eval("return 1", 0) == 1 and pc.get("g:1") == b"v"
+        client.set(paths.options(c.name), options or b'{"format":1,"options":{}}')
     finally:
         client.stop()
         client.close()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from kvstore_admin.processes import LocalProcess, start_redis
+from kvstore_admin.processes import LocalProcess, start_redis, wait_until
 from kvstore_cluster.slots import key_slot
 from kvstore_cluster.store import ClusterStore
 
@@ -19,12 +18,6 @@ from .conftest import ProxyCluster, ProxyProcess, _make_cluster
 GET_KEY = "return redis.call('GET', KEYS[1])"
 LIB = "#!lua name=replay\nredis.register_function('rp_get', function(keys, args) return redis.call('GET', keys[1]) end)"
 
-
-def _wait(predicate, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +47,10 @@ def _node(address: str) -> redis.Redis:
     return redis.Redis(host=host, port=int(port), socket_timeout=10)
 
 
+def _events(address: str) -> str:
+    return str(_node(address).config_get("notify-keyspace-events")["notify-keyspace-events"])
+
+
 def _key_of(c: ProxyCluster, gid: str, prefix: str) -> bytes:
     slots = _groups(c)[1]
     return next(k for k in (f"{prefix}:{i}".encode() for i in range(100000)) if slots.owner(key_slot(k)) == gid)
@@ -70,8 +67,7 @@ def test_everything_set_cluster_wide_reaches_new_groups_and_new_masters(rc: Prox
     groups, _ = _groups(c)
     for g in groups:  # every node of every group, replicas too
         for address in (g.master, *g.replicas):
-            _wait(lambda a=address: _node(a).config_get("notify-keyspace-events")["notify-keyspace-events"] == "AKE",
-                  f"{address} to get the parameter")
+            wait_until(lambda a=address: _events(a) == "AKE", 10, f"{address} to get the parameter")
 
     # a group added afterwards: its nodes get the parameters when added, the scripts and
     # libraries when the proxy first connects
@@ -82,7 +78,7 @@ def test_everything_set_cluster_wide_reaches_new_groups_and_new_masters(rc: Prox
                   cluster=c.name)
     assert added.exit_code == 0, added.output
     for node in (master, replica):
-        assert _node(node.address).config_get("notify-keyspace-events")["notify-keyspace-events"] == "AKE"
+        assert _events(node.address) == "AKE"
     moved = admin(c.zk_hosts, "rebalance", cluster=c.name)
     assert moved.exit_code == 0, moved.output
     k3 = _key_of(c, "g3", "new")
@@ -100,7 +96,7 @@ def test_everything_set_cluster_wide_reaches_new_groups_and_new_masters(rc: Prox
     assert switched.exit_code == 0, switched.output
     new_master = _groups(c)[0].get("g1").master  # type: ignore[union-attr]
     assert new_master != old_master and not _node(new_master).script_exists(sha)[0]
-    _wait(lambda: _attempt(lambda: pc.evalsha(sha, 1, k1)) == b"on g1", "EVALSHA on the new master")
+    wait_until(lambda: pc.evalsha(sha, 1, k1) == b"on g1", 10, "EVALSHA on the new master")
     assert pc.fcall("rp_get", 1, k1) == b"on g1"
 
     # a node whose parameters drifted (restarted from an older config file): the sentinel leader
@@ -108,12 +104,5 @@ def test_everything_set_cluster_wide_reaches_new_groups_and_new_masters(rc: Prox
     drifted = _groups(c)[0].get("g2").replicas[0]  # type: ignore[union-attr]
     _node(drifted).config_set("notify-keyspace-events", "")
     sentinels.start(c.zk_hosts, c.name, "--interval", "0.2")
-    _wait(lambda: _node(drifted).config_get("notify-keyspace-events")["notify-keyspace-events"] == "AKE",
-          "the sentinel to set it back", timeout=20)
+    wait_until(lambda: _events(drifted) == "AKE", 20, "the sentinel to set it back")
 
-
-def _attempt(fn):  # type: ignore[no-untyped-def]
-    try:
-        return fn()
-    except redis.RedisError as exc:
-        return exc

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 import redis
 
+from kvstore_admin.processes import wait_until
 from kvstore_cluster import paths
 from kvstore_cluster.keyrules import tag_slot
 from kvstore_cluster.scripts import Library, Script, library_name
 from kvstore_cluster.slots import key_slot
 from kvstore_cluster.store import ClusterStore
 
-from .admin_helpers import admin
+from .admin_helpers import admin, slot_owner
 from .conftest import ProxyCluster
 from .test_commands import keys_on_every_group
 
@@ -27,20 +27,9 @@ redis.register_function{function_name='kv_ro', callback=function(keys, args) ret
 LIB2 = LIB.replace("kvlib", "kvlib2").replace("kv_get", "kv_get2").replace("kv_ro", "kv_ro2")
 
 
-def _wait(predicate, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
-
-def _owner(c: ProxyCluster, slot: int) -> str:
-    client = c.zk()
-    try:
-        return ClusterStore(client, c.name).read_slots().value.owner(slot)  # type: ignore[return-value]
-    finally:
-        client.stop()
-        client.close()
+def _owner(c: ProxyCluster, slot: int) -> str | None:
+    return slot_owner(c.zk_hosts, slot, c.name)
 
 
 def _libraries(listing) -> list[bytes]:  # type: ignore[no-untyped-def]
@@ -101,8 +90,8 @@ def test_keyless_scripts_run_on_the_keyless_tag_s_group(sc: ProxyCluster) -> Non
     tag = next(t for t in (f"t{i}" for i in range(100)) if _owner(sc, tag_slot(t.encode())) != _owner(sc, 0))
     assert admin(sc.zk_hosts, "option", "set", "keyless-tag", tag, cluster=sc.name).exit_code == 0
     group = _owner(sc, tag_slot(tag.encode()))
-    _wait(lambda: pc.eval(SET_ANY, 0, "kl:b", "2") in (True, b"OK") and sc.direct(group).get("kl:b") == b"2",
-          "the option to apply")
+    wait_until(lambda: pc.eval(SET_ANY, 0, "kl:b", "2") in (True, b"OK") and sc.direct(group).get("kl:b") == b"2",
+               10, "the option to apply")
     sha = pc.script_load(SET_ANY)
     assert pc.evalsha(sha, 0, "kl:c", "3") in (True, b"OK") and sc.direct(group).get("kl:c") == b"3"
     assert pc.eval_ro("return 'ro'", 0) == b"ro"
@@ -121,10 +110,10 @@ def test_script_load_exists_flush_on_every_group(sc: ProxyCluster) -> None:
     for k in keys_on_every_group(sc, 1):
         pc.set(k, k)
         assert pc.evalsha(sha, 1, k) == k
-    _wait(lambda: _registry(sc)[0] == [sha], "the script to be registered")
+    wait_until(lambda: _registry(sc)[0] == [sha], 10, "the script to be registered")
     assert pc.script_flush() is True
     assert not any(sc.direct(g).script_exists(sha)[0] for g in sc.nodes)
-    _wait(lambda: _registry(sc)[0] == [], "the registry to be emptied")
+    wait_until(lambda: _registry(sc)[0] == [], 10, "the registry to be emptied")
     with pytest.raises(redis.exceptions.NoScriptError):
         pc.evalsha(sha, 1, "sl:x")
     with pytest.raises(redis.ResponseError, match="SYNC|ASYNC"):
@@ -140,7 +129,7 @@ def test_a_script_run_with_eval_works_by_sha_on_every_group(sc: ProxyCluster) ->
         pc.set(k, k)
     assert pc.eval(GET_KEY, 1, keys[0]) == keys[0]  # only one group has seen the script
     sha = hashlib.sha1(GET_KEY.encode()).hexdigest()
-    _wait(lambda: _registry(sc)[0] == [sha], "the script to be registered")
+    wait_until(lambda: _registry(sc)[0] == [sha], 10, "the script to be registered")
     assert [pc.evalsha(sha, 1, k) for k in keys] == keys  # loaded where it was missing
     # a group whose cache is flushed behind the proxy's back: the NOSCRIPT is repaired unseen
     for g in sc.nodes:
@@ -161,25 +150,26 @@ def test_functions_are_the_same_on_every_group(sc: ProxyCluster) -> None:
     assert _everywhere(sc) == [[b"kvlib"]] * 3
     assert [pc.fcall("kv_get", 1, k) for k in keys] == keys
     assert pc.fcall_ro("kv_ro", 1, keys[0]) == b"ro"
+    assert pc.fcall_ro("kv_ro", 0) == b"ro"  # no key: on the keyless tag's group
     with pytest.raises(redis.ResponseError, match="Library 'kvlib' already exists"):
         pc.function_load(LIB)
     assert pc.function_load(LIB, replace=True) == b"kvlib"
     assert _libraries(pc.function_list()) == [b"kvlib"]
     listed = pc.function_list(library="kv*", withcode=True)
     assert LIB.encode() in listed[0]  # type: ignore[index,operator]
-    _wait(lambda: _registry(sc)[1] == ["kvlib"], "the library to be registered")
+    wait_until(lambda: _registry(sc)[1] == ["kvlib"], 10, "the library to be registered")
     dump = pc.function_dump()
     assert pc.function_delete("kvlib") in (True, b"OK")
-    _wait(lambda: _registry(sc)[1] == [], "the library to be unregistered")
+    wait_until(lambda: _registry(sc)[1] == [], 10, "the library to be unregistered")
     assert _everywhere(sc) == [[]] * 3
     with pytest.raises(redis.ResponseError, match="Library not found"):
         pc.function_delete("kvlib")
     assert pc.function_restore(dump) in (True, b"OK")
     assert [pc.fcall("kv_get", 1, k) for k in keys] == keys
-    _wait(lambda: _registry(sc)[1] == ["kvlib"], "the restored library to be registered")
+    wait_until(lambda: _registry(sc)[1] == ["kvlib"], 10, "the restored library to be registered")
     assert pc.function_load(LIB2) == b"kvlib2"
     assert pc.function_restore(dump, "FLUSH") in (True, b"OK")
-    _wait(lambda: _registry(sc)[1] == ["kvlib"], "the registry to follow a FLUSH restore")
+    wait_until(lambda: _registry(sc)[1] == ["kvlib"], 10, "the registry to follow a FLUSH restore")
     assert _everywhere(sc) == [[b"kvlib"]] * 3
     stats = pc.function_stats()
     assert b"engines" in stats or "engines" in stats  # type: ignore[operator]
@@ -191,7 +181,7 @@ def test_functions_are_the_same_on_every_group(sc: ProxyCluster) -> None:
         pc.function_load("#!lua name=broken\nthis is not lua")
     assert _registry(sc)[1] == ["kvlib"]
     assert pc.function_flush() in (True, b"OK")
-    _wait(lambda: _registry(sc)[1] == [], "the registry to be emptied")
+    wait_until(lambda: _registry(sc)[1] == [], 10, "the registry to be emptied")
     assert _everywhere(sc) == [[]] * 3
 
 
@@ -201,8 +191,8 @@ def test_garbage_in_the_registry_is_logged_and_left_out(sc: ProxyCluster) -> Non
     try:
         client.create(f"{paths.scripts(sc.name)}/{'a' * 40}", b"{not json")
         client.create(f"{paths.functions(sc.name)}/badlib", b'{"body":"aGVsbG8="}')
-        _wait(lambda: sc.proxy.output().count("registry_entry_rejected") >= 2,  # type: ignore[union-attr]
-              "the proxy to reject both")
+        wait_until(lambda: sc.proxy.output().count("registry_entry_rejected") >= 2,  # type: ignore[union-attr]
+                   10, "the proxy to reject both")
         assert pc.ping() and pc.eval("return 1", 0) == 1
     finally:
         client.delete(f"{paths.scripts(sc.name)}/{'a' * 40}")
