@@ -10,7 +10,7 @@ from kvstore_admin.errors import MISPLACED, SETTINGS_DIFFER
 from kvstore_cluster.keyrules import KeyRules
 from kvstore_cluster.model import Group
 from kvstore_cluster.node import Node, NodeError
-from kvstore_cluster.node_config import PER_NODE, as_dict
+from kvstore_cluster.node_config import TUNABLES, as_dict
 from kvstore_cluster.slots import SLOT_COUNT
 from kvstore_cluster.store import ClusterStore
 
@@ -77,7 +77,8 @@ async def _settings(group: Group, password: str | None) -> tuple[dict[str, str],
 
 
 def compare_settings(groups: list[Group], password: str | None) -> dict[str, Any]:
-    """Parameters (but each node's own: port, dir...) and function libraries that differ between groups."""
+    """The tunables set cluster-wide (CONFIG SET through a proxy) and the function libraries that differ
+    between groups."""
     seen: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
     for g in groups:
         try:
@@ -85,7 +86,7 @@ def compare_settings(groups: list[Group], password: str | None) -> dict[str, Any
         except NodeError as exc:
             raise NodeError(f"cannot read the settings of group {g.id}: {exc}") from None
     config: dict[str, dict[str, str | None]] = {}
-    names = sorted({p for params, _ in seen.values() for p in params} - PER_NODE)
+    names = sorted({p for params, _ in seen.values() for p in params} & TUNABLES)
     for name in names:
         values = {gid: params.get(name) for gid, (params, _) in seen.items()}
         if len(set(values.values())) > 1:

@@ -71,15 +71,6 @@ REFUSED: Mapping[str, str] = {
                      "acl-pubsub-default"], "it is about one node's process or security: set it on the node"),
 }  # fmt: skip
 
-# Parameters that are each node's own and may differ between groups (not flagged by 'check').
-PER_NODE = frozenset({"port", "bind", "dir", "dbfilename", "logfile", "pidfile", "replicaof", "slaveof", "masterauth",
-                      "masteruser", "unixsocket", "appendfilename", "appenddirname", "tls-port", "cluster-config-file",
-                      "aclfile", "replica-announce-ip", "replica-announce-port", "slave-announce-ip",
-                      "slave-announce-port", "replica-priority", "slave-priority", "save", "appendonly",
-                      "oom-score-adj-values", "server_cpulist", "bio_cpulist", "aof_rewrite_cpulist",
-                      "bgsave_cpulist", "requirepass", "daemonize", "supervised", "syslog-ident"})
-
-
 def _matches(name: str, pattern: str) -> bool:
     if pattern.endswith("*"):
         return name.startswith(pattern[:-1])

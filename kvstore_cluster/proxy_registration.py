@@ -34,8 +34,8 @@ class ProxyRegistration:
     slots_version: int  # the slots znode version applied (-1: none yet)
     groups_version: int
     fenced: bool  # cut off from ZooKeeper: refusing keyed commands
-    keyrules_version: int = -1  # the keyrules znode version applied (-1: none, or no znode)
     protocols: Mapping[str, int] = field(default_factory=lambda: dict(PROTOCOLS))
+    keyrules_version: int = -1  # the keyrules znode version applied (-1: none, or no znode)
 
     def __post_init__(self) -> None:
         what = f"proxy {self.address}"

@@ -19,7 +19,7 @@ import hiredis
 import structlog
 
 from kvstore_cluster.node import Node, NodeError
-from kvstore_cluster.node_config import PER_NODE, as_dict, refusal
+from kvstore_cluster.node_config import TUNABLES, as_dict, refusal
 from kvstore_cluster.store import StoreError
 from kvstore_proxy import resp
 from kvstore_proxy.inspection import answer_later
@@ -58,7 +58,7 @@ def _note_differences(worker: Worker, values: list[dict[str, str]]) -> None:
     groups = [g.id for g in worker.router.groups] if worker.router.groups is not None else []
     for name in values[0]:
         seen = tuple(v.get(name) for v in values)
-        if name in PER_NODE or len(set(seen)) < 2:
+        if name not in TUNABLES or len(set(seen)) < 2:
             continue
         if worker.config_differences.get(name) != seen:
             worker.config_differences[name] = seen
