@@ -76,6 +76,26 @@ def forward(s: Session, name: bytes, target: Any, r: Reply, raw: bytes, args: li
     target.send(_Repaired(r, target, body, raw), raw)
 
 
+def loads_for(worker: Worker, raws: list[bytes]) -> list[bytes]:
+    """SCRIPT LOAD of each registered script the EVALSHAs among ``raws`` run (a transaction's, sent on a
+    lease: a connection of its own, to a master that may never have seen them)."""
+    registry = worker.registry.scripts
+    out: list[bytes] = []
+    if not registry:
+        return out
+    for raw in raws:
+        if b"evalsha" not in raw[:24].lower():
+            continue
+        reader = hiredis.Reader()
+        reader.feed(raw)
+        args = reader.gets()
+        if isinstance(args, list) and len(args) > 1 and args[0].lower() in EVALSHA:
+            body = registry.get(args[1].lower())
+            if body is not None:
+                out.append(resp.command([b"SCRIPT", b"LOAD", body]))
+    return out
+
+
 class _Repaired:
     """A backend FIFO entry standing for an EVALSHA's Reply: a NOSCRIPT is repaired, not delivered."""
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from kvstore_proxy import answers, commands, resp
+from kvstore_proxy import answers, commands, resp, scripting
 from kvstore_proxy.backend import Backend
 from kvstore_proxy.clientstate import ClientState, finish, prepare, serving, state_of
 from kvstore_proxy.commands import CommandSpec, Kind, Merge
@@ -532,7 +532,7 @@ def _send(part: _Part) -> None:
         lease = got
     part.lease = lease
     part.sent = True
-    raws = [_MULTI, *part.raws, _EXEC]
+    raws = [*scripting.loads_for(s.worker, part.raws), _MULTI, *part.raws, _EXEC]
     lease.on_lost = lambda lease, err: _part_failed(part, err)
 
     def replied(replies: list[bytes]) -> None:

@@ -98,6 +98,9 @@ def test_everything_set_cluster_wide_reaches_new_groups_and_new_masters(rc: Prox
     assert new_master != old_master and not _node(new_master).script_exists(sha)[0]
     wait_until(lambda: pc.evalsha(sha, 1, k1) == b"on g1", 10, "EVALSHA on the new master")
     assert pc.fcall("rp_get", 1, k1) == b"on g1"
+    _node(new_master).script_flush()  # behind the proxy's back: a transaction's lease loads it again
+    with pc.pipeline(transaction=True) as p:  # on a connection of its own (a lease) to the new master
+        assert p.evalsha(sha, 1, k1).fcall("rp_get", 1, k1).execute() == [b"on g1", b"on g1"]
 
     # a node whose parameters drifted (restarted from an older config file): the sentinel leader
     # sets them back
