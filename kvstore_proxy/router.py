@@ -241,7 +241,7 @@ class Router:
     # --- lookups for the slow paths -------------------------------------------------------------
 
     def any_backend(self) -> Any:
-        """Where keyless scripts and static commands go: the first group (fenced: a refusal)."""
+        """Where static commands go (COMMAND INFO, HELP): the first group up (fenced: a refusal)."""
         if self.fenced:
             return self._fence
         for entry in self.group_order:
