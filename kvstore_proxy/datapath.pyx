@@ -5,7 +5,7 @@
 
     client bytes ─► SessionCore.data_received: multibulk parsed in place (offsets, no object per argument)
       │   name ─► session.routes, a dict (empty: every request goes to Session._slow)
-      │   Route of one key ─► Slotter.slot(key) ─► router.slot_backend[slot]
+      │   Route of one key ─► Slotter.slot(key) ─► router.slot_map (its slot_backend, a byte per slot)
       │   Route of a split command (MGET MSET DEL UNLINK EXISTS TOUCH) ─► one sub-request per group
       │   anything else, inline commands too ─► Session._slow(args, raw, t0), in Python
       ▼
@@ -49,7 +49,7 @@ cdef enum:
     KEEP_BUFFER = 64 * 1024             # an output buffer grown past this is given back after a write
     KEEP_INPUT = 1024 * 1024            # the same for the buffer of a partial request or reply
 
-# A Req's or a merge's failure reasons (the text Redis gives after "Protocol error: ")
+# Why a request is not valid (problem_text: what Redis says after "Protocol error: ")
 cdef enum:
     E_MBULK_LEN = 1
     E_BULK_LEN = 2

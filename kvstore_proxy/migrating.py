@@ -37,7 +37,6 @@ import structlog
 from kvstore_cluster.keymove import MOVING_ERROR, TAKE, take_args
 from kvstore_cluster.model import Migration, ModelError
 from kvstore_cluster.reshard_state import ReshardState
-from kvstore_cluster.slots import key_slot
 from kvstore_proxy import commands, resp
 from kvstore_proxy.datapath import notify
 
@@ -297,10 +296,10 @@ class Migrating:
 def redispatch(router: Any, held: list[_Held], resp3: bool) -> None:
     """Requests held by an entry that left the table go where their slot is served now."""
     for h in held:
-        entry = router.slot_backend[key_slot(h.keys[0])] if h.keys else None
+        entry = router.slot_backend[router.slotter.key_slot(h.keys[0])] if h.keys else None
         if entry is not None and resp3:
             entry = getattr(entry, "resp3", None)
-        if entry is None:
+        if entry is None or getattr(entry, "evicted", False):
             done = h.r.fail(HELD_ERROR)
             if done is not None:
                 notify(done, router.outbox)

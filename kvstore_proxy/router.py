@@ -172,6 +172,7 @@ class Router:
             else:  # either side down: nobody can tell where a key of these slots is
                 entry = source if not isinstance(source, Backend) else target
             slot_backend[m.lo : m.hi + 1] = [entry] * (m.hi - m.lo + 1)
+        gone = []
         for old in before:
             if old in kept:
                 continue
@@ -183,11 +184,13 @@ class Router:
                 slot_backend[m.lo: m.hi + 1] = [old] * m.size
                 kept.append(old)
             else:
-                for e in (old, old.resp3):
-                    redispatch(self, e.evict(), e.is_resp3)
+                gone.append(old)
         self.slot_backend = slot_backend
         self.group_order = order
         self.migrating = kept
+        for old in gone:  # their held requests go where the new table says
+            for e in (old, old.resp3):
+                redispatch(self, e.evict(), e.is_resp3)
         self._resume_held()
         self._changed()
 

@@ -166,7 +166,10 @@ class Topology:
                 # What we say we applied is what we applied before draining: a request sent before
                 # a newer table is only covered by the next round's drain.
                 registration = self.registration()
-                await self.worker.router.drained(self.worker.config.timeout)
+                try:
+                    await self.worker.router.drained(self.worker.config.timeout)
+                except Exception as exc:  # noqa: BLE001 - never leave a version unregistered
+                    log.error("drain_before_register_failed", error=str(exc) or type(exc).__name__)
                 try:
                     await self.loop.run_in_executor(None, self.store.register_proxy, self.proxy_id, registration)
                     log.debug("registered", path=self.path, **registration.to_json())

@@ -21,6 +21,7 @@ or locked keys in place, which one task per source then moves in pieces (``big_k
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -43,6 +44,7 @@ log = structlog.get_logger("kvstore.ops.mover")
 SCAN_COUNT = 2000
 MIGRATE_TIMEOUT_MS = 10_000
 SCAN_TIMEOUT = 15.0
+MOVER_NICE = 10  # the movers' thread's nice value (see KeyMover._run)
 KEEP_MAX = 4_000_000  # keys kept for later steps per source; beyond, each step reads the source again
 RESUME_HINT = "run 'kvstore-admin reshard --resume'"
 T = TypeVar("T")
@@ -131,17 +133,17 @@ class SourceMover:
 
     async def move(self, slot_targets: dict[int, str], still_allowed: Callable[[], None]) -> int:
         """Move every key of ``slot_targets``'s slots to its target; returns the number moved."""
-        for s in slot_targets:
-            self.later[s] = 0
         slots = SlotMap(slot_targets)
         work = _Work(self, slots, still_allowed)
         async with work:
             await work.resume_locked(slot_targets)
             if self.read and self.tracker is not None and self.tracker.lost is None:
                 try:
-                    await self.tracker.fence()
+                    await self.tracker.fence()  # the step's slots are still "later" until its writes are in
                 except NodeError:
                     pass
+            for s in slot_targets:
+                self.later[s] = 0
             if self.read and self.tracker is not None and self.tracker.lost is None:
                 pending: dict[int, list[bytes]] = {}
                 for s in slot_targets:
@@ -352,8 +354,18 @@ class KeyMover:
         self.progress = Progress()
         self.sources: dict[str, SourceMover] = {}
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="key-mover", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="key-mover", daemon=True)
         self.thread.start()
+
+    def _run(self) -> None:
+        # The movers yield the CPU to the proxies and their clients when both want it (and lose
+        # nothing on an idle machine); the executor's thread keeps its priority, so the barriers,
+        # during which proxies hold requests, are not delayed.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MOVER_NICE)
+        except (OSError, AttributeError):
+            pass
+        self.loop.run_forever()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Any:
         """Run ``coro`` on the movers' loop; a ``concurrent.futures.Future`` of its result."""

@@ -93,26 +93,48 @@ def split_steps(moves: Sequence[Migration], slots_per_step: int) -> list[list[Mi
     """Cut ``moves`` into steps of at most ``slots_per_step`` slots each (ranges split as needed).
 
     Each step is marked, moved and committed as a unit, so a smaller step keeps fewer slots in
-    the slower migrating state at once; every step costs two proxy barriers and a SCAN per source.
+    the slower migrating state at once; every step costs a proxy barrier. Every step takes an
+    even share of each (source, target) pair's slots, so all sources move keys at once in every
+    step (one source at a time would leave the others idle).
     """
     if slots_per_step < 1:
         raise PlanError("slots per step must be at least 1")
-    steps: list[list[Migration]] = []
-    current: list[Migration] = []
-    room = slots_per_step
+    pairs: dict[tuple[str, str], list[Migration]] = {}
     for m in moves:
-        lo = m.lo
-        while lo <= m.hi:
-            take = min(room, m.hi - lo + 1)
-            current.append(Migration(lo, lo + take - 1, m.source, m.target))
-            lo += take
-            room -= take
-            if room == 0:
-                steps.append(current)
-                current, room = [], slots_per_step
-    if current:
-        steps.append(current)
-    return steps
+        pairs.setdefault((m.source, m.target), []).append(m)
+    total = sum(m.size for m in moves)
+    if not total:
+        return []
+    nsteps = -(-total // slots_per_step)
+    while True:
+        steps = [_take_shares(list(ms), nsteps) for ms in pairs.values()]
+        merged = [sorted((m for pair in steps for m in pair[i]), key=lambda m: (m.lo, m.source, m.target))
+                  for i in range(nsteps)]
+        if all(sum(m.size for m in step) <= slots_per_step for step in merged):
+            return [step for step in merged if step]
+        nsteps += 1  # shares rounded up in the same steps overflowed one: spread them thinner
+
+
+def _take_shares(moves: list[Migration], nsteps: int) -> list[list[Migration]]:
+    """``moves`` (one pair's, in slot order) cut into ``nsteps`` consecutive shares, sizes differing by at most one."""
+    size = sum(m.size for m in moves)
+    base, extra = divmod(size, nsteps)
+    out: list[list[Migration]] = []
+    queue = list(moves)
+    for i in range(nsteps):
+        want = base + (1 if i < extra else 0)
+        share: list[Migration] = []
+        while want and queue:
+            m = queue[0]
+            take = min(want, m.size)
+            share.append(Migration(m.lo, m.lo + take - 1, m.source, m.target))
+            if take == m.size:
+                queue.pop(0)
+            else:
+                queue[0] = Migration(m.lo + take, m.hi, m.source, m.target)
+            want -= take
+        out.append(share)
+    return out
 
 
 def apply_moves(owners: Sequence[str | None], moves: Sequence[Migration]) -> list[str | None]:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import hiredis
 import structlog
 
+from kvstore_cluster import tls
 from kvstore_cluster.codec import parse_address
 from kvstore_cluster.node import NodeError, _pack
 
@@ -44,7 +45,8 @@ class WriteTracker:
     async def start(self) -> None:
         host, port = parse_address(self.address)
         try:
-            reader, self._writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.timeout)
+            reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=tls.for_address(self.address)), self.timeout)
         except (OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             raise NodeError(f"node {self.address} does not answer (tracking writes: {reason})") from None

@@ -92,10 +92,19 @@ def test_slots_of_groups_not_ok_and_unowned_slots_stay_put() -> None:
 def test_split_steps_cuts_ranges_to_the_step_size_and_keeps_every_slot() -> None:
     moves = [Migration(0, 2499, "g1", "g2"), Migration(3000, 3099, "g3", "g2")]
     steps = split_steps(moves, 1000)
-    assert [sum(m.size for m in s) for s in steps] == [1000, 1000, 600]
-    assert steps[2] == [Migration(2000, 2499, "g1", "g2"), Migration(3000, 3099, "g3", "g2")]
+    # Every step moves from both sources at once, an even share of each.
+    assert [sum(m.size for m in s) for s in steps] == [868, 866, 866]
+    assert steps[0] == [Migration(0, 833, "g1", "g2"), Migration(3000, 3033, "g3", "g2")]
+    assert steps[2] == [Migration(1667, 2499, "g1", "g2"), Migration(3067, 3099, "g3", "g2")]
     assert sorted(s for step in steps for m in step for s in range(m.lo, m.hi + 1)) == \
         sorted([*range(0, 2500), *range(3000, 3100)])
+    # One pair: consecutive steps, as even as the step size allows.
+    assert [[(m.lo, m.hi) for m in s] for s in split_steps([Migration(0, 2599, "g1", "g2")], 1000)] == \
+        [[(0, 866)], [(867, 1733)], [(1734, 2599)]]
+    # Shares never push a step past the step size.
+    many = [Migration(i * 10, i * 10 + 6, f"g{i}", "g9") for i in range(8)]
+    assert all(sum(m.size for m in s) <= 10 for s in split_steps(many, 10))
+    assert sum(m.size for s in split_steps(many, 10) for m in s) == 56
 
 
 GROUPS = [f"g{i}" for i in range(1, 7)]

@@ -1,0 +1,78 @@
+"""The key mover against real redis-servers: one read of the source for every step, writes tracked between steps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+from reshard_helpers import keys_in_slots
+
+from kvstore_cluster.ops.mover import Progress, SourceMover, Tuning
+
+STEP1, STEP2 = (0, 99), (100, 199)
+
+
+def _targets(lo_hi: tuple[int, int], target: str) -> dict[int, str]:
+    return {s: target for s in range(lo_hi[0], lo_hi[1] + 1)}
+
+
+def _allowed() -> None:
+    return None
+
+
+def _run_two_steps(source: redis.Redis, source_address: str, target_address: str,
+                   between: object) -> Progress:
+    progress = Progress()
+
+    async def run() -> None:
+        mover = SourceMover(source_address, set(range(STEP2[0], STEP2[1] + 1)), Tuning(batch=50), progress)
+        try:
+            assert await mover.move(_targets(STEP1, target_address), _allowed) == 300
+            between()  # type: ignore[operator]
+            await mover.move(_targets(STEP2, target_address), _allowed)
+        finally:
+            await mover.close()
+
+    asyncio.run(run())
+    return progress
+
+
+def test_keys_written_after_the_pass_move_with_their_step_without_reading_the_source_again(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    src, dst = redis_factory.start(), redis_factory.start()
+    a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
+    first, second = keys_in_slots(*STEP1, 300, "one"), keys_in_slots(*STEP2, 300, "two")
+    other = keys_in_slots(200, 16383, 100, "stay")
+    for k in first + second + other:
+        a.set(k, b"v")
+    late = keys_in_slots(*STEP2, 50, "late")  # written once the pass is over (before step 2's mark)
+
+    def write_late() -> None:
+        for k in late:
+            a.set(k, b"late")
+        a.delete(second[0])  # and one kept key deleted meanwhile: a NOKEY, nothing else
+
+    progress = _run_two_steps(a, src.address, dst.address, write_late)
+    assert progress.scans == 1  # step 2 came from the kept keys and the tracker
+    assert progress.keys == 300 + 299 + 50
+    assert sorted(a.scan_iter(count=1000)) == sorted(other)
+    assert all(b.get(k) == b"late" for k in late) and b.dbsize() == 649
+
+
+def test_a_lost_tracker_makes_the_next_step_read_the_source_again(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    src, dst = redis_factory.start(), redis_factory.start()
+    a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
+    first, second = keys_in_slots(*STEP1, 300, "one"), keys_in_slots(*STEP2, 300, "two")
+    for k in first + second:
+        a.set(k, b"v")
+    late = keys_in_slots(*STEP2, 50, "late")
+
+    def lose_tracker() -> None:
+        tracking = [c for c in a.client_list() if "t" in c["flags"]]
+        assert len(tracking) == 1
+        a.client_kill_filter(_id=tracking[0]["id"])
+        for k in late:  # written while nobody tracks: only a new pass finds them
+            a.set(k, b"late")
+
+    progress = _run_two_steps(a, src.address, dst.address, lose_tracker)
+    assert progress.scans == 2
+    assert a.dbsize() == 0 and b.dbsize() == 650
