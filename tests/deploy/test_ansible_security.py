@@ -4,6 +4,7 @@ TLS only, the proxy's TLS port with client certificates, and users; a second run
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,9 @@ from kvstore_cluster.store import connect  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
+    # About three minutes on 2 cores: make deploy-test runs it, plain make test (CI) does not.
+    pytest.mark.skipif(os.environ.get("KVSTORE_DEPLOY_SECURITY") != "1",
+                       reason="the secured deployment runs with make deploy-test (KVSTORE_DEPLOY_SECURITY=1)"),
     pytest.mark.timeout(900),
     pytest.mark.skipif(tool("ansible-playbook") is None, reason="ansible-playbook is not installed"),
     pytest.mark.skipif(shutil.which("redis-server") is None or not Path("/usr/share/java/zookeeper.jar").exists(),
