@@ -24,8 +24,9 @@ from typing import Any
 # "base" is kvstore-proxy as of another commit (run.py --baseline), to show what a change costs;
 # "rules" is kvstore-proxy --workers 1 of a cluster with N key rules (run.py --rules N), none
 # matching the benchmark's keys: what configured rules cost a key they do not apply to.
-TARGETS = ("direct", "nutcracker", "kvstore", "kvstore2", "base", "rules")
-PROXIES = ("nutcracker", "kvstore", "kvstore2", "base", "rules")
+# "kvstore-tls" is the "kvstore" proxy's --tls-listen port (redis-benchmark --tls): what TLS costs.
+TARGETS = ("direct", "nutcracker", "kvstore", "kvstore2", "kvstore-tls", "base", "rules")
+PROXIES = ("nutcracker", "kvstore", "kvstore2", "kvstore-tls", "base", "rules")
 
 # The targets, for kvstore-proxy --workers 1 against nutcracker in the same run: ops/s >= 1.0x
 # (>= 1.3x for MGET/MSET of 10 keys: one sub-request per group against nutcracker's one per key),
@@ -169,6 +170,9 @@ class Row:
     def rules_ratio(self) -> float | None:
         """kvstore with key rules / the same proxy without, same run."""
         return ratio(self.ops.get("rules"), self.ops.get("kvstore"))
+    def tls_ratio(self) -> float | None:
+        """kvstore over TLS / the same proxy's plain port."""
+        return ratio(self.ops.get("kvstore-tls"), self.ops.get("kvstore"))
 
     @property
     def p99_ratio(self) -> float | None:
@@ -187,6 +191,7 @@ class Row:
             "ratio_kvstore_nutcracker_ops_each_round": self.paired_ratios,
             "ratio_kvstore_base_ops": self.base_ratio,
             "ratio_rules_kvstore_ops": self.rules_ratio,
+            "ratio_kvstore_tls_plain_ops": self.tls_ratio,
             "errors": self.errors,
         }
 
@@ -338,6 +343,14 @@ def summary_lines(rows: Sequence[Row], rss: dict[str, dict[str, int | None]],
         cpu = [(r.label, ratio(r.cpu_s_per_m.get("rules"), r.cpu_s_per_m.get("kvstore"))) for r in with_rules]
         out.append(f"kvstore with {rules} key rules / without, CPU s/1M: "
                    + ", ".join(f"{label} {fmt_ratio(c)}" for label, c in cpu))
+    tls = [r for r in rows if r.tls_ratio is not None]
+    if tls:
+        out.append("TLS: kvstore-proxy --tls-listen / its plain port (same process, same rounds), ops/s: "
+                   + ", ".join(f"{r.label} {fmt_ops(r.ops.get('kvstore-tls'))} vs {fmt_ops(r.ops.get('kvstore'))} "
+                               f"{fmt_ratio(r.tls_ratio)}" for r in tls))
+        cpu = [(r.label, ratio(r.cpu_s_per_m.get("kvstore-tls"), r.cpu_s_per_m.get("kvstore"))) for r in tls]
+        out.append("TLS: kvstore-proxy CPU s/1M, TLS / plain: " + ", ".join(f"{label} {fmt_ratio(c)}"
+                                                                          for label, c in cpu))
     compared = [r for r in rows if r.base_ratio is not None]
     if compared:
         out.append(f"kvstore / base ({baseline or 'baseline'}) ops/s, same run: "

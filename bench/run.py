@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil  # noqa: E402
 
 from bench import chart, cluster, idle, report, workload  # noqa: E402
+from bench.certs import Certs  # noqa: E402
 from bench.cluster import ProcTree, Target  # noqa: E402
 from bench.report import Measurement  # noqa: E402
 from kvstore_admin.processes import ProcessError  # noqa: E402
@@ -55,8 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 rounds of ~0.4 s per measurement (about a minute)")
     ap.add_argument("--targets", default=",".join(t for t in report.TARGETS if t != "base"),
-                    help="comma-separated subset of direct,nutcracker,kvstore,kvstore2 (default: all four; "
-                         "kvstore2 is kvstore-proxy --workers 2)")
+                    help="comma-separated subset of direct,nutcracker,kvstore,kvstore2,kvstore-tls (default: all; "
+                         "kvstore2 is kvstore-proxy --workers 2, kvstore-tls the kvstore proxy's TLS port)")
     ap.add_argument("--tests", default=",".join(t.name.split(" ")[0] for t in workload.TESTS),
                     help="comma-separated tests (default: all): " +
                     ", ".join(t.name.split(" ")[0] for t in workload.TESTS))
@@ -99,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--targets rules needs --rules N")
     if "base" in args.target_list and not args.baseline:
         ap.error("--targets base needs --baseline REF")
+    if "kvstore-tls" in args.target_list and "kvstore" not in args.target_list:
+        ap.error("--targets kvstore-tls needs kvstore (it is that proxy's TLS port)")
     bad = [t for t in args.target_list if t not in report.TARGETS]
     if bad or not args.target_list:
         ap.error(f"--targets: unknown {bad}; choose from {', '.join(report.TARGETS)}")
@@ -184,7 +187,7 @@ class Bench:
         # generous: a slow proxy is measured, a stuck one is reported, neither stops the run
         timeout = max(60.0, self.args.seconds * 20)
         res = workload.run_benchmark(t.port, test, requests, self.args.clients, pipeline,
-                                     self.args.keyspace, timeout)
+                                     self.args.keyspace, timeout, t.bench_args)
         if t.tree:
             m.proxy_cpu_s = t.tree.cpu_seconds() - (cpu0 or 0.0)
             m.proxy_rss = t.tree.rss()
@@ -300,9 +303,20 @@ def main(argv: list[str] | None = None) -> int:
             kvstores = [t for t in ("kvstore", "kvstore2") if t in args.target_list]
             if kvstores or "base" in args.target_list or "rules" in args.target_list:
                 zk = cluster.start_zk_cluster(stack, tmp, backends)
+            tls = None
+            if "kvstore-tls" in args.target_list:  # the "kvstore" proxy's TLS port
+                certs = Certs(tmp / "certs")
+                ca = certs.ca("ca")
+                tls = (ca[0], certs.issue("proxy", ca))
             for name in kvstores:
                 targets[name] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name=name,
-                                                      workers=2 if name == "kvstore2" else 1)
+                                                      workers=2 if name == "kvstore2" else 1,
+                                                      tls=tls[1] if tls and name == "kvstore" else None)
+            if tls:
+                plain = targets["kvstore"]
+                targets["kvstore-tls"] = cluster.Target(
+                    "kvstore-tls", plain.tls_port, plain.proc, plain.tree, f"the kvstore proxy's --tls-listen port "
+                    f"(127.0.0.1:{plain.tls_port}), redis-benchmark --tls", bench_args=("--tls", "--cacert", tls[0]))
             if "rules" in args.target_list:
                 targets["rules"] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name="rules",
                                                          cluster=cluster.add_rules_cluster(zk, backends, args.rules))
@@ -316,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                       + (f" — {t.note}" if t.note else ""), flush=True)
             sanity: dict[str, str | None] = {}
             ports = [b.port for b in backends]
-            for name in proxies:
+            for name in [p for p in proxies if p != "kvstore-tls"]:  # the same process as kvstore
                 exp = expected_backends(ports) if name != "nutcracker" else None
                 sanity[name] = workload.sanity_check(name, targets[name].port, ports, exp)
                 print(f"  sanity check {name}: " + (f"FAILED: {sanity[name]}" if sanity[name] else
@@ -329,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.rounds()
             idle_results = []
             if idle_conns:
-                for name in [p for p in proxies if p not in ("kvstore2", "base", "rules")]:
+                for name in [p for p in proxies if p not in ("kvstore2", "kvstore-tls", "base", "rules")]:
                     print(f"idle connections: {idle_conns:,} to {name} ...", flush=True)
                     res = idle.run(name, targets[name].port, targets[name].tree, idle_conns)  # type: ignore[arg-type]
                     idle_results.append(res)

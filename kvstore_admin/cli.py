@@ -706,6 +706,30 @@ def user_set(settings: Settings, name: str, max_connections: int | None, max_rps
     click.echo(f"user {name}: {_rules_text(user)}")
 
 
+@user_cmd.command("apply", context_settings=_RULE_ARGS, epilog=_RULES_HELP)
+@click.argument("name")
+@password_file_option
+@with_limit_options
+@click.option("--update-password", is_flag=True, help="Set the password of an existing user too.")
+@click.argument("rules", nargs=-1, metavar="[RULE]...")
+@json_option
+@pass_settings
+def user_apply(settings: Settings, name: str, password_file: Path, max_connections: int | None,
+               max_rps: int | None, update_password: bool, rules: tuple[str, ...], as_json: bool) -> None:
+    """Make user NAME exactly RULEs and limits, creating it if missing (for deployment tools: idempotent).
+
+    The password is set when the user is created (or with --update-password); --json says whether
+    anything changed.
+    """
+    with open_store(settings) as store:
+        changed = users_ops.apply_user(store, name, password_file, list(rules), max_connections, max_rps,
+                                       update_password)
+    if as_json:
+        emit_json({"name": name, "changed": changed})
+    else:
+        click.echo(f"user {name}: {'changed' if changed else 'unchanged'}")
+
+
 @user_cmd.command("passwd")
 @click.argument("name")
 @password_file_option
