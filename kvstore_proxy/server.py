@@ -23,7 +23,7 @@ from kvstore_proxy.config import ProxyConfig
 from kvstore_proxy.datapath import CommandStat, Outbox, Route, command_name
 from kvstore_proxy.groupinfo import GroupInfo
 from kvstore_proxy.info import worker_snapshot
-from kvstore_proxy.latency import Histograms, LatencyEvents
+from kvstore_proxy.latency import LatencyEvents
 from kvstore_proxy.limits import Limits
 from kvstore_proxy.monitor import Hub
 from kvstore_proxy.registry import Registry
@@ -64,14 +64,14 @@ class Worker:
         self.router3 = Resp3Router(self.router, self.outbox)  # what sessions after HELLO 3 route with
         self.stats = Stats()
         self.ops = OpsMeter()
-        # The reply path hands SlowLog every request slower than slow_threshold: the slow log's,
-        # the latency monitor's, or every request with latency tracking (stats.SlowLog).
+        # The reply path hands SlowLog every request slower than slow_threshold: the slow log's or
+        # the latency monitor's (stats.SlowLog). Latency histograms are counted in C (CommandStat).
         self.slowlog = SlowLog(
             config.slowlog_max_len,
             config.slowlog_slower_than / 1e6 if config.slowlog_slower_than >= 0 else math.inf,
-            LatencyEvents(config.latency_monitor_threshold),
-            Histograms() if config.latency_tracking else None)
+            LatencyEvents(config.latency_monitor_threshold))
         self.slow_threshold = self.slowlog.threshold
+        self.outbox.latency_tracking = config.latency_tracking
         self.commandstats: dict[str, CommandStat] = {}
         self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route (datapath.Route)
         self.users = UserDirectory(self)  # users, their rules and their routes tables (acl.py)
