@@ -55,9 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 rounds of ~0.4 s per measurement (about a minute)")
-    ap.add_argument("--targets", default=",".join(t for t in report.TARGETS if t != "base"),
+    ap.add_argument("--targets", default=",".join(t for t in report.TARGETS if t not in ("base", "rules")),
                     help="comma-separated subset of direct,nutcracker,kvstore,kvstore2,kvstore-tls (default: all; "
-                         "kvstore2 is kvstore-proxy --workers 2, kvstore-tls the kvstore proxy's TLS port)")
+                         "kvstore2 is kvstore-proxy --workers 2, kvstore-tls the kvstore proxy's TLS port; "
+                         "base and rules come with --baseline and --rules)")
     ap.add_argument("--tests", default=",".join(t.name.split(" ")[0] for t in workload.TESTS),
                     help="comma-separated tests (default: all): " +
                     ", ".join(t.name.split(" ")[0] for t in workload.TESTS))
