@@ -142,8 +142,9 @@ bench-reshard: $(STAMP)
 
 # make deploy-test: the Ansible deployment (ansible/, docs/deploy.md) for real on this machine:
 # site.yml twice (the second run must change nothing), the rolling playbooks, teardown.yml, and
-# ansible-lint's production profile; about 3 minutes. ansible-core and ansible-lint come with the
+# ansible-lint's production profile; about 3 minutes; then a deployment with every security setting on
+# (docs/security.md), another 3 minutes, which plain `make test` skips. ansible-core and ansible-lint come with the
 # test extra (also the deploy extra: pip install -e '.[deploy]').
 .PHONY: deploy-test
 deploy-test: $(STAMP)
-	$(VENV)/bin/pytest tests/deploy -s -rs $(PYTEST_ARGS)
+	KVSTORE_DEPLOY_SECURITY=1 $(VENV)/bin/pytest tests/deploy -s -rs $(PYTEST_ARGS)

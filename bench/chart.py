@@ -15,10 +15,11 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from bench.report import TARGETS, Row, fmt_ratio, ops_target  # noqa: E402
 
 COLORS = {"direct": "#9e9e9e", "nutcracker": "#f28e2b", "kvstore": "#4e79a7", "kvstore2": "#a0cbe8",
-          "base": "#bab0ac"}
+          "kvstore-tls": "#76b7b2", "base": "#bab0ac", "rules": "#59a14f"}
 LABELS = {"direct": "direct Redis (one backend)", "nutcracker": "nutcracker (twemproxy)",
           "kvstore": "kvstore-proxy (1 worker)", "kvstore2": "kvstore-proxy (2 workers)",
-          "base": "kvstore-proxy, baseline commit"}
+          "kvstore-tls": "kvstore-proxy (1 worker) over TLS", "base": "kvstore-proxy, baseline commit",
+          "rules": "kvstore-proxy with key rules"}
 
 
 def _kops(v: float, _pos: object) -> str:

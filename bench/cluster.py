@@ -33,6 +33,7 @@ from kvstore_admin.processes import (
     start_zookeeper,
     wait_until,
 )
+from kvstore_cluster.keyrules import KeyRule, KeyRules
 from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split
 from kvstore_cluster.store import ClusterStore, connect
 
@@ -94,6 +95,8 @@ class Target:
     proc: LocalProcess | None  # the process whose CPU/RSS we measure (None for direct: see backend)
     tree: ProcTree | None
     note: str = ""
+    bench_args: tuple[str, ...] = ()  # redis-benchmark's options for this target (--tls ...)
+    tls_port: int = 0  # kvstore-proxy --tls-listen's port, 0 if none
 
 
 def _stop_later(stack: contextlib.ExitStack, proc: LocalProcess, tree: ProcTree | None = None) -> None:
@@ -128,6 +131,26 @@ def start_zk_cluster(stack: contextlib.ExitStack, tmp: Path, backends: list[Loca
         client.stop()
         client.close()
     return zk
+
+
+def add_rules_cluster(zk: LocalProcess, backends: list[LocalProcess], n: int) -> str:
+    """Cluster ``bench-rules`` over the same backends as ``bench``, with ``n`` key rules that share the
+    benchmark keys' first bytes (``key:``, ``counter:``, ``my``) but match none of them: a key walks the
+    rules' trie a few bytes and hashes as without rules, so both clusters route every key alike."""
+    name = f"{CLUSTER}-rules"
+    client = connect(zk.address)
+    try:
+        groups = Groups(tuple(Group(f"g{i + 1}", b.address) for i, b in enumerate(backends)))
+        slots = SlotTable(tuple(even_split(groups.ids())))
+        store = ClusterStore(client, name)
+        store.create(Meta(mode="cache", created_at=time.time()), groups, slots)
+        stems = [b"key:", b"counter:", b"my"]
+        rules = tuple(KeyRule(stems[i % len(stems)] + b"x%d:" % i, b"t%d" % i) for i in range(n))
+        store.commit([store.keyrules_op(KeyRules(rules), -1)])
+    finally:
+        client.stop()
+        client.close()
+    return name
 
 
 def nutcracker_config(port: int, backends: list[str], distribution: str = "modula") -> str:
@@ -199,17 +222,21 @@ def checkout(ref: str, dest: Path) -> Path:
 
 def start_kvstore(stack: contextlib.ExitStack, tmp: Path, zk: LocalProcess,
                   extra_args: list[str] | None = None, name: str = "kvstore", root: Path = ROOT,
-                  workers: int = 1) -> Target:
-    """kvstore-proxy --workers N; ``root`` is the source tree it runs from (``checkout`` for a baseline)."""
+                  workers: int = 1, cluster: str = CLUSTER, tls: tuple[str, str] | None = None) -> Target:
+    """kvstore-proxy --workers N; ``root`` is the source tree it runs from (``checkout`` for a baseline);
+    with ``tls`` (certificate, key) it serves TLS too, on ``Target.tls_port``."""
     if not (root / "kvstore_proxy" / "__main__.py").exists():
         raise ProcessError("kvstore_proxy has no __main__.py yet: run with --targets direct,nutcracker")
     d = tmp / f"{name}-proxy"
     d.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk.address, "--cluster", CLUSTER,
+    tls_port = free_port() if tls else 0
+    tls_args = ["--tls-listen", f"127.0.0.1:{tls_port}", "--tls-cert-file", tls[0], "--tls-key-file", tls[1]] \
+        if tls else []
+    argv = [sys.executable, "-m", "kvstore_proxy", "--zk", zk.address, "--cluster", cluster,
             "--listen", f"127.0.0.1:{port}", "--workers", str(workers),
             # like nutcracker here: no client limit, logs warnings only
-            "--max-clients", "100000", "--log-level", "warning", *(extra_args or [])]
+            "--max-clients", "100000", "--log-level", "warning", *tls_args, *(extra_args or [])]
     # -m from the tree's own directory: its packages come first, before the installed ones
     proc = spawn(f"{name}-proxy", argv, port, d / "kvstore-proxy.log", cwd=root)
     tree = ProcTree(proc.pid)
@@ -218,7 +245,8 @@ def start_kvstore(stack: contextlib.ExitStack, tmp: Path, zk: LocalProcess,
     if workers > 1:  # every worker must be serving before it is measured
         wait_until(lambda: len(tree.processes()) > workers and all(resp_ping(port) for _ in range(4 * workers)),
                    30, f"{workers} kvstore-proxy workers on port {port}")
-    return Target(name, port, proc, tree, " ".join(argv[argv.index("--workers"):]))
+    return Target(name, port, proc, tree, " ".join(a for a in argv[argv.index("--workers"):] if a not in tls_args),
+                  tls_port=tls_port)
 
 
 PING = b"*1\r\n$4\r\nPING\r\n"  # multibulk: twemproxy does not parse inline commands

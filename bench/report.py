@@ -21,9 +21,12 @@ from typing import Any
 
 # Targets in the order columns are shown. "direct" is one of the two redis-servers, unproxied;
 # "kvstore" is kvstore-proxy --workers 1 (one core, like nutcracker), "kvstore2" --workers 2;
-# "base" is kvstore-proxy as of another commit (run.py --baseline), to show what a change costs.
-TARGETS = ("direct", "nutcracker", "kvstore", "kvstore2", "base")
-PROXIES = ("nutcracker", "kvstore", "kvstore2", "base")
+# "base" is kvstore-proxy as of another commit (run.py --baseline), to show what a change costs;
+# "rules" is kvstore-proxy --workers 1 of a cluster with N key rules (run.py --rules N), none
+# matching the benchmark's keys: what configured rules cost a key they do not apply to.
+# "kvstore-tls" is the "kvstore" proxy's --tls-listen port (redis-benchmark --tls): what TLS costs.
+TARGETS = ("direct", "nutcracker", "kvstore", "kvstore2", "kvstore-tls", "base", "rules")
+PROXIES = ("nutcracker", "kvstore", "kvstore2", "kvstore-tls", "base", "rules")
 
 # The targets, for kvstore-proxy --workers 1 against nutcracker in the same run: ops/s >= 1.0x
 # (>= 1.3x for MGET/MSET of 10 keys: one sub-request per group against nutcracker's one per key),
@@ -164,6 +167,14 @@ class Row:
         return ratio(self.ops.get("kvstore"), self.ops.get("base"))
 
     @property
+    def rules_ratio(self) -> float | None:
+        """kvstore with key rules / the same proxy without, same run."""
+        return ratio(self.ops.get("rules"), self.ops.get("kvstore"))
+    def tls_ratio(self) -> float | None:
+        """kvstore over TLS / the same proxy's plain port."""
+        return ratio(self.ops.get("kvstore-tls"), self.ops.get("kvstore"))
+
+    @property
     def p99_ratio(self) -> float | None:
         return ratio(self.p99_ms.get("kvstore"), self.p99_ms.get("nutcracker"))
 
@@ -179,6 +190,8 @@ class Row:
             "ratio_kvstore_nutcracker_cpu": self.cpu_ratio, "ratio_kvstore2_nutcracker_ops": self.ops_ratio2,
             "ratio_kvstore_nutcracker_ops_each_round": self.paired_ratios,
             "ratio_kvstore_base_ops": self.base_ratio,
+            "ratio_rules_kvstore_ops": self.rules_ratio,
+            "ratio_kvstore_tls_plain_ops": self.tls_ratio,
             "errors": self.errors,
         }
 
@@ -319,10 +332,25 @@ def _per_conn(before: int | None, after: int | None, n: int) -> float | None:
 
 
 def summary_lines(rows: Sequence[Row], rss: dict[str, dict[str, int | None]],
-                  idle: Sequence[IdleResult], baseline: str | None = None) -> list[str]:
-    """The lines under the table: RSS, per-connection RSS, where the issue's targets are missed, and
-    kvstore against the baseline commit when there is one."""
+                  idle: Sequence[IdleResult], baseline: str | None = None, rules: int = 0) -> list[str]:
+    """The lines under the table: RSS, per-connection RSS, where the issue's targets are missed,
+    kvstore against the baseline commit when there is one, and with key rules when measured."""
     out = []
+    with_rules = [r for r in rows if r.rules_ratio is not None]
+    if with_rules:
+        out.append(f"kvstore with {rules} key rules / without, ops/s, same run: "
+                   + ", ".join(f"{r.label} {fmt_ratio(r.rules_ratio)}" for r in with_rules))
+        cpu = [(r.label, ratio(r.cpu_s_per_m.get("rules"), r.cpu_s_per_m.get("kvstore"))) for r in with_rules]
+        out.append(f"kvstore with {rules} key rules / without, CPU s/1M: "
+                   + ", ".join(f"{label} {fmt_ratio(c)}" for label, c in cpu))
+    tls = [r for r in rows if r.tls_ratio is not None]
+    if tls:
+        out.append("TLS: kvstore-proxy --tls-listen / its plain port (same process, same rounds), ops/s: "
+                   + ", ".join(f"{r.label} {fmt_ops(r.ops.get('kvstore-tls'))} vs {fmt_ops(r.ops.get('kvstore'))} "
+                               f"{fmt_ratio(r.tls_ratio)}" for r in tls))
+        cpu = [(r.label, ratio(r.cpu_s_per_m.get("kvstore-tls"), r.cpu_s_per_m.get("kvstore"))) for r in tls]
+        out.append("TLS: kvstore-proxy CPU s/1M, TLS / plain: " + ", ".join(f"{label} {fmt_ratio(c)}"
+                                                                          for label, c in cpu))
     compared = [r for r in rows if r.base_ratio is not None]
     if compared:
         out.append(f"kvstore / base ({baseline or 'baseline'}) ops/s, same run: "

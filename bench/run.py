@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil  # noqa: E402
 
 from bench import chart, cluster, idle, report, workload  # noqa: E402
+from bench.certs import Certs  # noqa: E402
 from bench.cluster import ProcTree, Target  # noqa: E402
 from bench.report import Measurement  # noqa: E402
 from kvstore_admin.processes import ProcessError  # noqa: E402
@@ -54,9 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 rounds of ~0.4 s per measurement (about a minute)")
-    ap.add_argument("--targets", default=",".join(t for t in report.TARGETS if t != "base"),
-                    help="comma-separated subset of direct,nutcracker,kvstore,kvstore2 (default: all four; "
-                         "kvstore2 is kvstore-proxy --workers 2)")
+    ap.add_argument("--targets", default=",".join(t for t in report.TARGETS if t not in ("base", "rules")),
+                    help="comma-separated subset of direct,nutcracker,kvstore,kvstore2,kvstore-tls (default: all; "
+                         "kvstore2 is kvstore-proxy --workers 2, kvstore-tls the kvstore proxy's TLS port; "
+                         "base and rules come with --baseline and --rules)")
     ap.add_argument("--tests", default=",".join(t.name.split(" ")[0] for t in workload.TESTS),
                     help="comma-separated tests (default: all): " +
                     ", ".join(t.name.split(" ")[0] for t in workload.TESTS))
@@ -74,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--baseline", metavar="REF",
                     help="also run kvstore-proxy as of git REF (e.g. main) as target 'base', in the same "
                          "rounds: what a change costs shows as kvstore/base")
+    ap.add_argument("--rules", type=int, default=0, metavar="N",
+                    help="also run kvstore-proxy --workers 1 of a cluster with N key rules as target 'rules', in "
+                         "the same rounds (none matches the benchmark's keys): what N rules cost, as rules/kvstore")
     ap.add_argument("--proxy-arg", action="append", default=[],
                     help="extra argument for kvstore-proxy (repeatable), e.g. --proxy-arg=--log-level=warning")
     ap.add_argument("--name", help="results file name without extension (default: latest; --quick: quick)")
@@ -90,8 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.target_list = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.baseline and "base" not in args.target_list:
         args.target_list.append("base")
+    if args.rules and "rules" not in args.target_list:
+        args.target_list.append("rules")
+    if "rules" in args.target_list and not args.rules:
+        ap.error("--targets rules needs --rules N")
     if "base" in args.target_list and not args.baseline:
         ap.error("--targets base needs --baseline REF")
+    if "kvstore-tls" in args.target_list and "kvstore" not in args.target_list:
+        ap.error("--targets kvstore-tls needs kvstore (it is that proxy's TLS port)")
     bad = [t for t in args.target_list if t not in report.TARGETS]
     if bad or not args.target_list:
         ap.error(f"--targets: unknown {bad}; choose from {', '.join(report.TARGETS)}")
@@ -177,7 +188,7 @@ class Bench:
         # generous: a slow proxy is measured, a stuck one is reported, neither stops the run
         timeout = max(60.0, self.args.seconds * 20)
         res = workload.run_benchmark(t.port, test, requests, self.args.clients, pipeline,
-                                     self.args.keyspace, timeout)
+                                     self.args.keyspace, timeout, t.bench_args)
         if t.tree:
             m.proxy_cpu_s = t.tree.cpu_seconds() - (cpu0 or 0.0)
             m.proxy_rss = t.tree.rss()
@@ -291,11 +302,26 @@ def main(argv: list[str] | None = None) -> int:
                 targets["nutcracker"] = cluster.start_nutcracker(stack, tmp, backends, args.distribution,
                                                                  args.nutcracker_mbuf)
             kvstores = [t for t in ("kvstore", "kvstore2") if t in args.target_list]
-            if kvstores or "base" in args.target_list:
+            if kvstores or "base" in args.target_list or "rules" in args.target_list:
                 zk = cluster.start_zk_cluster(stack, tmp, backends)
+            tls = None
+            if "kvstore-tls" in args.target_list:  # the "kvstore" proxy's TLS port
+                certs = Certs(tmp / "certs")
+                ca = certs.ca("ca")
+                tls = (ca[0], certs.issue("proxy", ca))
             for name in kvstores:
                 targets[name] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name=name,
-                                                      workers=2 if name == "kvstore2" else 1)
+                                                      workers=2 if name == "kvstore2" else 1,
+                                                      tls=tls[1] if tls and name == "kvstore" else None)
+            if tls:
+                plain = targets["kvstore"]
+                targets["kvstore-tls"] = cluster.Target(
+                    "kvstore-tls", plain.tls_port, plain.proc, plain.tree, f"the kvstore proxy's --tls-listen port "
+                    f"(127.0.0.1:{plain.tls_port}), redis-benchmark --tls", bench_args=("--tls", "--cacert", tls[0]))
+            if "rules" in args.target_list:
+                targets["rules"] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name="rules",
+                                                         cluster=cluster.add_rules_cluster(zk, backends, args.rules))
+                targets["rules"].note += f" ({args.rules} key rules)"
             if "base" in args.target_list:
                 tree = cluster.checkout(args.baseline, tmp / "baseline-tree")
                 targets["base"] = cluster.start_kvstore(stack, tmp, zk, args.proxy_arg, name="base", root=tree)
@@ -305,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                       + (f" — {t.note}" if t.note else ""), flush=True)
             sanity: dict[str, str | None] = {}
             ports = [b.port for b in backends]
-            for name in proxies:
+            for name in [p for p in proxies if p != "kvstore-tls"]:  # the same process as kvstore
                 exp = expected_backends(ports) if name != "nutcracker" else None
                 sanity[name] = workload.sanity_check(name, targets[name].port, ports, exp)
                 print(f"  sanity check {name}: " + (f"FAILED: {sanity[name]}" if sanity[name] else
@@ -318,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.rounds()
             idle_results = []
             if idle_conns:
-                for name in [p for p in proxies if p not in ("kvstore2", "base")]:
+                for name in [p for p in proxies if p not in ("kvstore2", "kvstore-tls", "base", "rules")]:
                     print(f"idle connections: {idle_conns:,} to {name} ...", flush=True)
                     res = idle.run(name, targets[name].port, targets[name].tree, idle_conns)  # type: ignore[arg-type]
                     idle_results.append(res)
@@ -339,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds_per_measurement": args.seconds, "keyspace": args.keyspace,
                 "pipelines": args.pipeline_list, "tests": [t.name for t in args.test_list],
                 "idle_conns": idle_conns, "quick": args.quick, "elapsed_s": round(elapsed, 1),
-                "baseline": args.baseline,
+                "baseline": args.baseline, "rules": args.rules,
             },
             "targets": {n: {"port": t.port, "note": t.note} for n, t in targets.items()},
             "sanity_check_errors": sanity,
@@ -378,7 +404,7 @@ def finish(doc: dict[str, Any], out: Path, name: str) -> None:
     row_order = [(t, p) for p in cfg["pipelines"] for t in cfg["tests"]]
     table = report.build_rows(measurements, row_order, cfg["targets"])
     idle_results = [report.IdleResult(**{k: r.get(k) for k in IDLE_FIELDS}) for r in doc["idle_connections"]]
-    lines = report.summary_lines(table, doc["rss_bytes"], idle_results, cfg.get("baseline"))
+    lines = report.summary_lines(table, doc["rss_bytes"], idle_results, cfg.get("baseline"), cfg.get("rules") or 0)
     lines += [f"sanity check FAILED: {err}" for err in doc["sanity_check_errors"].values() if err]
     doc["rows"] = [r.to_json() for r in table]
     doc["idle_connections"] = [r.to_json() for r in idle_results]

@@ -45,9 +45,10 @@ LIST_LEN = 200
 
 
 def benchmark_argv(port: int, test: Test, requests: int, clients: int, pipeline: int,
-                   keyspace: int) -> list[str]:
+                   keyspace: int, extra: Sequence[str] = ()) -> list[str]:
+    """``extra``: the target's own options (``--tls --cacert CA`` for a TLS port)."""
     return [require_binary("redis-benchmark", "redis-tools"), "-h", "127.0.0.1", "-p", str(port),
-            "-c", str(clients), "-n", str(requests), "-P", str(pipeline), "-r", str(keyspace),
+            "-c", str(clients), "-n", str(requests), "-P", str(pipeline), "-r", str(keyspace), *extra,
             "--csv", *test.args]
 
 
@@ -59,13 +60,13 @@ class RunResult:
 
 
 def run_benchmark(port: int, test: Test, requests: int, clients: int, pipeline: int, keyspace: int,
-                  timeout: float) -> RunResult:
+                  timeout: float, extra: Sequence[str] = ()) -> RunResult:
     """One redis-benchmark process; an error reply, a crash or a timeout is an error, never a number.
 
     redis-benchmark 7 exits 1 on the first error reply ("Error from server: ..."), so a proxy that
     answers with errors cannot pass for a fast one.
     """
-    argv = benchmark_argv(port, test, requests, clients, pipeline, keyspace)
+    argv = benchmark_argv(port, test, requests, clients, pipeline, keyspace, extra)
     t0 = time.monotonic()
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,

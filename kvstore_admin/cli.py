@@ -19,6 +19,7 @@ import click
 
 from kvstore_admin import check as checking
 from kvstore_admin import groups as ops
+from kvstore_admin import keyrules as rules_cmd
 from kvstore_admin import local, reshard_report, status
 from kvstore_admin import options as opts
 from kvstore_admin import users as users_ops
@@ -26,6 +27,7 @@ from kvstore_admin.errors import (
     DIFFERENT,
     EXIT_CODES_HELP,
     MISPLACED,
+    SETTINGS_DIFFER,
     USER_ERROR,
     AdminError,
     LocalStateError,
@@ -33,9 +35,10 @@ from kvstore_admin.errors import (
 )
 from kvstore_admin.importing.progress import Bar, Progress
 from kvstore_cluster import clickopts, logs, paths
+from kvstore_cluster.keyrules import from_text, parse_prefixes
 from kvstore_cluster.model import parse_address
 from kvstore_cluster.node import NODE_TIMEOUT
-from kvstore_cluster.ops import cache, rebalance, reshard, switchover
+from kvstore_cluster.ops import cache, rebalance, reshard, rule_change, switchover
 from kvstore_cluster.ops.context import Context
 from kvstore_cluster.ops.fence import NO_FENCE
 from kvstore_cluster.slots import parse_slot_ranges
@@ -435,6 +438,8 @@ def check_cmd(settings: Settings, as_json: bool) -> None:
         click.echo(checking.render(found))
     if not found["ok"]:
         raise SystemExit(MISPLACED)
+    if not found["consistent"]:
+        raise SystemExit(SETTINGS_DIFFER)
 
 
 @cli.command("status")
@@ -569,6 +574,86 @@ def option_set(settings: Settings, name: str, value: str, as_json: bool) -> None
         click.echo(f"{name} = {value} (was {out['previous']}); proxies apply it within moments")
 
 
+@cli.group("keyrule", cls=AdminGroup)
+def keyrule_cmd() -> None:
+    """Key rules: keys starting with PREFIX hash as if their hash tag were TAG (one slot, one group).
+
+    Multi-key commands, transactions and scripts over keys of one slot work through the proxy;
+    a rule puts an application's keys in one slot without renaming them. The longest matching
+    prefix wins; keys matching no rule hash as in Redis Cluster. Changing the rules of a cluster
+    that holds matching keys moves them to their new group online (their requests wait meanwhile).
+    """
+
+
+keyrule_timeout = click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                               help="Seconds to wait for every proxy to apply the change.")
+
+
+def _keyrule_options(settings: Settings, timeout: float) -> rule_change.Options:
+    return rule_change.Options(timeout=timeout, password=settings.redis_password)
+
+
+def _keyrule_emit(out: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(rules_cmd.render_result(out))
+
+
+@keyrule_cmd.command("list")
+@json_option
+@pass_settings
+def keyrule_list(settings: Settings, as_json: bool) -> None:
+    """The key rules, each with the slot its keys go to."""
+    with open_store(settings) as store:
+        listed = rules_cmd.list_rules(store)
+    if as_json:
+        emit_json(listed)
+    else:
+        click.echo(rules_cmd.render_list(listed))
+
+
+@keyrule_cmd.command("add", epilog=rules_cmd.EXIT_CODES_HELP)
+@click.option("--tag", required=True, help="The hash tag the keys of these prefixes hash as (CRC16(TAG) mod 16384).")
+@click.argument("prefixes", nargs=-1, required=True, metavar="PREFIX...")
+@keyrule_timeout
+@json_option
+@pass_settings
+def keyrule_add(settings: Settings, tag: str, prefixes: tuple[str, ...], timeout: float, as_json: bool) -> None:
+    """Keys starting with each PREFIX hash as TAG (a PREFIX that has a rule gets this tag)."""
+    with open_store(settings) as store:
+        wanted = rule_change.added(store.read_keyrules().value.rules, from_text(tag),
+                                   parse_prefixes(prefixes))
+        out = rules_cmd.change(store, wanted, " ".join(["add", "--tag", tag, *prefixes]),
+                               _keyrule_options(settings, timeout), rules_cmd.progress_line(not as_json))
+    _keyrule_emit(out, as_json)
+
+
+@keyrule_cmd.command("remove", epilog=rules_cmd.EXIT_CODES_HELP)
+@click.argument("prefixes", nargs=-1, required=True, metavar="PREFIX...")
+@keyrule_timeout
+@json_option
+@pass_settings
+def keyrule_remove(settings: Settings, prefixes: tuple[str, ...], timeout: float, as_json: bool) -> None:
+    """Remove the rules of these prefixes (their keys hash by their own name or hash tag again)."""
+    with open_store(settings) as store:
+        wanted = rule_change.removed(store.read_keyrules().value.rules, parse_prefixes(prefixes))
+        out = rules_cmd.change(store, wanted, " ".join(["remove", *prefixes]),
+                               _keyrule_options(settings, timeout), rules_cmd.progress_line(not as_json))
+    _keyrule_emit(out, as_json)
+
+
+@keyrule_cmd.command("resume", epilog=rules_cmd.EXIT_CODES_HELP)
+@keyrule_timeout
+@json_option
+@pass_settings
+def keyrule_resume(settings: Settings, timeout: float, as_json: bool) -> None:
+    """Finish a rule change that stopped part-way (a crash, a proxy that did not apply it)."""
+    with open_store(settings) as store:
+        out = rules_cmd.finish(store, _keyrule_options(settings, timeout), rules_cmd.progress_line(not as_json))
+    _keyrule_emit(out, as_json)
+
+
 # --- users of the proxies -------------------------------------------------------------------------------
 
 _RULES_HELP = ("RULE: Redis ACL rules: on, off, +@category, -@category, +command, -command, allcommands, nocommands, "
@@ -624,6 +709,30 @@ def user_set(settings: Settings, name: str, max_connections: int | None, max_rps
     with open_store(settings) as store:
         user = users_ops.set_user(store, name, list(rules), _given(max_connections), _given(max_rps))
     click.echo(f"user {name}: {_rules_text(user)}")
+
+
+@user_cmd.command("apply", context_settings=_RULE_ARGS, epilog=_RULES_HELP)
+@click.argument("name")
+@password_file_option
+@with_limit_options
+@click.option("--update-password", is_flag=True, help="Set the password of an existing user too.")
+@click.argument("rules", nargs=-1, metavar="[RULE]...")
+@json_option
+@pass_settings
+def user_apply(settings: Settings, name: str, password_file: Path, max_connections: int | None,
+               max_rps: int | None, update_password: bool, rules: tuple[str, ...], as_json: bool) -> None:
+    """Make user NAME exactly RULEs and limits, creating it if missing (for deployment tools: idempotent).
+
+    The password is set when the user is created (or with --update-password); --json says whether
+    anything changed.
+    """
+    with open_store(settings) as store:
+        changed = users_ops.apply_user(store, name, password_file, list(rules), max_connections, max_rps,
+                                       update_password)
+    if as_json:
+        emit_json({"name": name, "changed": changed})
+    else:
+        click.echo(f"user {name}: {'changed' if changed else 'unchanged'}")
 
 
 @user_cmd.command("passwd")

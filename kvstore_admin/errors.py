@@ -8,6 +8,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kvstore_cluster.model import ModelError
 from kvstore_cluster.node import NodeError
 from kvstore_cluster.ops.errors import OpError, ReshardStopped
+from kvstore_cluster.ops.rule_change import RuleChangeStopped
 from kvstore_cluster.store import (
     ClusterExists,
     ClusterNotFound,
@@ -33,6 +34,8 @@ RESHARD_STOPPED = 11  # 'reshard'/'rebalance' stopped part-way, its state kept (
 IMPORT_STOPPED = 12  # 'import' stopped part-way (link lost, cluster changed, cutover missed the pause); resumable
 DIFFERENT = 13  # 'import --verify' found differences, or commands of the source failed on the cluster
 ACCESS_DENIED = 14  # ZooKeeper refused these credentials (missing, wrong, or read-only for a change)
+RULES_STOPPED = 15  # 'keyrule add/remove' stopped part-way, the change recorded ('keyrule resume')
+SETTINGS_DIFFER = 16  # 'check': keys are fine, but a parameter or the function libraries differ between groups
 
 _EXIT_CODES = [
     (OK, "success"),
@@ -50,6 +53,8 @@ _EXIT_CODES = [
     (IMPORT_STOPPED, "import stopped part-way; run it again to resume"),
     (DIFFERENT, "import: verify found differences, or the cluster refused commands the source ran"),
     (ACCESS_DENIED, "ZooKeeper refused access: credentials missing or wrong, or read-only for a change"),
+    (RULES_STOPPED, "keyrule: the change stopped part-way; it is recorded ('keyrule resume')"),
+    (SETTINGS_DIFFER, "check: a parameter or the function libraries differ between groups"),
 ]
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "".join(f"  {code:<3} {text}\n" for code, text in _EXIT_CODES)
@@ -78,6 +83,7 @@ class ProcessFailed(AdminError):
 _CODES: list[tuple[type[Exception], int]] = [
     (NodeError, NODE_FAILED),
     (ReshardStopped, RESHARD_STOPPED),
+    (RuleChangeStopped, RULES_STOPPED),
     (AccessDenied, ACCESS_DENIED),
     (OpError, USER_ERROR),
     (ZooKeeperUnavailable, ZOOKEEPER_UNREACHABLE),

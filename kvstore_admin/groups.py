@@ -13,10 +13,11 @@ from typing import Any
 
 import structlog
 
-from kvstore_admin.errors import AdminError
-from kvstore_cluster import paths, tls
+from kvstore_admin.errors import NODE_FAILED, AdminError
+from kvstore_cluster import node_config, paths, tls
 from kvstore_cluster.model import Group, Groups, Meta, SlotTable, parse_address
 from kvstore_cluster.node import NODE_TIMEOUT, Node, NodeError
+from kvstore_cluster.node_config import NodeConfig
 from kvstore_cluster.slots import format_slot_ranges
 from kvstore_cluster.store import Check, ClusterStore, Set
 from kvstore_cluster.zkauth import ZkAccess
@@ -92,8 +93,10 @@ async def _replicate(replica: str, master: str, timeout: float, password: str | 
     log.info("replication_configured", replica=replica, master=master)
 
 
-async def _prepare_group(master: str, replicas: list[str], repl_timeout: float, password: str | None) -> None:
-    """Every node answers, the master is a master, each replica may become one and then follows the master."""
+async def _prepare_group(master: str, replicas: list[str], repl_timeout: float, password: str | None,
+                         config: NodeConfig) -> None:
+    """Every node answers, the master is a master, each replica may become one and then follows the master;
+    each gets the parameters set cluster-wide (CONFIG SET through the proxies)."""
     for address in [master, *replicas]:
         await _ping(address, password)
     await _check_live_master(master, password)
@@ -101,6 +104,19 @@ async def _prepare_group(master: str, replicas: list[str], repl_timeout: float, 
         await _check_live_replica(r, master, password)
     for r in replicas:
         await _replicate(r, master, repl_timeout, password)
+    for address in [master, *replicas]:
+        await _configure(address, config, password)
+
+
+async def _configure(address: str, config: NodeConfig, password: str | None) -> None:
+    async with Node(address, NODE_TIMEOUT, password) as node:
+        try:
+            done = await node_config.apply(node, config)
+        except NodeError as exc:
+            raise AdminError(f"node {address} refused the cluster's parameters ({exc}); nothing was added",
+                             NODE_FAILED) from None
+    if done:
+        log.info("node_configured", node=address, params=done)
 
 
 def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: str | None = None,
@@ -133,7 +149,7 @@ def add_group(store: ClusterStore, master: str, replicas: list[str], group_id: s
         tls.add_nodes(wanted)
     # Replication first, the ZooKeeper write last: a group appears in the cluster only once
     # its replicas really follow its master. A lost race afterwards leaves nothing in ZooKeeper.
-    asyncio.run(_prepare_group(master, replicas, repl_timeout, password))
+    asyncio.run(_prepare_group(master, replicas, repl_timeout, password, store.read_node_config().value))
     group = Group(id=gid, master=master, replicas=tuple(replicas), tls=use_tls)
     store.commit([
         Check(paths.meta(store.cluster), meta.version),
@@ -152,17 +168,19 @@ def add_replica(store: ClusterStore, group_id: str, address: str, repl_timeout: 
     if group.tls:
         tls.add_nodes([address])
     _check_free(groups.value, address, as_replica=True)
-    asyncio.run(_prepare_replica(address, group.master, repl_timeout, password))
+    asyncio.run(_prepare_replica(address, group.master, repl_timeout, password, store.read_node_config().value))
     updated = replace(group, replicas=(*group.replicas, address))
     store.set_groups(groups.value.put(updated), groups.version)
     log.info("replica_added", group=group_id, replica=address)
     return updated
 
 
-async def _prepare_replica(address: str, master: str, repl_timeout: float, password: str | None) -> None:
+async def _prepare_replica(address: str, master: str, repl_timeout: float, password: str | None,
+                           config: NodeConfig) -> None:
     await _ping(address, password)
     await _check_live_replica(address, master, password)
     await _replicate(address, master, repl_timeout, password)
+    await _configure(address, config, password)
 
 
 async def _stop_replicating(address: str, timeout: float, password: str | None) -> None:

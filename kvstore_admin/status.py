@@ -15,6 +15,7 @@ from kvstore_cluster.proxy_registration import ProxyRegistration
 from kvstore_cluster.sentinel_view import SentinelView
 from kvstore_cluster.slots import SLOT_COUNT, format_slot_ranges
 from kvstore_cluster.store import ClusterStore, CorruptData, Records
+from kvstore_cluster.zkauth import read_access
 
 
 def _node_health(group: Group, probe: dict[str, Any]) -> dict[str, Any]:
@@ -39,6 +40,15 @@ async def _probe(address: str, timeout: float, password: str | None) -> dict[str
 async def _probe_all(addresses: list[str], timeout: float, password: str | None) -> dict[str, dict[str, Any]]:
     found = await asyncio.gather(*(_probe(a, timeout, password) for a in addresses))
     return dict(zip(addresses, found, strict=True))
+
+
+def _access(store: ClusterStore) -> dict[str, str | None] | None:
+    """Who may change and who may read the cluster (user names of the access record); None: open."""
+    access = read_access(store.client, store.cluster, store.credentials)
+    if access is None:
+        return None
+    return {"writer": access.writer.partition(":")[0],
+            "reader": access.reader.partition(":")[0] if access.reader else None}
 
 
 def records_json(records: Records[ProxyRegistration] | Records[SentinelView]) -> list[dict[str, Any]]:
@@ -79,11 +89,18 @@ def collect(store: ClusterStore, node_timeout: float = NODE_TIMEOUT,
     in_progress = _reshard(store)
     if in_progress is not None and "error" in in_progress:
         problems.append(in_progress["error"])
+    rules = _keyrules(store)
+    if "error" in rules:
+        problems.append(rules["error"])
+    elif rules["change"] is not None:
+        problems.append(f"key rule change in progress ({rules['change']}): its keys' requests wait "
+                        "until it is done ('kvstore-admin keyrule resume' if it stopped)")
     return {
         "cluster": store.cluster,
         "mode": meta.value.mode,
         "created_at": meta.value.created_at,
         "versions": {"groups": groups.version, "slots": slots.version},
+        "zk_access": _access(store),
         "slots": {
             "total": SLOT_COUNT,
             "owned": SLOT_COUNT - unowned,
@@ -94,6 +111,7 @@ def collect(store: ClusterStore, node_timeout: float = NODE_TIMEOUT,
         },
         "groups": group_rows,
         "reshard": in_progress,
+        "keyrules": rules,
         "proxies": {"count": len(proxies), "items": proxies},
         "sentinels": {"count": len(sentinels), "items": sentinels},
         "sentinel_view": view,
@@ -127,6 +145,17 @@ def _reshard(store: ClusterStore) -> dict[str, Any] | None:
     else:
         out["progress"] = None if progress is None else progress.to_json()
     return out
+
+
+def _keyrules(store: ClusterStore) -> dict[str, Any]:
+    """How many key rules, and the change in progress (its request), or why the record is unreadable."""
+    try:
+        record = store.read_keyrules()
+    except CorruptData as exc:
+        return {"error": str(exc)}
+    change = record.value.change
+    return {"rules": len(record.value.rules), "version": record.version,
+            "change": None if change is None else change.request}
 
 
 PROGRESS_STALE = 5.0  # seconds without news from the executor: it is not running any more
@@ -171,6 +200,13 @@ def render(status: dict[str, Any]) -> str:
         f"groups v{status['versions']['groups']}  slots v{status['versions']['slots']}",
         f"slots: {s['owned']}/{s['total']} owned, {s['unowned']} unowned, {len(s['migrating'])} migrating",
     ]
+    rules = status.get("keyrules") or {}
+    if rules.get("rules"):
+        lines.append(f"key rules: {rules['rules']} ('kvstore-admin keyrule list')")
+    access = status.get("zk_access")
+    if access:
+        reader = f", readable by {access['reader']}" if access["reader"] else ""
+        lines.append(f"ZooKeeper ACLs: writable by {access['writer']} only{reader}")
     if status.get("reshard"):
         lines += reshard_text(status["reshard"])
     lines.append("")

@@ -67,6 +67,32 @@ def set_user(store: ClusterStore, name: str, rules: list[str], max_connections: 
     return _change(store, name, build)
 
 
+def apply_user(store: ClusterStore, name: str, password_file: Path, rules: list[str], max_connections: int | None,
+               max_rps: int | None, update_password: bool = False) -> bool:
+    """Make user NAME exactly this (rules applied to a new user; the password only when the user is
+    new, or with ``update_password``); whether anything changed. What deployment tools call."""
+    digest = read_password(password_file)
+    changed = False
+
+    def build(old: User | None) -> User:
+        nonlocal changed
+        passwords = old.passwords if old is not None and not update_password else (digest,)
+        user = replace(User(name, passwords=passwords).with_rules(rules), max_connections=max_connections or None,
+                       max_rps=max_rps or None)
+        changed = user != old
+        return user
+
+    read = store.read_users()
+    try:
+        check_user_name(name)
+        user = build(read.value.get(name))
+    except ModelError as exc:
+        raise AdminError(str(exc), USER_ERROR) from None
+    if changed:
+        store.write_users(read.value.put(user), read.version)
+    return changed
+
+
 def set_password(store: ClusterStore, name: str, password_file: Path) -> User:
     digest = read_password(password_file)
 

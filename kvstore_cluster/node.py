@@ -268,11 +268,12 @@ class Node:
 
     # --- keys (the key mover, check) ----------------------------------------------------------------
 
-    async def scan(self, count: int) -> AsyncIterator[list[bytes]]:
-        """Every key of the node, one SCAN reply at a time."""
+    async def scan(self, count: int, match: bytes | None = None) -> AsyncIterator[list[bytes]]:
+        """Every key of the node (matching the glob ``match``, if given), one SCAN reply at a time."""
         cursor = b"0"
+        extra: tuple[Any, ...] = ("MATCH", match) if match is not None else ()
         while True:
-            reply = await self.call("SCAN", cursor, "COUNT", count, what="SCAN")
+            reply = await self.call("SCAN", cursor, "COUNT", count, *extra, what="SCAN")
             try:
                 cursor, keys = reply
                 done = int(cursor) == 0

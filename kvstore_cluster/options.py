@@ -10,24 +10,39 @@ half of a newer admin's record).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kvstore_cluster import codec
 from kvstore_cluster.codec import ModelError
 
+# The keyless-tag option's default: the empty tag, whose slot is 0 (CRC16 of nothing).
+KEYLESS_DEFAULT = ""
+MAX_TAG = 1024
+
+
+def _tag(value: str) -> str | None:
+    """Why ``value`` is no good as a hash tag, or None."""
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_TAG:
+        return f"a tag is at most {MAX_TAG} bytes"
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One option: its choices (the first is the default) and what it does, for ``option list``."""
+    """One option: its choices (the first is the default) or, for a free value, its default and
+    checker; and what it does, for ``option list``."""
 
     name: str
     choices: tuple[str, ...]
     help: str
+    free_default: str = ""
+    problem: Callable[[str], str | None] | None = None  # a free value's check: why it is refused, or None
 
     @property
     def default(self) -> str:
-        return self.choices[0]
+        return self.choices[0] if self.choices else self.free_default
 
 
 OPTIONS: dict[str, Option] = {
@@ -38,6 +53,13 @@ OPTIONS: dict[str, Option] = {
             "single-slot: every key of a MULTI/EXEC (WATCHed keys too) must share one slot, else "
             "-CROSSSLOT. per-group: a transaction without WATCH may span groups; it runs as one "
             "MULTI/EXEC per group, each atomic on its own (not atomic across groups).",
+        ),
+        Option(
+            "keyless-tag", (),
+            "where EVAL/EVALSHA/FCALL (and _RO) with 0 keys run: on the group owning the slot of this "
+            "hash tag (CRC16(tag) mod 16384, as a key {tag} or a key rule with this tag). Default: the "
+            "empty tag, slot 0. Set it to the tag of the key rule whose keys such scripts touch.",
+            free_default=KEYLESS_DEFAULT, problem=_tag,
         ),
     )
 }  # fmt: skip
@@ -59,6 +81,10 @@ class ClusterOptions:
     @property
     def transactions(self) -> str:
         return self.get("transactions")
+
+    @property
+    def keyless_tag(self) -> bytes:
+        return self.get("keyless-tag").encode("utf-8", "surrogateescape")
 
     def with_value(self, name: str, value: str) -> ClusterOptions:
         check(name, value)
@@ -86,5 +112,12 @@ def lookup(name: str) -> Option:
 
 def check(name: str, value: Any) -> None:
     option = lookup(name)
-    if value not in option.choices:
-        raise ModelError(f"bad value {value!r} for option {name!r}: expected one of {', '.join(option.choices)}")
+    if option.choices:
+        if value not in option.choices:
+            raise ModelError(f"bad value {value!r} for option {name!r}: expected one of {', '.join(option.choices)}")
+        return
+    if not isinstance(value, str):
+        raise ModelError(f"bad value {value!r} for option {name!r}: expected a string")
+    why = option.problem(value) if option.problem is not None else None
+    if why is not None:
+        raise ModelError(f"bad value {value!r} for option {name!r}: {why}")

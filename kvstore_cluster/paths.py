@@ -76,6 +76,34 @@ def options(cluster: str) -> str:
     return f"{cluster_root(cluster)}/options"
 
 
+def keyrules(cluster: str) -> str:
+    """The key rules and the rule change in progress (``kvstore_cluster.keyrules``); absent means no rules."""
+    return f"{cluster_root(cluster)}/keyrules"
+
+
+def node_config(cluster: str) -> str:
+    """Redis parameters set cluster-wide with CONFIG SET (``kvstore_cluster.node_config``); absent: none."""
+    return f"{cluster_root(cluster)}/config"
+
+
+def scripts(cluster: str) -> str:
+    """Parent of the script registry: one child per Lua script, named by its SHA1 (kvstore_cluster.scripts)."""
+    return f"{cluster_root(cluster)}/scripts"
+
+
+def script(cluster: str, sha: str) -> str:
+    return f"{scripts(cluster)}/{check_name('script', sha)}"
+
+
+def functions(cluster: str) -> str:
+    """Parent of the function registry: one child per library, named by the library."""
+    return f"{cluster_root(cluster)}/functions"
+
+
+def function(cluster: str, library: str) -> str:
+    return f"{functions(cluster)}/{check_name('function library', library)}"
+
+
 def import_state(cluster: str) -> str:
     """The import from a standalone Redis in progress (or finished), written by ``kvstore-admin import``."""
     return f"{cluster_root(cluster)}/import"
@@ -98,4 +126,5 @@ def users(cluster: str) -> str:
 
 def containers(cluster: str) -> list[str]:
     """Persistent parent znodes created with the cluster."""
-    return [proxies(cluster), sentinels(cluster), sentinel_leader(cluster), failovers(cluster)]
+    return [proxies(cluster), sentinels(cluster), sentinel_leader(cluster), failovers(cluster), scripts(cluster),
+            functions(cluster)]

@@ -19,7 +19,11 @@ from kvstore_cluster.codec import ModelError
 # holds requests of keys being moved in pieces, and registers a slots version only once the
 # requests sent before it were answered. Version 1 MIGRATEd whole keys, big ones included.
 MIGRATION = "migration"
-PROTOCOLS: Mapping[str, int] = {MIGRATION: 2}
+# "keyrules": routes by the key rules of the keyrules znode, acknowledges their version
+# (keyrules_version) once the requests routed by the previous rules were answered, and holds the
+# requests of keys a rule change moves until the change is committed (docs/design.md, "Key rules").
+KEYRULES = "keyrules"
+PROTOCOLS: Mapping[str, int] = {MIGRATION: 2, KEYRULES: 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +35,7 @@ class ProxyRegistration:
     groups_version: int
     fenced: bool  # cut off from ZooKeeper: refusing keyed commands
     protocols: Mapping[str, int] = field(default_factory=lambda: dict(PROTOCOLS))
+    keyrules_version: int = -1  # the keyrules znode version applied (-1: none, or no znode)
 
     def __post_init__(self) -> None:
         what = f"proxy {self.address}"
@@ -47,7 +52,8 @@ class ProxyRegistration:
     def to_json(self) -> dict[str, Any]:
         return {"address": self.address, "pid": self.pid, "started_at": self.started_at,
                 "slots_version": self.slots_version, "groups_version": self.groups_version,
-                "fenced": self.fenced, "protocols": dict(self.protocols)}
+                "fenced": self.fenced, "keyrules_version": self.keyrules_version,
+                "protocols": dict(self.protocols)}
 
     def encode(self) -> bytes:
         return codec.dump_object(self.to_json())
@@ -63,5 +69,12 @@ class ProxyRegistration:
             slots_version=codec.field(obj, "slots_version", int, what),
             groups_version=codec.field(obj, "groups_version", int, what),
             fenced=codec.field(obj, "fenced", bool, what),
+            keyrules_version=_optional_int(obj, "keyrules_version", what),
             protocols=codec.field(obj, "protocols", dict, what),
         )
+
+
+def _optional_int(obj: dict[str, Any], name: str, what: str) -> int:
+    """A version a registration of an older release does not carry: -1 then."""
+    value = codec.optional(obj, name, int, what)
+    return -1 if value is None else value

@@ -20,11 +20,14 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kvstore_cluster import paths, tls
 from kvstore_cluster.failover_record import FailoverRecord
 from kvstore_cluster.import_state import ImportRunner, ImportState
+from kvstore_cluster.keyrules import KeyRules
 from kvstore_cluster.leader_election import current_leader
 from kvstore_cluster.model import Groups, Meta, ModelError, SlotTable
+from kvstore_cluster.node_config import NodeConfig
 from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.proxy_registration import ProxyRegistration
 from kvstore_cluster.reshard_state import ReshardProgress, ReshardState
+from kvstore_cluster.scripts import Library, Script
 from kvstore_cluster.sentinel_view import SentinelView
 from kvstore_cluster.users import Users
 
@@ -194,6 +197,38 @@ class ClusterStore:
                 out.malformed[name] = str(exc)
         return out
 
+    def _read_named(self, parent: str, decode: Callable[[bytes, str], T]) -> Records[T]:
+        """Children whose record is checked against its znode's name (scripts, libraries)."""
+        out: Records[T] = Records()
+        try:
+            names = self.client.get_children(parent)
+        except NoNodeError:
+            return out
+        for name in sorted(names):
+            found = self.read_named(f"{parent}/{name}", name, decode)
+            if isinstance(found, str):
+                out.malformed[name] = found
+            elif found is not None:
+                out.items[name] = found
+        return out
+
+    def read_named(self, path: str, name: str, decode: Callable[[bytes, str], T]) -> T | str | None:
+        """The record at ``path`` (named ``name``), the reason it is malformed, or None if it is gone."""
+        try:
+            data, _ = self.client.get(path)
+        except NoNodeError:
+            return None
+        try:
+            return decode(data, name)
+        except ModelError as exc:
+            return str(exc)
+
+    def read_scripts(self) -> Records[Script]:
+        return self._read_named(paths.scripts(self.cluster), Script.decode)
+
+    def read_libraries(self) -> Records[Library]:
+        return self._read_named(paths.functions(self.cluster), Library.decode)
+
     def read_reshard(self) -> Versioned[ReshardState] | None:
         """The reshard in progress, or ``None``."""
         return self._read_optional(paths.reshard(self.cluster), ReshardState.decode)
@@ -202,6 +237,19 @@ class ClusterStore:
         """The cluster options (version -1: no record yet, every default)."""
         return self._read_optional(paths.options(self.cluster), ClusterOptions.decode) or Versioned(
             ClusterOptions(), -1)
+
+    def read_keyrules(self) -> Versioned[KeyRules]:
+        """The key rules (version -1: no record yet, no rules)."""
+        return self._read_optional(paths.keyrules(self.cluster), KeyRules.decode) or Versioned(KeyRules(), -1)
+
+    def read_node_config(self) -> Versioned[NodeConfig]:
+        """The parameters set cluster-wide (version -1: no record yet, none)."""
+        return self._read_optional(paths.node_config(self.cluster), NodeConfig.decode) or Versioned(NodeConfig(), -1)
+
+    def write_node_config(self, config: NodeConfig, version: int) -> None:
+        """Replace the record if still at ``version`` (-1: create it); else ``VersionConflict``."""
+        path = paths.node_config(self.cluster)
+        self.commit([Create(path, config.encode()) if version < 0 else Set(path, config.encode(), version)])
 
     def read_import(self) -> Versioned[ImportState] | None:
         """The import from a standalone Redis recorded on this cluster (running, stopped or done), or ``None``."""
@@ -314,6 +362,47 @@ class ClusterStore:
         """Replace the options if still at ``version`` (-1: create the record); else ``VersionConflict``."""
         path = paths.options(self.cluster)
         self.commit([Create(path, options.encode()) if version < 0 else Set(path, options.encode(), version)])
+
+    def keyrules_op(self, rules: KeyRules, version: int) -> Op:
+        """The transaction op that writes ``rules`` over ``version`` (-1: creates the record)."""
+        path = paths.keyrules(self.cluster)
+        return Create(path, rules.encode()) if version < 0 else Set(path, rules.encode(), version)
+
+    def register_script(self, script: Script) -> bool:
+        """Add ``script`` to the registry; False if it was there already."""
+        return self._create_child(paths.script(self.cluster, script.sha), script.encode())
+
+    def put_library(self, name: str, library: Library) -> None:
+        """Add or replace the function library ``name``."""
+        path = paths.function(self.cluster, name)
+        if not self._create_child(path, library.encode()):
+            self.client.set(path, library.encode())
+
+    def delete_library(self, name: str) -> None:
+        try:
+            self.client.delete(paths.function(self.cluster, name))
+        except NoNodeError:
+            pass
+
+    def clear_registry(self, parent: str) -> int:
+        """Delete every child of ``parent`` (SCRIPT FLUSH, FUNCTION FLUSH); how many there were."""
+        try:
+            names = self.client.get_children(parent)
+        except NoNodeError:
+            return 0
+        for name in names:
+            try:
+                self.client.delete(f"{parent}/{name}")
+            except NoNodeError:
+                pass
+        return len(names)
+
+    def _create_child(self, path: str, data: bytes) -> bool:
+        try:
+            self.client.create(path, data, makepath=True)
+        except NodeExistsError:
+            return False
+        return True
 
     def read_users(self) -> Versioned[Users]:
         """The proxy's users (version -1: no record yet, no user but ``default``)."""

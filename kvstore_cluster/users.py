@@ -115,15 +115,17 @@ class User:
             elif low == "resetkeys":
                 keys = []
             elif rule.startswith("~"):
-                if keys != ["*"] and rule[1:] not in keys:
-                    keys.append(_pattern(rule[1:], rule))
+                pattern = _pattern(rule[1:], rule)
+                if keys != ["*"] and pattern not in keys:
+                    keys.append(pattern)
             elif low == "allchannels" or rule == "&*":
                 channels = ["*"]
             elif low == "resetchannels":
                 channels = []
             elif rule.startswith("&"):
-                if channels != ["*"] and rule[1:] not in channels:
-                    channels.append(_pattern(rule[1:], rule))
+                pattern = _pattern(rule[1:], rule)
+                if channels != ["*"] and pattern not in channels:
+                    channels.append(pattern)
             elif rule[:1] in (">", "<", "#", "!") or low in ("nopass", "resetpass"):
                 raise ModelError(f"{rule!r}: passwords are set with --password-file (kvstore-admin user passwd)")
             elif rule.startswith("%"):

@@ -42,6 +42,17 @@ class LoopBridge:
 
         self.client.DataWatch(path, on_change)
 
+    def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> None:
+        """Call ``callback(names)`` on the loop with the znode's children now and on every change."""
+
+        def on_change(children: list[str]) -> bool | None:
+            if self._closed:
+                return False
+            self._post(callback, list(children))
+            return None
+
+        self.client.ChildrenWatch(path, on_change)
+
     def watch_state(self, callback: Callable[[KazooState], None]) -> None:
         """Call ``callback(state)`` on the loop on every connection state change."""
 

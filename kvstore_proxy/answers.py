@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kvstore_proxy import acl, commands, fanout, inspection, resp
+from kvstore_proxy import acl, clientcmd, commands, configcmd, fanout, inspection, resp, scripting
 from kvstore_proxy.commands import CommandSpec
 
 if TYPE_CHECKING:
@@ -122,6 +122,7 @@ def _hello(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes
 def _reset(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes:
     s.worker.monitor.detach(s)
     s.name = b""
+    s.reply_mode = None  # CLIENT REPLY ON
     if s.state is not None:
         s.state.reset()  # out of MULTI, no WATCH, no subscription
     s.set_protocol(2)
@@ -269,6 +270,9 @@ HANDLERS: dict[bytes, Handler] = {
     b"slowlog|get": _slowlog_get, b"slowlog|len": _slowlog_len, b"slowlog|reset": _slowlog_reset,
     **fanout.HANDLERS,
     **inspection.HANDLERS,
+    **scripting.HANDLERS,
+    **configcmd.HANDLERS,
+    **clientcmd.HANDLERS,
 }
 
 

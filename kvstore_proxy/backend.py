@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -85,7 +86,7 @@ class Backend(BackendCore, asyncio.Protocol):
 
     # Attributes the compiled half does not have; a new attribute must be added here.
     __slots__ = ('group', 'address', 'host', 'port', 'loop', 'password', 'connect_timeout', 'state',
-                 'reason', 'backoff', 'connects', 'failures', '_retry', '_connect_task')
+                 'reason', 'backoff', 'connects', 'failures', '_retry', '_connect_task', 'preload')
 
     def __init__(self, group: str, address: str, outbox: Outbox, password: str | None = None,
                  connect_timeout: float = 2.0):
@@ -113,6 +114,9 @@ class Backend(BackendCore, asyncio.Protocol):
         self.failures = 0
         self._retry: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[Any] | None = None
+        # What a fresh connection sends before any request (function libraries: registry.py), as
+        # (FIFO entry, request bytes) pairs; None: nothing.
+        self.preload: Callable[[Backend], list[tuple[Any, bytes]]] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -147,11 +151,15 @@ class Backend(BackendCore, asyncio.Protocol):
         self.up = True
         self.backoff = BACKOFF_MIN
         self.connects += 1
+        first = [] if self.preload is None else self.preload(self)
         greeting = self._greeting()
         if greeting is not None:
-            # AUTH (or HELLO) goes first; requests queued meanwhile follow it on the same connection.
-            self.fifo.appendleft(greeting[0])
-            self._queue_first(greeting[1])
+            first.insert(0, greeting)
+        # AUTH (or HELLO) goes first, then what every connection loads; requests queued meanwhile
+        # follow them on the same connection.
+        for entry, raw in reversed(first):
+            self.fifo.appendleft(entry)
+            self._queue_first(raw)
         if self.queued:
             self.flush()
         if was == DOWN:

@@ -33,6 +33,7 @@ from kvstore_proxy.backend import Backend
 from kvstore_proxy.clientstate import ClientState, Step, finish, prepare, serving, state_of
 from kvstore_proxy.migrating import Migrating
 from kvstore_proxy.request import Reply
+from kvstore_proxy.rulehold import RuleHub
 
 if TYPE_CHECKING:
     from kvstore_proxy.commands import CommandSpec
@@ -146,7 +147,11 @@ def _dispatch(b: Blocked) -> None:
     if b.deadline is not None and time.monotonic() >= b.deadline and b.sent:
         _done(b, NULL_ARRAY[s.protocol])  # timed out while it could not be sent anywhere
         return
+    b.slot = s.worker.router.slotter.key_slot(b.keys[0])  # key rules may have changed meanwhile
     entry = s.router.slot_backend[b.slot]
+    if isinstance(entry, RuleHub) and entry.settle(b.keys) is entry:
+        _retry(b)  # its keys are moving to another group (a key rule change): wait until they are there
+        return
     if isinstance(entry, Migrating) and not s.worker.router.migration_released:
         _retry(b)  # the slot is being marked on every proxy: wait until its keys may move
         return
@@ -235,6 +240,7 @@ def _finish(b: Blocked) -> None:
 def routes_changed(b: Blocked, router: Any, masters: set[str]) -> None:
     if b.lease is None or b.unblocking or b.gone:
         return  # not on a master yet (it will read the table when it is sent), or being moved already
+    b.slot = router.slotter.key_slot(b.keys[0])  # key rules may have changed
     if serving(router, b.slot) != b.address:
         _unblock(b)
 

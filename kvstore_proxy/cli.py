@@ -59,9 +59,9 @@ def _output_limit(ctx: click.Context, param: click.Parameter, value: str) -> tup
 @click.option("--slowlog-max-len", type=click.IntRange(min=0), default=128, show_default=True)
 @click.option("--latency-monitor-threshold", type=click.IntRange(min=0), default=0, show_default=True,
               help="LATENCY LATEST/HISTORY record requests taking at least this many milliseconds (0: off).")
-@click.option("--latency-tracking/--no-latency-tracking", default=False, show_default=True,
-              help="Keep per-command latency histograms (INFO latencystats, LATENCY HISTOGRAM); "
-                   "costs every request about 14% more CPU.")
+@click.option("--latency-tracking/--no-latency-tracking", default=True, show_default=True,
+              help="Keep per-command latency histograms (INFO latencystats, LATENCY HISTOGRAM, the "
+                   "metrics' request duration histograms), as Redis does by default.")
 @click.option("--monitor-output-limit", type=click.IntRange(min=1024), default=32 * 1024 * 1024,
               show_default=True, help="Bytes a MONITOR client may leave unread before it is disconnected.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=5.0, show_default=True,

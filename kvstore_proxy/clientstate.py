@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from kvstore_proxy import resp
 from kvstore_proxy.backend import Backend
 from kvstore_proxy.migrating import Migrating
+from kvstore_proxy.rulehold import RuleHub, unhub
 
 if TYPE_CHECKING:
     from kvstore_proxy.session import Session
@@ -172,8 +173,12 @@ def prepare(session: Session, entry: Any, keys: list[bytes], own: Any,
     - a :class:`Migrating` slot: ``keys`` are moved to the target first (MIGRATE, as for any
       request of the slot), with an EXISTS on the target that also orders the session's earlier
       requests; then the target's master;
+    - a slot whose keys a key rule change moves (:class:`RuleHub`): the slot's own entry if none
+      of ``keys`` moves, else (no keys given: may move) ``fail(-TRYAGAIN)``;
     - anything else (fenced, unowned, group down, slot held for migration): ``fail(error)``.
     """
+    if isinstance(entry, RuleHub):
+        entry = entry.settle(keys) if keys else entry
     if isinstance(entry, Migrating):
         target = entry.target
         args = [b"EXISTS", *keys] if keys else [b"PING"]
@@ -202,7 +207,7 @@ def serving(router: Any, slot: int) -> str | None:
 
     A migrating slot belongs on its source until every proxy has the mark, then on its target.
     """
-    entry = router.slot_backend[slot]
+    entry = unhub(router.slot_backend[slot])
     if isinstance(entry, Migrating):
         entry = entry.target if router.migration_released else entry.source
     return entry.address if isinstance(entry, Backend) else None

@@ -26,12 +26,13 @@ class Kind(enum.IntEnum):
     - Left to run time: SELECT with a non-zero db, COPY ... DB n, EVAL/EVALSHA/FCALL with zero keys
       (SAME_SLOT, ``key_indexes`` returns ``[]``), and SORT's BY/GET patterns, which read keys the
       sorted key's group may not hold (Redis Cluster refuses them too).
-    - FUNCTION is refused, all of it: a library loaded through the proxy would have to be on every
-      group, including groups added later, or FCALL would fail after a reshard. FCALL itself is
-      SAME_SLOT for functions loaded on the groups directly.
+    - SCRIPT and FUNCTION are PROXY: scripts and libraries are kept on every group, including
+      groups added later (scripting.py); FCALL is SAME_SLOT like EVAL.
+    - CONFIG is PROXY: GET asks the groups' masters, SET sets data-path tunables on every node
+      (configcmd.py).
     - The HELP subcommands of containers the proxy serves are PROXY and listed in ``FORWARD_ANY``:
       their reply is static text, so any group's master can answer.
-    - MIGRATE, MOVE, SWAPDB, WAIT, ROLE, LOLWUT, CLIENT KILL/PAUSE/NO-EVICT/TRACKING/...,
+    - MIGRATE, MOVE, SWAPDB, WAIT, ROLE, LOLWUT, CLIENT PAUSE/UNBLOCK/TRACKING/...,
       MEMORY PURGE/MALLOC-STATS, LATENCY DOCTOR/GRAPH, SCRIPT KILL/DEBUG are refused: each is about
       one redis-server, not the keyspace the proxy presents. INFO, MONITOR, LATENCY LATEST/HISTORY/
       RESET/HISTOGRAM, MEMORY STATS/DOCTOR and LASTSAVE answer for the whole proxy (inspection.py).
@@ -98,7 +99,11 @@ _PROXY = frozenset(
         "client|setname", "client|getname", "client|id", "client|list", "client|info",
         "command", "command|count", "command|info", "command|docs", "command|list",
         "command|getkeys", "command|getkeysandflags",
-        "script|load", "script|exists", "script|flush",
+        "script|load", "script|exists", "script|flush", "script|kill",
+        "function|load", "function|delete", "function|flush", "function|list", "function|dump",
+        "function|restore", "function|stats", "function|kill",
+        "config|get", "config|set", "config|resetstat", "config|rewrite",
+        "client|kill", "client|reply", "client|no-evict", "client|unpause",
         "slowlog|get", "slowlog|len", "slowlog|reset",
         "monitor", "lastsave", "memory|stats", "memory|doctor",
         "latency|latest", "latency|history", "latency|reset", "latency|histogram",
@@ -108,7 +113,7 @@ _PROXY = frozenset(
 
 FORWARD_ANY = frozenset(
     {
-        b"client|help", b"command|help", b"script|help", b"slowlog|help",
+        b"client|help", b"command|help", b"script|help", b"slowlog|help", b"function|help", b"config|help",
         b"object|help", b"xinfo|help", b"xgroup|help", b"memory|help", b"latency|help", b"pubsub|help",
     }
 )  # fmt: skip
@@ -123,7 +128,6 @@ _SERVER = _NOT_SUPPORTED + ": it is about one redis-server; run it on a group's 
 _DB = _NOT_SUPPORTED + ": only database 0 exists"
 _CONNECTION = _NOT_SUPPORTED + ": proxy clients are not clients of a redis-server"
 _TRACKING = _NOT_SUPPORTED + ": client-side caching (tracking) is not supported"
-_FUNCTION = _NOT_SUPPORTED + " yet: a function library would have to be kept on every group"
 
 _BLOCKING = frozenset(
     {"blpop", "brpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax", "blmpop", "bzmpop", "xread", "xreadgroup"}
@@ -145,22 +149,19 @@ _REFUSED: dict[str, str] = {
     ),
     "wait": _NOT_SUPPORTED + ": each group replicates on its own, there is no cluster-wide offset",
     **dict.fromkeys(
-        ["config", "save", "bgsave", "bgrewriteaof", "shutdown", "debug", "module",
-         "latency", "pfdebug", "pfselftest", "memory|purge", "memory|malloc-stats", "script|kill",
-         "script|debug"],
+        ["save", "bgsave", "bgrewriteaof", "shutdown", "debug", "module", "acl",
+         "latency", "pfdebug", "pfselftest", "memory|purge", "memory|malloc-stats", "script|debug"],
         _SERVER,
     ),
     **dict.fromkeys(["swapdb", "move"], _DB),
     "migrate": _NOT_SUPPORTED + ": keys move between groups with kvstore-admin reshard",
     **dict.fromkeys(
-        ["client|kill", "client|pause", "client|unpause", "client|unblock", "client|no-evict",
-         "client|reply"],
+        ["client|pause", "client|unblock"],
         _CONNECTION,
     ),
     **dict.fromkeys(
         ["client|tracking", "client|trackinginfo", "client|caching", "client|getredir"], _TRACKING
     ),
-    "function": _FUNCTION,
     "acl": _NOT_SUPPORTED + ": the proxy's users are managed with kvstore-admin user (ACL WHOAMI, CAT, LIST "
            "and USERS are answered)",
     "lolwut": _NOT_SUPPORTED,

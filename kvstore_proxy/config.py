@@ -28,7 +28,7 @@ class ProxyConfig:
     slowlog_slower_than: int = 10000  # microseconds; negative disables
     slowlog_max_len: int = 128
     latency_monitor_threshold: int = 0  # milliseconds; 0 disables LATENCY's event sampling, as in Redis
-    latency_tracking: bool = False  # per-command latency histograms (INFO latencystats, LATENCY HISTOGRAM)
+    latency_tracking: bool = True  # per-command latency histograms (INFO latencystats, LATENCY HISTOGRAM)
     monitor_output_limit: int = 32 * 1024 * 1024  # bytes a MONITOR client may leave unread before it is cut off
     drain_timeout: float = 5.0
     log_format: str = "console"

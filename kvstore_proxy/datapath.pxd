@@ -44,11 +44,22 @@ cdef class Fifo:
     cdef int _grow(self) except -1
 
 
+# A command's latency histogram: log-linear buckets of whole microseconds (datapath.latency_bucket),
+# exact under 16 µs, then 16 to each power of two (each under 6.25% wide), the last from 2**36 µs
+# (19 hours) up.
+cdef enum:
+    HIST_SUB_BITS = 4
+    HIST_SUB = 1 << HIST_SUB_BITS
+    HIST_TOP_BITS = 36
+    HIST_BUCKETS = (HIST_TOP_BITS - HIST_SUB_BITS + 1) << HIST_SUB_BITS
+
+
 cdef class CommandStat:
     cdef public object name
     cdef public long long calls
     cdef public double usec
     cdef public long long errors
+    cdef unsigned long long hist[HIST_BUCKETS]  # replies by latency, with latency tracking on
 
 
 cdef class Reply:
@@ -98,6 +109,7 @@ cdef class Outbox:
     cdef public list sessions
     cdef public bint scheduled
     cdef public double slow_threshold
+    cdef public bint latency_tracking
     cdef object _run
 
     cpdef schedule(self)

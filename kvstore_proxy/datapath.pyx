@@ -762,14 +762,58 @@ cdef inline object fifo_head(Fifo f):
 
 # --- what a request leaves behind -----------------------------------------------------------------
 
+cdef extern from *:
+    int __builtin_clzll(unsigned long long) nogil
+
+
+cdef inline Py_ssize_t latency_bucket(double seconds) noexcept nogil:
+    """The histogram bucket (CommandStat.hist) of a latency: whole microseconds below HIST_SUB,
+    then HIST_SUB buckets to each power of two (the top bit and the HIST_SUB_BITS after it);
+    under 1 µs the first, 2**HIST_TOP_BITS µs and over the last."""
+    cdef double us = seconds * 1e6
+    cdef unsigned long long v
+    cdef int shift
+    if us >= HIST_SUB:
+        if us >= <double>((<unsigned long long>1) << HIST_TOP_BITS):
+            return HIST_BUCKETS - 1
+        v = <unsigned long long>us
+        shift = 63 - __builtin_clzll(v) - HIST_SUB_BITS
+        return (shift << HIST_SUB_BITS) + <Py_ssize_t>(v >> shift)
+    if us >= 1.0:
+        return <Py_ssize_t>us
+    return 0
+
+
+def latency_bucket_of(double seconds):
+    """The histogram bucket a reply after ``seconds`` is counted in (an index of LATENCY_BUCKETS)."""
+    return latency_bucket(seconds)
+
+
+cdef long long bucket_upper_us(Py_ssize_t i):
+    if i < HIST_SUB:
+        return i + 1
+    return (i % HIST_SUB + HIST_SUB + 1) << (i // HIST_SUB - 1)
+
+
+# Each histogram bucket's upper bound in µs, exclusive: bucket i holds [LATENCY_BUCKETS[i - 1],
+# LATENCY_BUCKETS[i]) (from 0 for the first; the last holds everything above it too).
+LATENCY_BUCKETS = tuple(bucket_upper_us(i) for i in range(HIST_BUCKETS))
+
+
 cdef class CommandStat:
-    """Calls and total latency of one command name (INFO commandstats)."""
+    """Calls, total latency and the latency histogram of one command name (INFO commandstats and
+    latencystats); counted in C where the reply is (SessionCore.count)."""
 
     def __init__(self, name):
         self.name = name
         self.calls = 0
         self.usec = 0.0  # seconds, despite the name; INFO converts
         self.errors = 0
+
+    def histogram(self):
+        """The buckets that counted replies: {index of LATENCY_BUCKETS: replies}."""
+        cdef Py_ssize_t i
+        return {i: self.hist[i] for i in range(HIST_BUCKETS) if self.hist[i]}
 
 
 @cython.freelist(512)
@@ -1020,7 +1064,8 @@ cdef class Outbox:
 
     Many clients' requests to one backend leave in one ``write``; a client whose replies came from
     several backends in one iteration gets them in one ``write`` too. ``slow_threshold`` (seconds)
-    is the worker's SLOWLOG threshold, read where replies are counted.
+    is the worker's SLOWLOG threshold and ``latency_tracking`` whether CommandStat histograms count,
+    both read where replies are counted.
     """
 
     def __init__(self, loop):
@@ -1029,6 +1074,7 @@ cdef class Outbox:
         self.sessions = []
         self.scheduled = False
         self.slow_threshold = INFINITY
+        self.latency_tracking = True
         self._run = self.run
 
     cpdef schedule(self):
@@ -1552,12 +1598,14 @@ cdef class SessionCore:
             req_begin(&self.rq)
 
     cdef int count(self, Reply r, const char *p, Py_ssize_t n, double now) except -1:
-        """A reply ``p[:n]`` leaves for the client: INFO commandstats and errorstats, SLOWLOG."""
+        """A reply ``p[:n]`` leaves for the client: INFO commandstats, latencystats and errorstats, SLOWLOG."""
         cdef CommandStat st = r.stat
         cdef double dt = now - r.t0
         if st is not None:
             st.calls += 1
             st.usec += dt
+            if self.outbox.latency_tracking:
+                st.hist[latency_bucket(dt)] += 1
         if n and p[0] == 45:  # '-'
             if st is not None:
                 st.errors += 1

@@ -1,4 +1,4 @@
-"""Commands sent to every group (or any one) and merged: DBSIZE, FLUSH*, KEYS, SCAN, RANDOMKEY, SCRIPT, COMMAND."""
+"""Commands sent to every group (or any one) and merged: DBSIZE, FLUSH*, KEYS, SCAN, RANDOMKEY, COMMAND."""
 
 from __future__ import annotations
 
@@ -104,21 +104,9 @@ def _scan(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes 
     return fan_out(s, stat, args, t0, [(backends[group], resp.command(sub))], merge)
 
 
-def _script_load(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
-    return _broadcast(s, args, stat, t0, lambda results: resp.bulk(results[0]))
-
-
-def _script_exists(s: Session, args: list[bytes], stat: CommandStat, t0: float) -> bytes | None:
-    def merge(results: list[Any]) -> bytes:
-        return resp.array([resp.integer(int(all(r[i] for r in results))) for i in range(len(args) - 2)])
-
-    return _broadcast(s, args, stat, t0, merge)
-
-
 HANDLERS: dict[bytes, Callable[..., bytes | None]] = {
     b"dbsize": _dbsize, b"flushdb": _flush, b"flushall": _flush, b"keys": _keys,
     b"randomkey": _randomkey, b"scan": _scan,
-    b"script|load": _script_load, b"script|exists": _script_exists, b"script|flush": _flush,
     b"command": _any, b"command|info": _any, b"command|docs": _any, b"command|list": _any,
     b"command|getkeys": _any, b"command|getkeysandflags": _any,
 }

@@ -94,7 +94,7 @@ def worker_snapshot(w: Worker) -> dict[str, Any]:
         "ops": w.ops.rate(),
         "cpu": [me.ru_stime, me.ru_utime, children.ru_stime, children.ru_utime, main.ru_stime, main.ru_utime],
         "events": w.slowlog.events.to_json(),
-        "histograms": w.slowlog.histograms.to_json() if w.slowlog.histograms is not None else None,
+        "histograms": Histograms.of(w.commandstats.values()) if w.outbox.latency_tracking else None,
         "slowlog_len": len(w.slowlog.entries),
     }
 

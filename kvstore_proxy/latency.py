@@ -1,9 +1,11 @@
 """The proxy's latency figures: LATENCY LATEST/HISTORY/RESET events and per-command latency histograms.
 
-Both are fed by :meth:`stats.SlowLog.add`, which the reply path calls only for requests slower
-than the worker's threshold: with ``--latency-monitor-threshold 0`` and no ``--latency-tracking``
-(the defaults) they cost a request nothing. Both are plain data that merges across the workers
-of one proxy (``to_json``/``merge``), so LATENCY and INFO answer for the whole proxy.
+The events are fed by :meth:`stats.SlowLog.add`, which the reply path calls only for requests
+slower than the worker's threshold (``--latency-monitor-threshold``; 0, the default, is off). The
+histograms (``--latency-tracking``, on by default) are counted in C with every reply
+(datapath.CommandStat) and only read here. Both are plain data that merges across the workers
+of one proxy (``LatencyEvents.to_json``, ``Histograms.of``; ``merge``), so LATENCY and INFO
+answer for the whole proxy.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from kvstore_proxy.commands import all_specs
+from kvstore_proxy.datapath import LATENCY_BUCKETS, CommandStat
 
 HISTORY_LEN = 160  # samples kept per event, as Redis's LATENCY_TS_LEN
 PERCENTILES = (50.0, 99.0, 99.9)  # Redis's latency-tracking-info-percentiles default
@@ -95,46 +99,25 @@ class LatencyEvents:
         return out
 
 
-# A bucket (Histograms.record) is the top 8 bits of the value in ns and their shift: under 1%
-# apart, like HDR's 2 significant digits.
-
-
-def _lower_ns(bucket: int) -> int:
-    """The lowest value of nanoseconds that falls in ``bucket``."""
-    shift = bucket >> 8
-    return bucket if shift == 0 else (bucket & 0xFF) << shift
-
-
-def _upper_ns(bucket: int) -> int:
-    """The highest value of nanoseconds that falls in ``bucket``."""
-    shift = bucket >> 8
-    if shift == 0:
-        return bucket
-    return (((bucket & 0xFF) + 1) << shift) - 1
-
-
 class Histograms:
-    """Per command, how many requests took how long (``--latency-tracking``): INFO latencystats and
-    LATENCY HISTOGRAM, measured from a request's arrival to its reply, as the client sees it."""
+    """Per command, how many replies took how long: INFO latencystats, LATENCY HISTOGRAM and the
+    metrics' histograms, measured from a request's arrival to its reply, as the client sees it.
 
-    def __init__(self) -> None:
-        self.commands: dict[str, dict[int, int]] = {}
+    The counting is done in C where each reply is counted (``CommandStat.hist``, in buckets of
+    datapath.LATENCY_BUCKETS); this reads the counts of every worker and adds them up.
+    """
 
-    def record(self, command: str, seconds: float) -> None:
-        # Every request when tracking is on: _bucket is inlined.
-        ns = int(seconds * 1e9)
-        shift = ns.bit_length() - 8
-        b = (shift << 8) | (ns >> shift) if shift > 0 else ns
-        counts = self.commands.get(command)
-        if counts is None:
-            counts = self.commands[command] = {}
-        counts[b] = counts.get(b, 0) + 1
+    def __init__(self, commands: dict[str, dict[int, int]] | None = None) -> None:
+        self.commands: dict[str, dict[int, int]] = commands if commands is not None else {}
 
-    def reset(self) -> None:
-        self.commands.clear()
+    @staticmethod
+    def of(stats: Iterable[CommandStat]) -> dict[str, dict[int, int]]:
+        """One worker's counts, by command name (what ``merge`` takes, JSON-able)."""
+        return {st.name: st.histogram() for st in stats if st.calls}
 
     def percentiles(self, command: str, wanted: tuple[float, ...] = PERCENTILES) -> list[float]:
-        """The latency in microseconds under which ``wanted`` percent of the requests fell."""
+        """The latency in microseconds under which ``wanted`` percent of the replies fell: the
+        upper bound of the bucket holding that rank, as Redis reports its histogram's."""
         counts = self.commands.get(command) or {}
         total = sum(counts.values())
         out = []
@@ -145,32 +128,43 @@ class Histograms:
             for b in sorted(counts):
                 seen += counts[b]
                 if seen >= rank:
-                    value = _upper_ns(b)
+                    value = LATENCY_BUCKETS[b]
                     break
-            out.append(value / 1000.0)
+            out.append(float(value))
         return out
 
     def cumulative(self, command: str) -> tuple[int, list[tuple[int, int]]]:
-        """LATENCY HISTOGRAM's shape: the calls, then (bucket upper bound in µs, requests at or
-        under it) for each power-of-two microsecond bucket that got requests."""
+        """LATENCY HISTOGRAM's shape: the calls, then (bucket upper bound in µs, replies at or
+        under it) for each power-of-two microsecond bucket that got replies."""
         counts = self.commands.get(command) or {}
-        per_bucket: dict[int, int] = {}
+        per_edge: dict[int, int] = {}
         for b, n in counts.items():
-            low_us = max(1, -(-_lower_ns(b) // 1000))
-            edge = 1 << (low_us - 1).bit_length()  # the power of two at or above it
-            per_bucket[edge] = per_bucket.get(edge, 0) + n
+            edge = 1 << (LATENCY_BUCKETS[b] - 1).bit_length()  # a bucket lies under one power of two
+            per_edge[edge] = per_edge.get(edge, 0) + n
         out = []
         seen = 0
-        for edge in sorted(per_bucket):
-            seen += per_bucket[edge]
+        for edge in sorted(per_edge):
+            seen += per_edge[edge]
             out.append((edge, seen))
         return seen, out
 
-    def to_json(self) -> dict[str, dict[str, int]]:
-        return {name: {str(b): n for b, n in counts.items()} for name, counts in self.commands.items()}
+    def at_or_under(self, command: str, bounds_us: Iterable[float]) -> list[int]:
+        """Replies that took at most each of ``bounds_us`` (ascending): a bucket counts under a
+        bound once all of it is."""
+        ordered = sorted((LATENCY_BUCKETS[b], n) for b, n in (self.commands.get(command) or {}).items())
+        out = []
+        seen = 0
+        i = 0
+        for bound in bounds_us:
+            while i < len(ordered) and ordered[i][0] <= bound:
+                seen += ordered[i][1]
+                i += 1
+            out.append(seen)
+        return out
 
     @classmethod
-    def merge(cls, parts: list[dict[str, dict[str, int]]]) -> Histograms:
+    def merge(cls, parts: Iterable[dict[str, dict[Any, int]]]) -> Histograms:
+        """The counts of several workers as one (keys may be strings: JSON from the siblings)."""
         out = cls()
         for part in parts:
             for name, counts in part.items():

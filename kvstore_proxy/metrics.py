@@ -10,8 +10,8 @@ the migration counters of the router) from every worker and adds them up:
 
 So one scrape answers for every worker, whichever worker the kernel hands it to; a worker that
 does not answer within a second is left out and counted in ``kvstore_proxy_workers_missing``.
-Request latency is a summary (count and sum per command) by default; with ``--latency-tracking``
-(a cost on every request) it is a histogram per command, from the same data as INFO latencystats.
+Request latency is a histogram per command, from the same counts as INFO latencystats (counted in
+C with every reply); with ``--no-latency-tracking`` it is a summary (count and sum per command).
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from prometheus_client.core import (
 
 from kvstore_cluster.httpserve import PROMETHEUS_TEXT, HttpServer, Request, Response
 from kvstore_proxy import siblings
-from kvstore_proxy.info import PROXY_VERSION, parse_snapshot, worker_snapshot
-from kvstore_proxy.latency import Histograms, _upper_ns
+from kvstore_proxy.info import PROXY_VERSION, ProxyFigures, parse_snapshot, worker_snapshot
 
 if TYPE_CHECKING:
     from kvstore_proxy.server import Worker
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
 # Bucket bounds of the latency histogram, in seconds (from 100 µs, Redis's usual range, to 10 s).
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BACKEND_STATES = ("up", "connecting", "down", "idle")
-TABLES = ("groups", "slots", "options")
+TABLES = ("groups", "slots", "options", "keyrules")
 
 
 def snapshot(w: Worker) -> dict[str, Any]:
@@ -54,7 +53,8 @@ def snapshot(w: Worker) -> dict[str, Any]:
         "backends": [{"group": b.group, "address": b.address, "state": b.state, "pending": len(b.fifo),
                       "connects": b.connects, "failures": b.failures} for b in router.backends.values()],
         "applied": {"groups": router.groups_version, "slots": router.slots_version,
-                    "options": topology.options_version if topology is not None else -1},
+                    "options": topology.options_version if topology is not None else -1,
+                    "keyrules": router.keyrules_version},
         "seen": dict(topology.seen) if topology is not None else {},
         "fenced": router.fenced,
         "zk_connected": topology is not None and topology.state == "connected",
@@ -163,13 +163,14 @@ class ProxyCollector:
                        ["command"], calls)
         yield _counter("kvstore_proxy_request_errors", "Requests answered with an error, by command.",
                        ["command"], errors)
-        parts = [s["histograms"] for s in snaps if s.get("histograms") is not None]
+        merged = ProxyFigures(snaps).histograms()
         help_text = "Time from a request's arrival to its reply being written, by command."
-        if parts:  # --latency-tracking: every request is in a histogram already
-            merged = Histograms.merge(parts)
+        if merged is not None:  # latency tracking: every reply is in a histogram already
             hist = HistogramMetricFamily("kvstore_proxy_request_duration_seconds", help_text, labels=["command"])
             for name, counts in sorted(merged.commands.items()):
-                hist.add_metric([name], _buckets(counts), seconds.get((name,), 0.0))
+                under = merged.at_or_under(name, (b * 1e6 for b in BUCKETS))
+                buckets = [*zip(map(repr, BUCKETS), under, strict=True), ("+Inf", sum(counts.values()))]
+                hist.add_metric([name], buckets, seconds.get((name,), 0.0))
             yield hist
             return
         summary = SummaryMetricFamily("kvstore_proxy_request_duration_seconds", help_text, labels=["command"])
@@ -223,21 +224,6 @@ class ProxyCollector:
             seen.add_metric([table], max(x["seen"].get(table, -1) for x in m))
         yield applied
         yield seen
-
-
-def _buckets(counts: dict[int, int]) -> list[tuple[str, float]]:
-    """Cumulative counts at each bound of BUCKETS from the latency histograms' fine buckets."""
-    ordered = sorted((_upper_ns(b) / 1e9, n) for b, n in counts.items())
-    out: list[tuple[str, float]] = []
-    seen = 0
-    i = 0
-    for bound in BUCKETS:
-        while i < len(ordered) and ordered[i][0] <= bound:
-            seen += ordered[i][1]
-            i += 1
-        out.append((repr(bound), seen))
-    out.append(("+Inf", sum(n for _, n in ordered)))
-    return out
 
 
 def _total(snaps: list[dict[str, Any]], key: str) -> float:

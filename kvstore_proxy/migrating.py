@@ -109,7 +109,9 @@ class _ThenOnTarget:
         return self.r.fail(err)
 
 
-class _Held:
+class Held:
+    """A request waiting in a slot entry: what it is, its keys, when it is answered -TRYAGAIN instead."""
+
     __slots__ = ("r", "raw", "keys", "deadline")
 
     def __init__(self, r: Any, raw: bytes, keys: list[bytes], deadline: float):
@@ -140,7 +142,7 @@ class Migrating:
         self.gone: set[bytes] = twin_of.gone if twin_of is not None else set()
         self.busy: dict[bytes, int] = {}  # key -> takes (or PINGs) in flight for it
         self.blocked: set[bytes] = set()  # keys whose requests wait behind a held one
-        self.waiting: deque[_Held] = deque()
+        self.waiting: deque[Held] = deque()
         self.timer: asyncio.TimerHandle | None = None
         self.delay = RETRY_FIRST
         self.host, self.port = target.host.encode(), str(target.port).encode()
@@ -164,7 +166,7 @@ class Migrating:
         self.send(r, resp.command(r.args))
 
     def send(self, r: Any, raw: bytes) -> None:
-        keys = _keys(r, raw)
+        keys = request_keys(r, raw)
         if not self.router.migration_released and not self.committed:
             self.hold(r, raw, keys)
             return
@@ -172,7 +174,7 @@ class Migrating:
 
     def dispatch(self, r: Any, raw: bytes, keys: list[bytes], deadline: float | None = None) -> None:
         if self.evicted:
-            redispatch(self.router, [_Held(r, raw, keys, 0.0)], self.is_resp3)
+            redispatch(self.router, [Held(r, raw, keys, 0.0)], self.is_resp3)
             return
         if self.blocked and not self.blocked.isdisjoint(keys):
             self.hold(r, raw, keys, deadline=deadline)  # behind an earlier request on one of its keys
@@ -226,14 +228,14 @@ class Migrating:
         """Keep the request until the slots are released or its keys are off the source (bounded)."""
         router = self.router
         if self.evicted:  # a take answered after this entry left the table: where the slot is now
-            redispatch(router, [_Held(r, raw, keys, 0.0)], self.is_resp3)
+            redispatch(router, [Held(r, raw, keys, 0.0)], self.is_resp3)
             return
         if router.held_bytes + len(raw) > HOLD_MAX_BYTES:
             self._answer(r, HELD_ERROR)
             return
         router.held_bytes += len(raw)
         router.requests_held += 1
-        self.waiting.append(_Held(r, raw, keys, deadline or time.monotonic() + HOLD_SECONDS))
+        self.waiting.append(Held(r, raw, keys, deadline or time.monotonic() + HOLD_SECONDS))
         if block or self.blocked:
             self.blocked.update(keys)
         if self.timer is None:
@@ -253,7 +255,7 @@ class Migrating:
     def _expire(self) -> None:
         now = time.monotonic()
         if self.waiting and self.waiting[0].deadline <= now:
-            kept: deque[_Held] = deque()
+            kept: deque[Held] = deque()
             for h in self.waiting:
                 if h.deadline <= now:
                     self.router.held_bytes -= len(h.raw)
@@ -273,7 +275,7 @@ class Migrating:
         if self.committed:
             self.unbusy([])  # nothing in flight any more: the slots go to their owner directly
 
-    def evict(self) -> list[_Held]:
+    def evict(self) -> list[Held]:
         """This entry left the table: its held requests, for the new table to take (``router.py``)."""
         self.evicted = True
         if self.timer is not None:
@@ -293,7 +295,7 @@ class Migrating:
             notify(done, self.outbox)
 
 
-def redispatch(router: Any, held: list[_Held], resp3: bool) -> None:
+def redispatch(router: Any, held: list[Held], resp3: bool) -> None:
     """Requests held by an entry that left the table go where their slot is served now."""
     for h in held:
         entry = router.slot_backend[router.slotter.key_slot(h.keys[0])] if h.keys else None
@@ -312,7 +314,8 @@ def _args(keys: list[bytes], host: bytes, port: bytes) -> list[bytes]:
             for a in take_args(keys, host.decode(), int(port), MIGRATE_TIMEOUT_MS)]
 
 
-def _keys(r: Any, raw: bytes) -> list[bytes]:
+def request_keys(r: Any, raw: bytes) -> list[bytes]:
+    """The keys of a request (a Reply knows its arguments; a split request's part only its bytes)."""
     args = getattr(r, "args", None)
     if args is None:  # a Part of a split request: only its own bytes say which keys it has
         reader = hiredis.Reader()

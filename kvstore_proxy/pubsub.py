@@ -41,6 +41,7 @@ from kvstore_proxy.backend import Backend
 from kvstore_proxy.clientstate import ClientState, notify, state_of
 from kvstore_proxy.migrating import Migrating
 from kvstore_proxy.request import CommandStat, Reply
+from kvstore_proxy.rulehold import unhub
 
 if TYPE_CHECKING:
     from kvstore_proxy.commands import CommandSpec
@@ -70,13 +71,14 @@ def not_allowed(spec: CommandSpec) -> bytes:
                       "PING / QUIT / RESET are allowed in this context")
 
 
-def channel_slot(channel: bytes) -> int:
-    """The slot a channel lives in: its name's, or for a keyspace notification its key's."""
+def channel_slot(channel: bytes, slot: Callable[[bytes], int] = key_slot) -> int:
+    """The slot a channel lives in: its name's, or for a keyspace notification its key's (``slot``:
+    the cluster's slot function with its key rules, ``Router.slotter.key_slot``)."""
     if channel.startswith(_KEYSPACE):
         end = channel.find(b"__:", len(_KEYSPACE))
         if end >= 0:
-            return key_slot(channel[end + 3 :])
-    return key_slot(channel)
+            return slot(channel[end + 3 :])
+    return slot(channel)
 
 
 class SubLease:
@@ -225,7 +227,7 @@ def _addresses(router: Any, kind: int, name: bytes, masters: list[str]) -> list[
     """The masters a subscription must be on (empty while nobody may serve its slot)."""
     if kind == P or name.startswith(_KEYEVENT):
         return masters
-    entry = router.slot_backend[channel_slot(name)]
+    entry = unhub(router.slot_backend[channel_slot(name, router.slotter.key_slot)])
     if isinstance(entry, Migrating):
         return [entry.source.address, entry.target.address]
     return [entry.address] if isinstance(entry, Backend) else []
@@ -450,7 +452,7 @@ def _too_slow(s: Session, size: int, which: str) -> None:
 
 def _publish(s: Session, stat: CommandStat, args: list[bytes], raw: bytes, t0: float) -> None:
     """To the channel's group; while its slot migrates, to the side every proxy's subscribers are on."""
-    entry = s.router.slot_backend[channel_slot(args[1])]
+    entry = unhub(s.router.slot_backend[channel_slot(args[1], s.worker.router.slotter.key_slot)])
     if isinstance(entry, Migrating):
         entry = entry.target if s.worker.router.migration_released else entry.source
     r = Reply(s, t0, stat, args)

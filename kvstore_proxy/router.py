@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from kvstore_cluster.keyrules import KeyRules
 from kvstore_cluster.model import Groups, SlotTable
 from kvstore_cluster.slots import SLOT_COUNT, Slotter
 from kvstore_proxy import resp
@@ -15,6 +16,7 @@ from kvstore_proxy.backend import Backend, Refuser
 from kvstore_proxy.clientstate import Step
 from kvstore_proxy.datapath import Outbox, SlotMap
 from kvstore_proxy.migrating import Migrating, redispatch, released
+from kvstore_proxy.rulehold import Change, RuleHub, install, release
 
 log = structlog.get_logger("kvstore.proxy.router")
 
@@ -60,6 +62,11 @@ class Router:
         self._no_table = Refuser(NO_TABLE_ERROR, outbox)
         self.slot_backend: list[Any] = [self._no_table] * SLOT_COUNT
         self.slotter = Slotter()  # no key rules
+        self.keyrules = KeyRules()  # the keyrules record applied (set_keyrules)
+        self.keyrules_version = -1
+        self.hubs: frozenset[int] = frozenset()  # slots whose keys may move in the rule change in progress
+        self.rule_change: Change | None = None
+        self.rule_hubs: dict[int, RuleHub] = {}  # their table entries (rulehold.py)
         self.owners: tuple[str | None, ...] = (None,) * SLOT_COUNT
         self.group_order: list[Any] = []  # one entry per group, for fan-out commands
         self.reshard_data: bytes | None = None  # the reshard znode, for holding newly marked slots
@@ -73,6 +80,8 @@ class Router:
         self.requests_held = 0  # requests made to wait (not refused) for a held slot or a key in pieces
         # Called after every change of the table (never per request): clients holding leases follow it.
         self.listeners: list[Callable[[], None]] = []
+        # What each new backend connection sends first (function libraries: scripting.preload).
+        self.preload: Callable[[Backend], list[tuple[Any, bytes]]] | None = None
 
     @property
     def slot_backend(self) -> list[Any]:
@@ -110,11 +119,21 @@ class Router:
         for gid, master in wanted.items():
             if gid not in self.backends:
                 b = Backend(gid, master, self.outbox, self.backend_password, self.connect_timeout)
+                b.preload = self.preload
                 self.backends[gid] = b
                 b.start()
         self.retired = [b for b in self.retired if b.state != "closed"]
         self.owners = slots.owners()
         self.migration_released = released(self.reshard_data, slots.migrating)
+        if self.rule_change is not None:
+            self.rule_change = Change(self.keyrules, self.owners)
+        self._rebuild()
+
+    def set_keyrules(self, record: KeyRules, version: int) -> None:
+        """Route by these key rules from now on (``slotter``); during a change, hold its keys (rulehold.py)."""
+        self.slotter, self.hubs = record.routing()
+        self.keyrules, self.keyrules_version = record, version
+        self.rule_change = Change(record, self.owners) if record.change is not None else None
         self._rebuild()
 
     def set_reshard(self, data: bytes | None) -> None:
@@ -144,6 +163,8 @@ class Router:
             for old in fenced:  # what they held is refused like everything else now
                 for e in (old, old.resp3):
                     redispatch(self, e.evict(), e.is_resp3)
+            hubs, self.rule_hubs = list(self.rule_hubs.values()), {}
+            release(self, hubs)
             self._changed()
             return
         if self.groups is None:
@@ -185,12 +206,15 @@ class Router:
                 kept.append(old)
             else:
                 gone.append(old)
+        before_hubs = self.rule_hubs
+        self.rule_hubs = install(self, slot_backend, before_hubs)
         self.slot_backend = slot_backend
         self.group_order = order
         self.migrating = kept
         for old in gone:  # their held requests go where the new table says
             for e in (old, old.resp3):
                 redispatch(self, e.evict(), e.is_resp3)
+        release(self, [h for s, h in before_hubs.items() if self.rule_hubs.get(s) is not h])
         self._resume_held()
         self._changed()
 
@@ -217,7 +241,7 @@ class Router:
     # --- lookups for the slow paths -------------------------------------------------------------
 
     def any_backend(self) -> Any:
-        """Where keyless scripts and static commands go: the first group (fenced: a refusal)."""
+        """Where static commands go (COMMAND INFO, HELP): the first group up (fenced: a refusal)."""
         if self.fenced:
             return self._fence
         for entry in self.group_order:

@@ -16,16 +16,17 @@ from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.store import ClusterNotFound, ClusterStore, StoreError
 from kvstore_cluster.tls import ServerTLS
 from kvstore_cluster.zkauth import connect_to_cluster
-from kvstore_proxy import inspection
+from kvstore_proxy import inspection, scripting
 from kvstore_proxy.acl import UserDirectory
 from kvstore_proxy.commands import CommandSpec
 from kvstore_proxy.config import ProxyConfig
 from kvstore_proxy.datapath import CommandStat, Outbox, Route, command_name
 from kvstore_proxy.groupinfo import GroupInfo
 from kvstore_proxy.info import worker_snapshot
-from kvstore_proxy.latency import Histograms, LatencyEvents
+from kvstore_proxy.latency import LatencyEvents
 from kvstore_proxy.limits import Limits
 from kvstore_proxy.monitor import Hub
+from kvstore_proxy.registry import Registry
 from kvstore_proxy.router import Router
 from kvstore_proxy.router3 import Resp3Router
 from kvstore_proxy.session import Session
@@ -63,14 +64,14 @@ class Worker:
         self.router3 = Resp3Router(self.router, self.outbox)  # what sessions after HELLO 3 route with
         self.stats = Stats()
         self.ops = OpsMeter()
-        # The reply path hands SlowLog every request slower than slow_threshold: the slow log's,
-        # the latency monitor's, or every request with latency tracking (stats.SlowLog).
+        # The reply path hands SlowLog every request slower than slow_threshold: the slow log's or
+        # the latency monitor's (stats.SlowLog). Latency histograms are counted in C (CommandStat).
         self.slowlog = SlowLog(
             config.slowlog_max_len,
             config.slowlog_slower_than / 1e6 if config.slowlog_slower_than >= 0 else math.inf,
-            LatencyEvents(config.latency_monitor_threshold),
-            Histograms() if config.latency_tracking else None)
+            LatencyEvents(config.latency_monitor_threshold))
         self.slow_threshold = self.slowlog.threshold
+        self.outbox.latency_tracking = config.latency_tracking
         self.commandstats: dict[str, CommandStat] = {}
         self.routes: dict[bytes, Route] = {}  # command name as sent -> fast route (datapath.Route)
         self.users = UserDirectory(self)  # users, their rules and their routes tables (acl.py)
@@ -93,6 +94,11 @@ class Worker:
         self.listening = False
         self.topology: Topology | None = None
         self.options = ClusterOptions()  # the cluster options record, applied live (Topology)
+        self.keyless_slot = 0  # where EVAL/FCALL with no keys run: the slot of option keyless-tag
+        self.registry = Registry()  # scripts and function libraries kept cluster-wide (registry.py)
+        self.scripts_loaded: dict[Any, tuple[int, set[bytes]]] = {}  # backend -> (connection, SHAs there)
+        self.config_differences: dict[str, tuple[str | None, ...]] = {}  # logged once per set of values
+        self.router.preload = scripting.preload(self)
         self.stateful = StatefulHub(self)  # leases, transactions, blocked clients, subscriptions
         self.server: asyncio.base_events.Server | None = None
         self.metrics: Any = None  # metrics.MetricsEndpoint with --metrics-listen
@@ -168,6 +174,7 @@ class Worker:
             raise StartupError(str(exc)) from None
         self.topology = Topology(self, self._zk)
         self.topology.start()
+        self.registry.start(self.topology.store, self.topology.bridge)
         try:
             await self.siblings.start()
         except OSError as exc:

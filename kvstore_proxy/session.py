@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from kvstore_proxy import answers, blocking, commands, pubsub, resp, transactions
+from kvstore_proxy import answers, blocking, clientcmd, commands, pubsub, resp, scripting, transactions
 from kvstore_proxy.clientstate import ClientState
 from kvstore_proxy.commands import Kind
 from kvstore_proxy.datapath import Reply, SessionCore
@@ -56,7 +56,7 @@ class Session(SessionCore, asyncio.Protocol):
     """
 
     __slots__ = ('router', 'id', 'addr', 'laddr', 'name', 'protocol', 'enc', 'lib_name', 'lib_ver',
-                 'created', 'last_cmd', 'authenticated', 'state', 'user', 'acl', 'buckets')
+                 'created', 'last_cmd', 'authenticated', 'state', 'user', 'acl', 'buckets', 'reply_mode')
 
     def __init__(self, worker: Worker):
         SessionCore.__init__(self, worker)
@@ -81,6 +81,7 @@ class Session(SessionCore, asyncio.Protocol):
         # Transaction, held requests, blocked command, subscriptions (clientstate.py); None for
         # the plain clients that use none of them.
         self.state: ClientState | None = None
+        self.reply_mode: str | None = None  # CLIENT REPLY OFF/SKIP (clientcmd.py); None: replies are sent
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -174,6 +175,9 @@ class Session(SessionCore, asyncio.Protocol):
         """Everything but the KEYED fast path: lookup, arity, auth, then by kind."""
         worker = self.worker
         st = self.state
+        if self.reply_mode is not None and not clientcmd.answered_anyway(args):
+            clientcmd.silently(self, args, raw, t0)
+            return
         if st is not None and st.held:
             st.keep(args, raw, t0)  # behind a lease's reply (clientstate.py)
             return
@@ -235,7 +239,7 @@ class Session(SessionCore, asyncio.Protocol):
                 if refusal is not None:
                     self.answer(route.stat, args, t0, refusal)
                     return
-                target = self.router.any_backend()
+                target = self.router.slot_backend[worker.keyless_slot]  # option keyless-tag
             else:
                 key_slot = worker.router.slotter.key_slot
                 slot = key_slot(args[keys[0]])
@@ -253,7 +257,10 @@ class Session(SessionCore, asyncio.Protocol):
                 target = self.router.slot_backend[slot]
             r = Reply(self, t0, route.stat, args)
             self.fifo.append(r)
-            target.send(r, raw)
+            if spec.name in scripting.EVAL or spec.name in scripting.EVALSHA:
+                scripting.forward(self, spec.name, target, r, raw, args)
+            else:
+                target.send(r, raw)
             if route.fast:
                 worker.learn_route(args[0], route)
         elif kind is Kind.MULTI:
@@ -327,7 +334,7 @@ class Session(SessionCore, asyncio.Protocol):
         """The fast path only for an authenticated client whose state does not need every request;
         its user's routes (acl.UserDirectory.routes_for): every command, those it may run, or none."""
         st = self.state
-        if self.authenticated and (st is None or not st.slow) and not self.buckets:
+        if self.authenticated and (st is None or not st.slow) and not self.buckets and self.reply_mode is None:
             self.routes = self.worker.users.routes_for(self.user)
         else:
             self.routes = {}

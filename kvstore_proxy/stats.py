@@ -6,7 +6,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from kvstore_proxy.latency import Histograms, LatencyEvents, event_for
+from kvstore_proxy.latency import LatencyEvents, event_for
 
 if TYPE_CHECKING:
     from kvstore_proxy.request import Reply
@@ -60,36 +60,28 @@ class OpsMeter:
 class SlowLog:
     """Where the reply path sends every request slower than the worker's ``slow_threshold``.
 
-    That threshold is the lowest of the three this class serves, so a request below all of them
-    costs one comparison and nothing more:
+    That threshold is the lower of the two this class serves, so a request below both costs one
+    comparison and nothing more:
 
     - the slow log itself (SLOWLOG GET/LEN/RESET), requests over ``slower_than`` seconds, newest
       first; ``add`` only keeps references, the arguments are trimmed as Redis does when SLOWLOG
       GET asks for them;
-    - the latency monitor (``events``, LATENCY LATEST/HISTORY) from its threshold in ms;
-    - the per-command histograms (``histograms``, INFO latencystats) when latency tracking is on,
-      which makes the threshold -1: every request.
+    - the latency monitor (``events``, LATENCY LATEST/HISTORY) from its threshold in ms.
     """
 
-    def __init__(self, max_len: int, slower_than: float = float("inf"),
-                 events: LatencyEvents | None = None, histograms: Histograms | None = None):
+    def __init__(self, max_len: int, slower_than: float = float("inf"), events: LatencyEvents | None = None):
         self.entries: deque[tuple[int, float, float, list[bytes], str, bytes]] = deque(maxlen=max(0, max_len))
         self.next_id = 0
         self.slower_than = slower_than if max_len > 0 else float("inf")
         self.events = events if events is not None else LatencyEvents(0)
-        self.histograms = histograms
         self._event_from = self.events.threshold_ms / 1000 if self.events.threshold_ms > 0 else float("inf")
 
     @property
     def threshold(self) -> float:
-        """Seconds above which a request must come here (-1 with latency tracking: all of them)."""
-        if self.histograms is not None:
-            return -1.0
+        """Seconds above which a request must come here."""
         return min(self.slower_than, self._event_from)
 
     def add(self, r: Reply, seconds: float, session: Any) -> None:
-        if self.histograms is not None:
-            self.histograms.record(r.stat.name, seconds)
         if seconds >= self._event_from:
             self.events.add(event_for(r.stat.name), int(seconds * 1000))
         if seconds > self.slower_than:

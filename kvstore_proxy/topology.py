@@ -12,10 +12,11 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoNodeError
 
 from kvstore_cluster import paths, tls
+from kvstore_cluster.keyrules import KeyRules, tag_slot
 from kvstore_cluster.model import Groups, ModelError, SlotTable
 from kvstore_cluster.options import ClusterOptions
 from kvstore_cluster.proxy_registration import ProxyRegistration
-from kvstore_cluster.store import ClusterStore
+from kvstore_cluster.store import ClusterStore, CorruptData
 from kvstore_cluster.users import Users
 from kvstore_cluster.zkbridge import LoopBridge
 
@@ -64,6 +65,7 @@ class Topology:
         self.bridge.watch_data(paths.slots(self.cluster), self._on_slots)
         self.bridge.watch_data(paths.reshard(self.cluster), self._on_reshard)
         self.bridge.watch_data(paths.options(self.cluster), self._on_options)
+        self.bridge.watch_data(paths.keyrules(self.cluster), self._on_keyrules)
         self.bridge.watch_data(paths.users(self.cluster), self._on_users)
 
     # --- tables ---------------------------------------------------------------------------------
@@ -111,7 +113,30 @@ class Topology:
         if value != self.worker.options:
             log.info("options_applied", version=stat.version if stat is not None else -1, options=value.values)
         self.worker.options = value
+        self.worker.keyless_slot = tag_slot(value.keyless_tag)
         self.options_version = stat.version if stat is not None else -1
+
+    def _on_keyrules(self, data: bytes | None, stat: Any) -> None:
+        version = stat.version if stat is not None else -1
+        if stat is not None:
+            self.seen["keyrules"] = version
+        try:
+            value = KeyRules() if data is None else KeyRules.decode(data)
+        except ModelError as exc:
+            # Keeping the rules we had: an executor waiting for this version names us (the barrier).
+            log.error("keyrules_rejected", version=version, error=str(exc),
+                      kept_version=self.worker.router.keyrules_version)
+            return
+        self._apply_keyrules(value, version)
+
+    def _apply_keyrules(self, value: KeyRules, version: int) -> None:
+        router = self.worker.router
+        if version == router.keyrules_version and value == router.keyrules:
+            return
+        router.set_keyrules(value, version)
+        log.info("keyrules_applied", version=version, rules=len(value.rules),
+                 change=value.change.request if value.change is not None else None, hubs=len(router.hubs))
+        self.register()
 
     def _on_users(self, data: bytes | None, stat: Any) -> None:
         if stat is not None:
@@ -147,7 +172,7 @@ class Topology:
         w = self.worker
         return ProxyRegistration(address=f"{w.config.host}:{w.port}", pid=os.getpid(), started_at=w.started_at,
                                  slots_version=w.router.slots_version, groups_version=w.router.groups_version,
-                                 fenced=w.router.fenced)
+                                 fenced=w.router.fenced, keyrules_version=w.router.keyrules_version)
 
     def register(self) -> None:
         """Write our node (again) with the versions applied; coalesces bursts of table changes."""
@@ -229,6 +254,11 @@ class Topology:
         try:
             groups = await self.loop.run_in_executor(None, self.store.read_groups)
             slots = await self.loop.run_in_executor(None, self.store.read_slots)
+            try:
+                rules = await self.loop.run_in_executor(None, self.store.read_keyrules)
+            except CorruptData as exc:  # garbage keeps the rules we had, never the fence
+                log.error("keyrules_rejected", error=str(exc), kept_version=self.worker.router.keyrules_version)
+                rules = None
         except Exception as exc:  # noqa: BLE001 - stay fenced; the next reconnect tries again
             log.warning("refresh_failed", error=str(exc) or type(exc).__name__)
             return
@@ -238,6 +268,8 @@ class Topology:
         self.slots = (slots.value, slots.version)
         self._lost = False
         self._apply()
+        if rules is not None:
+            self._apply_keyrules(rules.value, rules.version)
         self.worker.router.unfence()
         self.register()
 

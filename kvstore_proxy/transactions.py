@@ -26,17 +26,18 @@ for the client's earlier requests to that master (``clientstate.prepare``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from kvstore_cluster.slots import key_slot
-from kvstore_proxy import answers, commands, resp
+from kvstore_proxy import answers, commands, resp, scripting
 from kvstore_proxy.backend import Backend
 from kvstore_proxy.clientstate import ClientState, finish, prepare, serving, state_of
 from kvstore_proxy.commands import CommandSpec, Kind, Merge
 from kvstore_proxy.migrating import Migrating
 from kvstore_proxy.request import Reply
+from kvstore_proxy.rulehold import RuleHub
 
 if TYPE_CHECKING:
     from kvstore_proxy.leases import Lease
@@ -51,6 +52,8 @@ _KEYED_KINDS = (Kind.KEYED, Kind.SAME_SLOT, Kind.MULTI, Kind.BLOCKING)
 _FORWARDED = frozenset({b"ping", b"echo", b"time", b"unwatch"})  # keyless, harmless on any master
 QUEUED = b"+QUEUED\r\n"
 EXECABORT = resp.error("EXECABORT Transaction discarded because of previous errors.")
+RULES_CHANGED = resp.error("EXECABORT Transaction discarded because the cluster's key rules changed while it was "
+                           "queued; retry it")
 CROSSSLOT = resp.error("CROSSSLOT Keys in request don't hash to the same slot")
 _EMPTY = b"*0\r\n"
 _MULTI = resp.command([b"MULTI"])
@@ -62,12 +65,13 @@ NULL_ARRAY = {2: resp.NULL_ARRAY, 3: resp.NULL}
 class Watch:
     """A WATCH in effect on a master: the lease it was sent on, its slot, that master."""
 
-    __slots__ = ("lease", "slot", "address")
+    __slots__ = ("lease", "slot", "address", "slotter")
 
-    def __init__(self, lease: Lease, slot: int, address: str):
+    def __init__(self, lease: Lease, slot: int, address: str, slotter: Any):
         self.lease = lease
         self.slot = slot
         self.address = address
+        self.slotter = slotter  # the slot function the slot was computed with (key rules)
 
 
 class Queued:
@@ -90,7 +94,8 @@ SPLIT = -1  # Queued.slot of a multi-key command split by group at EXEC (option 
 class Transaction:
     """One client's MULTI queue and WATCH."""
 
-    __slots__ = ("multi", "queued", "dirty", "slot", "per_group", "watching", "watch_slot", "watch", "broken")
+    __slots__ = ("multi", "queued", "dirty", "slot", "per_group", "watching", "watch_slot", "watch", "broken",
+                 "slotter")
 
     def __init__(self) -> None:
         self.multi = False
@@ -102,6 +107,7 @@ class Transaction:
         self.watch_slot: int | None = None
         self.watch: Watch | None = None  # None once broken (or before the first WATCH's reply)
         self.broken = False  # EXEC answers nil
+        self.slotter: Any = None  # the slot function at MULTI: queued slots are only good under it
 
 
 def handle(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], raw: bytes, t0: float) -> None:
@@ -125,6 +131,7 @@ def _multi(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], 
     txn.dirty = False
     txn.slot = txn.watch_slot
     txn.per_group = s.worker.options.transactions == "per-group" and not txn.watching
+    txn.slotter = s.worker.router.slotter
     s.refresh_routes()
     s.answer(stat, args, t0, resp.OK)
 
@@ -135,11 +142,11 @@ def queue(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], r
     if txn.per_group and spec.kind is Kind.MULTI:
         # MSET, DEL, MGET, ... over several slots: split by group at EXEC, merged like outside MULTI.
         keys = commands.key_indexes(spec, args)  # fixed positions: arity was checked
-        if len({key_slot(args[i]) for i in keys}) > 1:
+        if len({txn.slotter.key_slot(args[i]) for i in keys}) > 1:
             txn.queued.append(Queued(raw, SPLIT, spec, args))
             s.answer(stat, args, t0, QUEUED)
             return
-    slot, error = _slot_of(spec, args)
+    slot, error = _slot_of(spec, args, txn.slotter.key_slot)
     if error is None and slot is not None and not txn.per_group:
         if txn.slot is None:
             txn.slot = slot
@@ -153,7 +160,8 @@ def queue(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], r
     s.answer(stat, args, t0, QUEUED)
 
 
-def _slot_of(spec: CommandSpec, args: list[bytes]) -> tuple[int | None, bytes | None]:
+def _slot_of(spec: CommandSpec, args: list[bytes],
+             key_slot: Callable[[bytes], int]) -> tuple[int | None, bytes | None]:
     """The slot a queued command needs (None: keyless), or the error it gets instead."""
     kind, name = spec.kind, spec.name
     if kind in _KEYED_KINDS:
@@ -170,7 +178,7 @@ def _slot_of(spec: CommandSpec, args: list[bytes]) -> tuple[int | None, bytes | 
     if name in (b"publish", b"spublish"):
         from kvstore_proxy.pubsub import channel_slot
 
-        return channel_slot(args[1]), None
+        return channel_slot(args[1], key_slot), None
     if name in _FORWARDED or name in commands.FORWARD_ANY:
         return None, None
     if kind is Kind.REFUSED:
@@ -187,8 +195,9 @@ def _watch(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], 
         s.answer(stat, args, t0, resp.error("ERR WATCH inside MULTI is not allowed"))
         return
     keys = args[1:]
-    slot = key_slot(keys[0])
-    if any(key_slot(k) != slot for k in keys[1:]) or (txn.watching and txn.watch_slot != slot):
+    slotter = s.worker.router.slotter
+    slot = slotter.key_slot(keys[0])
+    if any(slotter.key_slot(k) != slot for k in keys[1:]) or (txn.watching and txn.watch_slot != slot):
         s.answer(stat, args, t0, CROSSSLOT)
         _drop_if_idle(st)
         return
@@ -224,7 +233,7 @@ def _watch(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], 
                 failed(got)
                 return
             lease = got
-            txn.watch = Watch(lease, slot, master.address)
+            txn.watch = Watch(lease, slot, master.address, slotter)
             st.hub.watchers.add(st)
         lease.on_lost = lambda lease, err: _watch_lost(st, txn, lease, err, r)
 
@@ -285,7 +294,7 @@ def watch_routes_changed(st: ClientState, router: Any) -> None:
     if w is None:
         st.hub.watchers.discard(st)
         return
-    if serving(router, w.slot) != w.address:
+    if serving(router, w.slot) != w.address or w.slotter is not router.slotter:
         log.info("watch_broken", client=st.session.id, slot=w.slot, addr=w.address)
         _break(st, txn)  # type: ignore[arg-type]
 
@@ -393,6 +402,10 @@ def _exec(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], r
         discard(st)  # moved since the WATCH, and routes_changed has not run yet
         finish(r, NULL_ARRAY[s.protocol])
         return
+    if txn.slotter is not s.worker.router.slotter:
+        discard(st)  # the slots of its queued commands were computed under other key rules
+        finish(r, RULES_CHANGED)
+        return
     # The transaction leaves the client's state: the WATCH's lease travels with the run. Held
     # first, so that the state is not dropped while the run needs it.
     st.hold()
@@ -419,19 +432,21 @@ def _plan(s: Session, run: _Exec, slot: int | None, per_group: bool) -> None:
         return by[where]
 
     first = slot if not per_group else next((q.slot for q in run.queued if q.slot not in (None, SPLIT)), None)
+    if first is None:
+        first = s.worker.keyless_slot  # keyless only (EVAL ... 0, PING): where keyless scripts run
     for i, q in enumerate(run.queued):
         if q.slot == SPLIT:
             _plan_split(run, i, q, table, part_for)
             continue
         qslot = q.slot if q.slot is not None and per_group else first
-        entry = table[qslot] if qslot is not None else s.router.any_backend()
+        entry = table[qslot if qslot is not None else first]
         part_for(entry).add(i, q.raw, entry)
     if not by:  # WATCH, MULTI, EXEC: nothing queued, but EXEC must still check the WATCH
-        entry = table[first] if first is not None else s.router.any_backend()
+        entry = table[first]
         part_for(entry).entries[entry] = []
     for part in by.values():
         for entry in part.entries:
-            if isinstance(entry, Migrating):
+            if isinstance(entry, Migrating | RuleHub):
                 part.entries[entry] = _keys(part.raws)
         part.left = len(part.entries)
     run.parts = list(by.values())
@@ -444,7 +459,7 @@ def _plan_split(run: _Exec, i: int, q: Queued, table: Any, part_for: Any) -> Non
     step = spec.step
     shares: dict[int, tuple[Any, list[int]]] = {}  # id(part) -> (entry, key positions)
     for pos in commands.key_indexes(spec, args):
-        entry = table[key_slot(args[pos])]
+        entry = table[run.st.session.worker.router.slotter.key_slot(args[pos])]
         part = part_for(entry)
         shares.setdefault(id(part), (entry, []))[1].append(pos)
     run.splits[i] = []
@@ -517,7 +532,7 @@ def _send(part: _Part) -> None:
         lease = got
     part.lease = lease
     part.sent = True
-    raws = [_MULTI, *part.raws, _EXEC]
+    raws = [*scripting.loads_for(s.worker, part.raws), _MULTI, *part.raws, _EXEC]
     lease.on_lost = lambda lease, err: _part_failed(part, err)
 
     def replied(replies: list[bytes]) -> None:

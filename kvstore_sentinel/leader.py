@@ -18,7 +18,7 @@ from kvstore_cluster.ops.switchover import recover_stale
 from kvstore_cluster.store import CorruptData, Set
 from kvstore_sentinel.background_rebalance import BackgroundRebalance
 from kvstore_sentinel.probe import Prober
-from kvstore_sentinel.reconcile import Reconciler
+from kvstore_sentinel.reconcile import ConfigKeeper, Reconciler
 
 log = structlog.get_logger("kvstore.sentinel.leader")
 
@@ -36,6 +36,7 @@ class Leader:
         self.auto_rejoin = auto_rejoin
         self.stable_for = stable_for  # a down group's node must answer this long before it rejoins
         self.reconciler = Reconciler(ctx, fence, prober)
+        self.config = ConfigKeeper(ctx, fence, prober)
         self._said: set[tuple[str, ...]] = set()  # (event, key) logged once until the condition clears
 
     def _once(self, event: str, key: str, level: str = "warning", **fields: object) -> None:
@@ -77,6 +78,7 @@ class Leader:
                 await self._datastore(group, down)
             else:
                 await self._cache(group, down)
+        await self.config.tick(groups_v.value)
 
     async def _datastore(self, group: Group, down: set[str]) -> None:
         if group.master in down:

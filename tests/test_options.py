@@ -46,6 +46,7 @@ def test_option_commands(zk_hosts: str, zk) -> None:  # type: ignore[no-untyped-
     assert listed.exit_code == 0
     rows = json.loads(listed.output)
     assert [(r["name"], r["value"], r["default"], r["choices"]) for r in rows] == [
+        ("keyless-tag", "", "", []),
         ("transactions", "single-slot", "single-slot", ["single-slot", "per-group"])]
     assert "per-group:" in _admin(zk_hosts, "option", "list").output  # the help text, for humans
     assert _admin(zk_hosts, "option", "get", "transactions").output == "single-slot\n"
@@ -56,12 +57,16 @@ def test_option_commands(zk_hosts: str, zk) -> None:  # type: ignore[no-untyped-
     got = json.loads(_admin(zk_hosts, "option", "get", "transactions", "--json").output)
     assert got["value"] == "per-group" and got["default"] == "single-slot"
     assert _admin(zk_hosts, "option", "set", "transactions", "per-group").exit_code == 0  # no change: fine
+    # a free value: the keyless scripts' tag
+    assert _admin(zk_hosts, "option", "set", "keyless-tag", "asgi").exit_code == 0
+    assert ClusterOptions.decode(zk.get(paths.options("c1"))[0]).keyless_tag == b"asgi"
     # refusals: one line each, meaningful exit codes
     for args, code, text in [
         (("option", "get", "colour"), USER_ERROR, "unknown option 'colour'"),
         (("option", "set", "colour", "blue"), USER_ERROR, "unknown option 'colour'"),
         (("option", "set", "transactions", "sideways"), USER_ERROR, "expected one of single-slot, per-group"),
         (("option", "set", "transactions"), USAGE, "Missing argument"),
+        (("option", "set", "keyless-tag", "x" * 1025), USER_ERROR, "a tag is at most 1024 bytes"),
     ]:
         result = _admin(zk_hosts, *args)
         assert result.exit_code == code and text in result.output, (args, result.output)

@@ -29,8 +29,11 @@ _SECTIONS = {
     ),
     Kind.SAME_SLOT: (
         "Multi-key commands whose keys must share a slot",
-        "Forwarded whole when every key hashes to the same slot (use `{hash tags}`), refused with "
-        "`-CROSSSLOT` otherwise. EVAL, EVALSHA and FCALL with no key go to any group.",
+        "Forwarded whole when every key hashes to the same slot (use `{hash tags}`, or key rules: "
+        "`kvstore-admin keyrule`), refused with `-CROSSSLOT` otherwise. EVAL, EVALSHA and FCALL (and "
+        "their _RO forms) with no key run on the group owning the slot of the `keyless-tag` option "
+        "(default: slot 0). Every script seen is kept cluster-wide: EVALSHA works on every group, "
+        "groups added later and new masters included. See [design](design.md#script-and-function-registry).",
     ),
     Kind.BLOCKING: (
         "Blocking commands",
@@ -56,9 +59,19 @@ _SECTIONS = {
     Kind.PROXY: (
         "Commands the proxy answers itself",
         "Answered by the proxy, or fanned out to every group and combined (DBSIZE, KEYS, SCAN, FLUSHDB, "
-        "FLUSHALL, SCRIPT LOAD/EXISTS/FLUSH). HELP subcommands are passed to any group. INFO, MONITOR and "
+        "FLUSHALL, SCRIPT LOAD/EXISTS/FLUSH/KILL). HELP subcommands are passed to any group. INFO, MONITOR and "
         "LATENCY answer for the whole proxy, all its workers; INFO's memory, persistence and keyspace "
-        "figures, MEMORY STATS/DOCTOR and LASTSAVE (the oldest) combine every group's master.",
+        "figures, MEMORY STATS/DOCTOR and LASTSAVE (the oldest) combine every group's master. FUNCTION "
+        "LOAD/DELETE/FLUSH/RESTORE act on every group and on the cluster's registry (a group added later "
+        "gets every library); FUNCTION LIST/DUMP/STATS are answered by one group, the libraries being the "
+        "same everywhere. CONFIG GET asks every group's master (a value that differs between groups is "
+        "logged, and flagged by `kvstore-admin check`); CONFIG SET sets data-path tunables (encodings, "
+        "eviction, keyspace notifications, lazy freeing, slow log, hz...) on every node of every group and "
+        "keeps them for nodes added later, and refuses with the reason any parameter that would break the "
+        "cluster (addresses, files, replication, passwords, persistence); CONFIG RESETSTAT and REWRITE "
+        "reach every node. CLIENT KILL (ID, ADDR, LADDR, USER, TYPE, SKIPME filters and the legacy "
+        "form), CLIENT REPLY ON/OFF/SKIP, CLIENT NO-EVICT and CLIENT UNPAUSE act on the proxy's own "
+        "clients, those of the worker the client is connected to.",
     ),
     Kind.REFUSED: (
         "Refused commands",

@@ -7,13 +7,14 @@ from typing import Any
 
 from kvstore_admin.errors import USER_ERROR, AdminError
 from kvstore_cluster.model import Groups, SlotTable
-from kvstore_cluster.slots import SLOT_COUNT, format_slot_ranges, key_slot, slots_to_ranges
+from kvstore_cluster.slots import SLOT_COUNT, Slotter, format_slot_ranges, slots_to_ranges
 
 
 class Router:
-    """Key -> index of the group owning its slot (into ``ids`` / ``masters``)."""
+    """Key -> index of the group owning its slot (into ``ids`` / ``masters``), by the cluster's key rules."""
 
-    def __init__(self, table: SlotTable, groups: Groups):
+    def __init__(self, table: SlotTable, groups: Groups, slotter: Slotter | None = None):
+        self.key_slot = (slotter or Slotter()).key_slot
         owners = table.owners()
         unowned = [s for s in range(SLOT_COUNT) if owners[s] is None]
         if unowned:
@@ -32,8 +33,8 @@ class Router:
             self.masters.append(g.master)
 
     def group(self, key: bytes) -> int:
-        # The one place the import computes a slot: key rules of the slot function apply here too.
-        return self.by_slot[key_slot(key)]
+        # The one place the import computes a slot: with the cluster's key rules.
+        return self.by_slot[self.key_slot(key)]
 
     def groups(self, keys: list[bytes]) -> list[int]:
         """The group index of each key, in order."""

@@ -45,6 +45,7 @@ from kvstore_admin.importing.testhooks import crash_point
 from kvstore_admin.importing.verify import Report, Verifier
 from kvstore_cluster import paths
 from kvstore_cluster.import_state import ImportRunner, ImportState, slots_digest
+from kvstore_cluster.keyrules import KeyRules
 from kvstore_cluster.model import Groups, ModelError, SlotTable
 from kvstore_cluster.store import ClusterStore, Create, Delete, Set, Versioned
 
@@ -120,7 +121,11 @@ def cluster_layout(store: ClusterStore) -> tuple[Groups, SlotTable, Router]:
     if store.client.exists(paths.reshard(store.cluster)) is not None or slots.migrating:
         raise AdminError("a reshard is in progress; import once it is finished ('kvstore-admin status' shows it): "
                          "keys routed while slots move could land in a group that no longer owns them", USER_ERROR)
-    return groups, slots, Router(slots, groups)
+    rules = store.read_keyrules().value
+    if rules.change is not None:
+        raise AdminError("a key rule change is in progress; import once it is finished ('kvstore-admin keyrule "
+                         "resume')", USER_ERROR)
+    return groups, slots, Router(slots, groups, rules.slotter())
 
 
 def refuse_cutover_on_replica(info: source.SourceInfo) -> None:
@@ -186,16 +191,21 @@ class TopologyWatch:
         self.active = True
         self._watch(store, paths.slots(store.cluster), "slot table", SlotTable.decode, self._slots_changed)
         self._watch(store, paths.groups(store.cluster), "groups", Groups.decode, self._groups_changed)
+        self.rules = store.read_keyrules().value
+        self._watch(store, paths.keyrules(store.cluster), "key rules", KeyRules.decode, self._rules_changed,
+                    absent=KeyRules())
 
-    def _watch(self, store: ClusterStore, path: str, what: str, decode: Any, changed: Any) -> None:
+    def _watch(self, store: ClusterStore, path: str, what: str, decode: Any, changed: Any,
+               absent: Any = None) -> None:
+        """``absent``: what a missing znode means (None: the record must exist)."""
         def on_data(data: bytes | None, stat: Any, event: Any = None) -> bool | None:
             if not self.active:
                 return False
-            if data is None:
+            if data is None and absent is None:
                 self.reason = f"the cluster's {what} disappeared"
                 return None
             try:
-                reason = changed(decode(data))
+                reason = changed(decode(data) if data is not None else absent)
             except ModelError as exc:
                 log.error("import_bad_record", record=what, error=str(exc))  # keep going on what we had
                 return None
@@ -209,6 +219,9 @@ class TopologyWatch:
         if table.migrating:
             return "a reshard started (slots are migrating)"
         return "slot owners changed" if table.ranges != self.ranges else None
+
+    def _rules_changed(self, rules: KeyRules) -> str | None:
+        return "the key rules changed" if rules != self.rules else None
 
     def _groups_changed(self, groups: Groups) -> str | None:
         for gid, master in self.masters.items():

@@ -29,7 +29,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -111,6 +111,8 @@ class Tuning:
     big_key_bytes: int = BIG_KEY_BYTES
     timeout_ms: int = MIGRATE_TIMEOUT_MS
     password: str | None = field(default=None, repr=False)
+    # The cluster's slot function with its key rules (ClusterStore.read_keyrules): which slot a key is in.
+    key_slot: Callable[[bytes], int] = field(default=key_slot, repr=False)
 
 
 class Pace:
@@ -169,9 +171,9 @@ class SourceMover:
         self.keeping = True  # False once KEEP_MAX was exceeded: every step reads the source itself
 
     def _on_written(self, keys: list[bytes]) -> None:
-        later, written = self.later, self.written
+        later, written, slot = self.later, self.written, self.tuning.key_slot
         for k in keys:
-            s = key_slot(k)
+            s = slot(k)
             if later[s]:
                 written.setdefault(s, set()).add(k)
 
@@ -258,7 +260,7 @@ class SourceMover:
                 log.warning("write_tracking_unavailable", node=self.address, error=str(exc))
                 await self.close_tracker()
                 keep = False
-        index, later, kept = work.slots.index, self.later, self.kept
+        index, later, kept, key_slot = work.slots.index, self.later, self.kept, self.tuning.key_slot
         self.progress.scans += 1
         try:
             async with self.node() as scanner:
@@ -338,7 +340,7 @@ class _Work:
         async with self.owner.node() as node:
             locked = await node.call("EVAL", LOCKED, 0, what="EVAL locked")
         for k in locked or ():
-            t = self.slots.index[key_slot(k)]
+            t = self.slots.index[self.tuning.key_slot(k)]
             if t:
                 self.big_seen.add(k)
                 await self.big.put((t, k, True))
@@ -488,7 +490,49 @@ class KeyMover:
         self.loop.close()
 
 
-async def delete_slots(address: str, slots: set[int], batch: int = 500, password: str | None = None) -> int:
+async def move_listed(address: str, target_of: Callable[[bytes], str | None], batches: AsyncIterator[list[bytes]],
+                      tuning: Tuning, progress: Progress, still_allowed: Callable[[], None]) -> int:
+    """Move keys of the source master at ``address`` to ``target_of(key)`` (None: the key stays).
+
+    The keys it left locked first (a mover that died part-way through a big key), then every key
+    ``batches`` yields: the same takes and big keys in pieces as a reshard's, for callers that
+    find the keys themselves (a key rule change). Returns the number of keys moved.
+    """
+    slots = SlotMap({})
+    index: dict[str, int] = {}
+
+    def target(key: bytes) -> int:
+        address = target_of(key)
+        if address is None:
+            return 0
+        found = index.get(address)
+        if found is None:
+            slots.targets.append(address)
+            found = index[address] = len(slots.targets)
+        return found
+
+    work = _Work(SourceMover(address, set(), tuning, progress), slots, still_allowed)
+    async with work:
+        async with Node(address, SCAN_TIMEOUT, tuning.password) as node:
+            locked = await node.call("EVAL", LOCKED, 0, what="EVAL locked")
+        for k in locked or ():
+            t = target(k)
+            if t:
+                work.big_seen.add(k)
+                await work.big.put((t, k, True))
+        async for keys in batches:
+            pending: dict[int, list[bytes]] = {}
+            for k in keys:
+                t = target(k)
+                if t:
+                    pending.setdefault(t, []).append(k)
+            for t, buf in pending.items():
+                await work.add(t, buf)
+    return work.moved
+
+
+async def delete_slots(address: str, slots: set[int], batch: int = 500, password: str | None = None,
+                       key_slot: Callable[[bytes], int] = key_slot) -> int:
     """UNLINK every key of ``slots`` on ``address`` (``--no-data``: the keys stay behind on the old owner)."""
     index = bytearray(SLOT_COUNT)
     for s in slots:

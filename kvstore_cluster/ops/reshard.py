@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -51,9 +51,11 @@ from kvstore_cluster import paths
 from kvstore_cluster.model import Migration, SlotTable
 from kvstore_cluster.node import Node
 from kvstore_cluster.ops import mover
+from kvstore_cluster.ops.barrier import BarrierTimeout, wait_for_proxies
 from kvstore_cluster.ops.context import crash_point
 from kvstore_cluster.ops.errors import OpError, ReshardInProgress, ReshardStopped
 from kvstore_cluster.ops.fence import NO_FENCE, Fence
+from kvstore_cluster.ops.rule_change import no_rule_change
 from kvstore_cluster.ops.slot_moves import split_steps
 from kvstore_cluster.proxy_registration import MIGRATION, PROTOCOLS, ProxyRegistration
 from kvstore_cluster.reshard_state import ReshardProgress, ReshardState
@@ -149,7 +151,7 @@ def start(store: ClusterStore, moves: list[Migration], request: dict[str, Any], 
     try:
         # Checking the slots version: the plan was computed from this very table.
         store.commit([Create(path, state.encode()), Check(paths.slots(store.cluster), slots.version),
-                      *fence.zk_checks()])
+                      *no_rule_change(store), *fence.zk_checks()])
     except Exception:
         again = store.read_reshard()
         if again is not None:
@@ -329,31 +331,18 @@ class Executor:
         A proxy registers a version only once every request it sent before applying it has been
         answered, so past the barrier no request of the old table is still on its way to a source.
         """
-        deadline = time.monotonic() + self.options.timeout
-        pause = 0.001
-        while True:
-            self.fence.check()
-            proxies = self.store.proxies()
+        def check(proxies: Records[ProxyRegistration]) -> None:
             if state.phase in ("marked", "moving"):
                 self._check_proxies_migrate(proxies, state)
-            stale: dict[str, int | None] = {pid: None for pid in proxies.malformed}
-            stale.update({pid: reg.slots_version for pid, reg in proxies.items.items()
-                          if reg.slots_version < version})
-            if not stale:
-                log.debug("reshard_barrier", version=version, seconds=round(time.monotonic() - deadline +
-                                                                            self.options.timeout, 3))
-                return
-            if time.monotonic() >= deadline:
-                names = ", ".join(f"{pid} (at {v if v is not None else 'unknown'})" for pid, v in sorted(stale.items()))
-                raise ReshardStopped(
-                    f"proxies did not apply slots version {version} within {self.options.timeout:g}s: {names}. "
-                    f"The reshard is stopped at {state.describe()} and is resumable: fix or stop those proxies "
-                    "(a stopped proxy's node goes away with its ZooKeeper session), then run "
-                    "'kvstore-admin reshard --resume'")
-            # Proxies apply a table within milliseconds, and newly marked slots are held until
-            # this barrier passes: poll fast at first, then back off a little.
-            time.sleep(pause)
-            pause = min(pause * 2, 0.02)
+
+        try:
+            wait_for_proxies(self.store, lambda reg: reg.slots_version, version, self.options.timeout, "slots",
+                             self.fence, check)
+        except BarrierTimeout as exc:
+            raise ReshardStopped(
+                f"{exc}. The reshard is stopped at {state.describe()} and is resumable: fix or stop those proxies "
+                "(a stopped proxy's node goes away with its ZooKeeper session), then run "
+                "'kvstore-admin reshard --resume'") from None
 
     def _check_marks(self, state: ReshardState) -> None:
         """Stop unless the slot table still marks every migration of this step (and we may still act).
@@ -382,7 +371,7 @@ class Executor:
                 moving[m.source] = moving.get(m.source, 0) + m.size
         counts = self.store.read_slots().value.counts()
         masters = {g.id: g.master for g in self.store.read_groups().value}
-        keymover = mover.KeyMover(self.options.tuning(), later)
+        keymover = mover.KeyMover(self._tuning(), later)
         for gid, n in moving.items():
             try:
                 size = keymover.submit(_dbsize(masters[gid], self.options.password)).result(10)
@@ -390,6 +379,10 @@ class Executor:
                 size = 0
             self.keys_total += mover.estimate(size, n, counts.get(gid, 0))
         return keymover
+
+    def _tuning(self) -> mover.Tuning:
+        """The mover's settings, with the slot function of the cluster's key rules."""
+        return replace(self.options.tuning(), key_slot=self.store.read_keyrules().value.slotter().key_slot)
 
     def _move(self, state: ReshardState) -> int:
         self._check_marks(state)
@@ -500,7 +493,8 @@ class Executor:
             if g is not None:
                 self.fence.check()
                 self.result.deleted_keys += asyncio.run(
-                    mover.delete_slots(g.master, slots, password=self.options.password))
+                    mover.delete_slots(g.master, slots, password=self.options.password,
+                                       key_slot=self._tuning().key_slot))
         self.result.slots += sum(m.size for m in state.current)
         self.result.steps += 1
 

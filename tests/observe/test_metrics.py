@@ -41,7 +41,7 @@ def test_proxy_and_sentinel_metrics_follow_a_load_and_a_failover(make_cluster, p
     before = scrape(pport)
     assert before.value("kvstore_proxy_workers") == 2
     assert before.value("kvstore_proxy_workers_missing") == 0
-    assert before.types["kvstore_proxy_request_duration_seconds"] == "summary"  # no --latency-tracking
+    assert before.types["kvstore_proxy_request_duration_seconds"] == "histogram"  # latency tracking: the default
     for gid in ("g1", "g2"):
         assert before.value("kvstore_proxy_backend_up", group=gid, address=cluster.nodes[gid][0].address) == 1
 
@@ -62,7 +62,14 @@ def test_proxy_and_sentinel_metrics_follow_a_load_and_a_failover(make_cluster, p
         "kvstore_proxy_requests_total", command="get") == 8
     assert during.value("kvstore_proxy_errors_total", kind="ERR") - before.sum("kvstore_proxy_errors_total",
                                                                                 kind="ERR") == 8
-    assert during.value("kvstore_proxy_request_duration_seconds_count", command="set") >= 1600
+    # The latency histogram, both workers' counts added up: cumulative buckets, +Inf = every SET answered.
+    buckets = sorted(((float(lab["le"]), v) for lab, v in during.all("kvstore_proxy_request_duration_seconds_bucket",
+                                                                     command="set")))
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts) and buckets[-1][0] == float("inf")
+    assert counts[-1] == during.value("kvstore_proxy_request_duration_seconds_count", command="set") \
+        == during.value("kvstore_proxy_requests_total", command="set")
+    assert counts[-2] == counts[-1]  # every SET answered within 10 s
     assert during.value("kvstore_proxy_request_duration_seconds_sum", command="set") > 0
     assert during.value("kvstore_proxy_connected_clients") >= 8
     assert during.value("kvstore_proxy_connections_received_total") >= 8
@@ -141,20 +148,18 @@ def test_metrics_endpoints_answer_bad_requests_with_4xx(make_cluster, proxy_fact
     cluster = make_cluster(groups=1)
     pport, sport = free_port(), free_port()
     proxy = proxy_factory.start(cluster.zk_hosts, "test", "--metrics-listen", f"127.0.0.1:{pport}",
-                                "--latency-tracking")
+                                "--no-latency-tracking")
     sentinels.start(cluster.zk_hosts, "test", *FAST, "--metrics-listen", f"127.0.0.1:{sport}")
-    # With --latency-tracking the latency is a histogram: cumulative buckets, +Inf = the count.
+    # With --no-latency-tracking the latency is a summary: the count and the sum only.
     client = redis.Redis(port=proxy.port)
     for i in range(50):
         client.set(f"h{i}", i)
-    hist = scrape(pport)
-    assert hist.types["kvstore_proxy_request_duration_seconds"] == "histogram"
-    buckets = sorted(((float(lab["le"]), v) for lab, v in hist.all("kvstore_proxy_request_duration_seconds_bucket",
-                                                                   command="set")))
-    counts = [v for _, v in buckets]
-    assert counts == sorted(counts) and counts[-1] == 50 and buckets[-1][0] == float("inf")
-    assert hist.value("kvstore_proxy_request_duration_seconds_count", command="set") == 50
-    assert counts[-2] == 50  # every SET answered within 10 s
+    summary = scrape(pport)
+    assert summary.types["kvstore_proxy_request_duration_seconds"] == "summary"
+    assert summary.value("kvstore_proxy_request_duration_seconds_count", command="set") == 50
+    assert summary.value("kvstore_proxy_request_duration_seconds_sum", command="set") > 0
+    assert summary.all("kvstore_proxy_request_duration_seconds_bucket") == []
+    assert client.info("latencystats") == {} and client.execute_command("LATENCY", "HISTOGRAM") == {}  # RESP3
     for port in (pport, sport):
         assert get(port, "/nope")[0] == 404
         assert get(port, "/metrics/x")[0] == 404

@@ -9,6 +9,8 @@ path (PING, ECHO, unknown commands), inline commands, protocol errors.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from typing import Any
 
 import hiredis
@@ -19,6 +21,8 @@ from kvstore_cluster import keymove
 from kvstore_cluster.model import Group, Groups, Migration, SlotTable, even_split
 from kvstore_proxy import commands
 from kvstore_proxy.config import ProxyConfig
+from kvstore_proxy.datapath import LATENCY_BUCKETS, latency_bucket_of
+from kvstore_proxy.latency import PERCENTILES, Histograms
 from kvstore_proxy.server import Worker
 from kvstore_proxy.session import Session
 
@@ -140,9 +144,10 @@ command = st.one_of(
 )
 
 
-def _worker(loop: asyncio.AbstractEventLoop, groups: int = 3, migrating: bool = False) -> tuple[Worker, list[Server]]:
+def _worker(loop: asyncio.AbstractEventLoop, groups: int = 3, migrating: bool = False,
+            config: ProxyConfig | None = None) -> tuple[Worker, list[Server]]:
     """``migrating``: g1's slots are moving to g2 (every key of g1 is taken to g2 before it is used)."""
-    worker = Worker(ProxyConfig(), loop)
+    worker = Worker(config or ProxyConfig(), loop)
     worker.listening = True
     ids = [f"g{i}" for i in range(1, groups + 1)]
     model = Groups(tuple(Group(g, f"127.0.0.1:{10000 + i}") for i, g in enumerate(ids)))
@@ -236,18 +241,23 @@ def test_inline_commands_take_the_same_path(cmds: list[tuple[bytes, ...]], data:
     assert got == expected
 
 
-async def _one(stream: bytes, groups: int = 3) -> tuple[Session, FakeTransport, Worker, list[Server]]:
-    worker, servers = _worker(asyncio.get_running_loop(), groups)
+def _answer_all(worker: Worker, servers: list[Server]) -> None:
+    worker.outbox.run()
+    for server in servers:
+        server.answer()
+        replies, server.replies = server.replies, b""
+        if replies:
+            server.backend.data_received(replies)
+    worker.outbox.run()
+
+
+async def _one(stream: bytes, groups: int = 3,
+               config: ProxyConfig | None = None) -> tuple[Session, FakeTransport, Worker, list[Server]]:
+    worker, servers = _worker(asyncio.get_running_loop(), groups, config=config)
     session, client = _session(worker)
     session.data_received(stream)
     for _ in range(3):
-        worker.outbox.run()
-        for server in servers:
-            server.answer()
-            replies, server.replies = server.replies, b""
-            if replies:
-                server.backend.data_received(replies)
-    worker.outbox.run()
+        _answer_all(worker, servers)
     return session, client, worker, servers
 
 
@@ -280,5 +290,53 @@ def test_a_split_request_counts_once_in_commandstats() -> None:
                                        + hiredis.pack_command((b"MGET", *keys)) * 2)
         assert _replies(bytes(client.out)) == [b"OK", [b"v"] * 20, [b"v"] * 20]
         assert worker.commandstats["mget"].calls == 2 and worker.commandstats["mset"].calls == 1
+
+    asyncio.run(go())
+
+
+def test_latency_histograms_count_every_reply_once() -> None:
+    async def go() -> None:
+        stream = b"".join(hiredis.pack_command(c) for c in (
+            (b"SET", b"a", b"1"), (b"GET", b"a"), (b"MGET", *KEYS), (b"MSET", b"k1", b"1", b"k2", b"2"),
+            (b"PING",), (b"NOPE",), (b"GET",), (b"INCR", b"a"), (b"DEL", *KEYS))) * 7
+        _, _, worker, _ = await _one(stream)
+        stats = {name: stat for name, stat in worker.commandstats.items() if stat.calls}
+        assert {"set", "get", "mget", "mset", "ping", "incr", "del", "(unknown)"} <= set(stats)
+        for stat in stats.values():
+            assert sum(stat.histogram().values()) == stat.calls, stat.name
+
+        _, _, worker, _ = await _one(stream, config=ProxyConfig(latency_tracking=False))
+        assert worker.commandstats["get"].calls == 14
+        assert all(stat.histogram() == {} for stat in worker.commandstats.values())
+
+    asyncio.run(go())
+
+
+def test_latency_percentiles_fall_in_the_bucket_of_the_latency_served() -> None:
+    """Replies held back for known times: each percentile is the bucket of the latency of its rank."""
+
+    async def go() -> None:
+        worker, servers = _worker(asyncio.get_running_loop())
+        session, client = _session(worker)
+        held = [0.0] * 40 + [0.003] * 50 + [0.03] * 10  # p50: a 3 ms one; p99 and p99.9: 30 ms ones
+        windows = []
+        for delay in held:
+            start = time.monotonic()
+            session.data_received(hiredis.pack_command((b"GET", b"a")))
+            worker.outbox.run()
+            time.sleep(delay)
+            _answer_all(worker, servers)
+            windows.append(time.monotonic() - start)  # the request's arrival and reply are inside
+        assert _replies(bytes(client.out)) == [None] * len(held)
+        hist = Histograms.merge([Histograms.of(worker.commandstats.values())])
+        assert hist.cumulative("get")[0] == len(held) == worker.commandstats["get"].calls
+        for p, got in zip(PERCENTILES, hist.percentiles("get"), strict=True):
+            rank = math.ceil(p * len(held) / 100)
+            # the latency of that rank lies between the rank-th hold and the rank-th window
+            fastest, slowest = sorted(held)[rank - 1], sorted(windows)[rank - 1]
+            lowest = LATENCY_BUCKETS[latency_bucket_of(fastest)]
+            highest = LATENCY_BUCKETS[latency_bucket_of(slowest)]
+            assert lowest <= got <= highest, (p, got, fastest, slowest)
+            assert got > fastest * 1e6
 
     asyncio.run(go())

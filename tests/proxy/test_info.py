@@ -3,6 +3,7 @@ redis-server 7.0 (field names and value kinds) and against the groups themselves
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import signal
@@ -15,12 +16,14 @@ import redis
 
 from kvstore_admin.processes import wait_until
 from kvstore_proxy import info as proxy_info
+from kvstore_proxy.datapath import LATENCY_BUCKETS, latency_bucket_of
+from kvstore_proxy.latency import PERCENTILES
 
 from .conftest import ProxyCluster, ProxyProcess, _make_cluster
 from .inspect_helpers import Raw, fields, headers, info_text, kind, sections
 
 SECTIONS = [s for s in proxy_info.SECTIONS if s != "backends"]
-FLAGS = ("--latency-tracking", "--latency-monitor-threshold", "5")
+FLAGS = ("--latency-monitor-threshold", "5")  # latency tracking is on by default
 
 
 @pytest.fixture(scope="module")
@@ -317,6 +320,32 @@ def test_latency_histogram_and_latencystats_count_both_workers(ic, model_server)
     stats = redis.Redis(port=proxy_port(ic)).info("latencystats")["latency_percentiles_usec_echo"]
     assert set(stats) == {"p50", "p99", "p99.9"} and 0 < stats["p50"] <= stats["p99"] <= stats["p99.9"]
     assert clients[0].execute_command("LATENCY", "HISTOGRAM", "nosuch") == []
+    # every reply is in the histogram once: as many as INFO commandstats counts, over both workers
+    calls = clients[1].info("commandstats")["cmdstat_echo"]["calls"]
+    assert clients[1].execute_command("LATENCY", "HISTOGRAM", "echo")[1][1] == calls == calls0 + 20
+
+
+def test_latencystats_percentiles_fall_in_the_bucket_of_the_latency_served(ic):
+    """BRPOP of an empty list with a timeout: Redis answers after the timeout (to the millisecond),
+    the client has its reply within the time it measured; the percentiles lie in between."""
+    client = redis.Redis(port=proxy_port(ic), socket_timeout=20)
+    assert "latency_percentiles_usec_brpop" not in client.info("latencystats")
+    timeouts = [0.01] * 15 + [0.1] * 5  # p50: a 10 ms one; p99 and p99.9: 100 ms ones
+    windows = []
+    for timeout in timeouts:
+        start = time.monotonic()
+        assert client.brpop(["info:nothing"], timeout=timeout) is None
+        windows.append(time.monotonic() - start)
+    got = client.info("latencystats")["latency_percentiles_usec_brpop"]
+    assert client.execute_command("LATENCY", "HISTOGRAM", "brpop")[b"brpop"][b"calls"] == len(timeouts)  # RESP3
+    for p, name in zip(PERCENTILES, ("p50", "p99", "p99.9"), strict=True):
+        value = got[name]
+        rank = math.ceil(p * len(timeouts) / 100)
+        fastest = sorted(timeouts)[rank - 1] - 0.001  # Redis's clock counts whole milliseconds
+        slowest = sorted(windows)[rank - 1]
+        lowest = LATENCY_BUCKETS[latency_bucket_of(fastest)]
+        highest = LATENCY_BUCKETS[latency_bucket_of(slowest)]
+        assert lowest <= value <= highest, (name, value, fastest, slowest)
 
 
 def test_latency_commands_the_proxy_cannot_answer_are_refused_clearly(ic):

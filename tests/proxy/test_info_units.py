@@ -6,9 +6,12 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvstore_proxy import aggregate, info
 from kvstore_proxy.config import ProxyConfig
+from kvstore_proxy.datapath import LATENCY_BUCKETS, latency_bucket_of
 from kvstore_proxy.latency import Histograms, LatencyEvents, event_for
 from kvstore_proxy.stats import ERROR_CODES_MAX, OpsMeter, SlowLog, Stats
 
@@ -180,18 +183,49 @@ def test_latency_event_names_follow_the_fast_flag():
     assert event_for("(unknown)") == "command"
 
 
-def test_histogram_percentiles_are_within_one_percent():
-    h = Histograms()
-    for us in range(1, 1001):  # 1..1000 µs, once each
-        h.record("get", us / 1e6)
+def _histograms(name: str, latencies_us: list[float]) -> Histograms:
+    counts: dict[int, int] = {}
+    for us in latencies_us:
+        b = latency_bucket_of(us / 1e6)
+        counts[b] = counts.get(b, 0) + 1
+    return Histograms({name: counts})
+
+
+@settings(max_examples=500)
+@given(st.floats(min_value=0, max_value=2.0 ** 40, allow_nan=False))
+def test_a_latency_falls_in_a_bucket_at_most_a_sixteenth_wide(us: float) -> None:
+    b = latency_bucket_of(us / 1e6)
+    low, high = (LATENCY_BUCKETS[b - 1] if b else 0), LATENCY_BUCKETS[b]
+    if b == len(LATENCY_BUCKETS) - 1:
+        assert us >= low  # the last bucket holds everything above it too
+    else:
+        assert low <= us < high
+        assert high - low == 1 or high - low <= low / 16
+
+
+def test_latency_buckets_are_whole_microseconds_in_order_and_the_clock_going_back_counts_first():
+    assert list(LATENCY_BUCKETS) == sorted(set(LATENCY_BUCKETS)) and LATENCY_BUCKETS[:16] == tuple(range(1, 17))
+    assert LATENCY_BUCKETS[-1] == 2 ** 36
+    assert latency_bucket_of(-1.0) == latency_bucket_of(0.0) == latency_bucket_of(float("nan")) == 0
+    assert latency_bucket_of(float("inf")) == latency_bucket_of(1e9) == len(LATENCY_BUCKETS) - 1
+
+
+def test_histogram_percentiles_are_the_bucket_of_the_rank_as_redis_reports_them():
+    h = _histograms("get", [us for us in range(1, 1001)])  # 1..1000 µs, once each
     p50, p99, p999 = h.percentiles("get")
-    assert 500 <= p50 <= 505 and 990 <= p99 <= 1000 and 999 <= p999 <= 1009
+    assert (p50, p99, p999) == (512.0, 992.0, 1024.0)  # the upper bounds of [496, 512), [960, 992), [992, 1024)
+    for p, value in zip((50, 99, 99.9), (p50, p99, p999), strict=True):
+        assert value - value / 16 <= p * 10 < value  # within one bucket (6.25%) above the true value
     calls, buckets = h.cumulative("get")
     assert calls == 1000
-    assert buckets[-1] == (1024, 1000) and [b for b, _ in buckets] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    assert buckets[-1] == (1024, 1000) and [b for b, _ in buckets] == [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    assert buckets[:3] == [(2, 1), (4, 3), (8, 7)]  # 1 µs: under 2; 2-3 µs: under 4; ...
     assert all(n1 <= n2 for (_, n1), (_, n2) in zip(buckets, buckets[1:], strict=False))
-    merged = Histograms.merge([h.to_json(), json.loads(json.dumps(h.to_json()))])
-    assert merged.cumulative("get")[0] == 2000 and merged.percentiles("get")[0] == p50
+    merged = Histograms.merge([h.commands, json.loads(json.dumps(h.commands))])
+    assert merged.cumulative("get")[0] == 2000 and merged.percentiles("get") == [p50, p99, p999]
+    # 100 µs is a bucket bound ([96, 100) is under it); 1000 µs is not: [992, 1024) counts above it
+    assert h.at_or_under("get", [0.5, 100, 1000, 1e9]) == [0, 99, 991, 1000]
+    assert Histograms().percentiles("get") == [0.0, 0.0, 0.0] and Histograms().cumulative("get") == (0, [])
 
 
 def test_error_replies_are_counted_by_code_like_redis_errorstats():
@@ -234,12 +268,9 @@ def test_slow_request_hook_threshold_is_the_lowest_of_what_is_enabled():
     assert SlowLog(128, 0.01).threshold == 0.01
     assert SlowLog(0, 0.01).threshold == float("inf")  # slow log off, nothing else: nothing comes
     assert SlowLog(128, 0.01, LatencyEvents(2)).threshold == 0.002
-    assert SlowLog(128, 0.01, LatencyEvents(2), Histograms()).threshold == -1.0
-    log = SlowLog(128, 0.01, LatencyEvents(2), Histograms())
-    log.add(_Reply("get"), 0.0001, _Session())  # histogram only
-    log.add(_Reply("keys"), 0.005, _Session())  # histogram and latency event
-    log.add(_Reply("keys"), 0.02, _Session())  # all three
-    assert log.histograms is not None and log.histograms.cumulative("get")[0] == 1
+    log = SlowLog(128, 0.01, LatencyEvents(2))
+    log.add(_Reply("keys"), 0.005, _Session())  # latency event only
+    log.add(_Reply("keys"), 0.02, _Session())  # both
     assert [e[0] for e in log.events.latest()] == ["command"] and log.events.latest()[0][3] == 20
     assert len(log.entries) == 1
 

@@ -1,7 +1,7 @@
 """Unmodified applications that batch unrelated keys in MULTI/EXEC: Django's cache, with ``transactions per-group``.
 
-(rq 3 moves jobs with BLMOVE between ``rq:queue:<name>`` and ``rq:queue:<name>:intermediate``, two
-slots: it needs key rules that map both to one slot.)
+Applications that need key rules instead (rq, Celery, Dramatiq, python-redis-lock) are in tests/apps/,
+with the rules docs/apps.md gives them.
 """
 
 from __future__ import annotations

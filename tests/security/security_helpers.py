@@ -1,9 +1,9 @@
-"""Helpers of the security tests: removing a secured cluster, certificates made with openssl."""
+"""Helpers of the security tests: a secured cluster, removing one, TLS client contexts."""
 
 from __future__ import annotations
 
 import ssl
-import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -11,11 +11,16 @@ from pathlib import Path
 import redis
 from click.testing import CliRunner, Result
 
-from kvstore_admin.cli import cli as admin_cli
-from kvstore_admin.processes import LocalProcess, start_proxy, start_redis
-from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split
-from kvstore_cluster.store import ClusterNotFound, ClusterStore, connect
-from kvstore_cluster.zkauth import ZkAccess, ZkCredentials
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: bench/ is not a package installed
+
+from bench.certs import Certs  # noqa: E402
+from kvstore_admin.cli import cli as admin_cli  # noqa: E402
+from kvstore_admin.processes import LocalProcess, start_proxy, start_redis  # noqa: E402
+from kvstore_cluster.model import Group, Groups, Meta, SlotTable, even_split  # noqa: E402
+from kvstore_cluster.store import ClusterNotFound, ClusterStore, connect  # noqa: E402
+from kvstore_cluster.zkauth import ZkAccess, ZkCredentials  # noqa: E402
+
+__all__ = ["Certs", "SecuredCluster", "client_tls", "remove_secured"]
 
 
 def remove_secured(zk_hosts: str, cluster: str, writer: ZkCredentials) -> None:
@@ -96,34 +101,6 @@ class SecuredCluster:
         finally:
             self._admin.stop()
             self._admin.close()
-
-
-class Certs:
-    """CAs and certificates made with openssl for a test (EC P-256 keys: quick to make)."""
-
-    def __init__(self, directory: Path):
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def _openssl(self, *args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
-
-    def ca(self, name: str) -> tuple[str, str]:
-        crt, key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
-        self._openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                      "-keyout", str(key), "-out", str(crt), "-days", "30", "-subj", f"/CN={name}")
-        return str(crt), str(key)
-
-    def issue(self, name: str, ca: tuple[str, str], days: int = 30) -> tuple[str, str]:
-        """A certificate for 127.0.0.1/localhost signed by ``ca``; ``days=-1`` makes an expired one."""
-        crt, key, csr = (self.dir / f"{name}.{ext}" for ext in ("crt", "key", "csr"))
-        ext = self.dir / f"{name}.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        self._openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                      "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
-        self._openssl("x509", "-req", "-in", str(csr), "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
-                      "-out", str(crt), "-days", str(days), "-extfile", str(ext))
-        return str(crt), str(key)
 
 
 def client_tls(ca: str, cert: tuple[str, str] | None) -> ssl.SSLContext:

@@ -52,8 +52,9 @@ def redis_groups(hosts: list[str], hostvars: Any) -> dict[str, Any]:
     return {"groups": dict(sorted(groups.items())), "errors": errors}
 
 
-def group_plan(wanted: dict[str, Any], existing: list[dict[str, Any]]) -> dict[str, Any]:
-    """The kvstore-admin commands (argv after the global options) that add what ``wanted`` lacks.
+def group_plan(wanted: dict[str, Any], existing: list[dict[str, Any]], tls: bool = False) -> dict[str, Any]:
+    """The kvstore-admin commands (argv after the global options) that add what ``wanted`` lacks
+    (groups whose nodes speak TLS with ``tls``).
 
     Never removes anything; reports what the cluster has beyond the inventory instead.
     """
@@ -69,7 +70,7 @@ def group_plan(wanted: dict[str, Any], existing: list[dict[str, Any]]) -> dict[s
         if elsewhere:
             continue
         if gid not in by_id:
-            argv = ["group", "add", "--id", gid, "--master", group["master"]]
+            argv = ["group", "add", "--id", gid, "--master", group["master"], *(["--tls"] if tls else [])]
             for r in group["replicas"]:
                 argv += ["--replica", r]
             actions.append({"argv": argv, "description": f"add group {gid}"})
