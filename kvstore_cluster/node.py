@@ -109,7 +109,10 @@ class Node:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._parser = hiredis.Reader()
-        self.sent = 0  # bytes written to the node (the key mover tells its own traffic from clients')
+        # Bytes of requests written to the node, and of those whose replies all came back: the key
+        # mover tells its own traffic from its clients' (ops/pace.py).
+        self.sent = 0
+        self.answered = 0
 
     async def __aenter__(self) -> Node:
         return self
@@ -154,6 +157,7 @@ class Node:
         self._writer.write(data)
         await self._writer.drain()
         replies = [await self._reply() for _ in commands]
+        self.answered += len(data)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOAUTH"):
                 raise _AuthRefused(str(reply))

@@ -17,10 +17,9 @@ and at most ``batch_bytes``, on ``parallel`` connections per source: it MIGRATEs
 REPLACE: a key already on the target, BUSYKEY, stops the move with the key named) and leaves big
 or locked keys in place, which one task per source then moves in pieces (``big_keys.py``).
 
-The pace (:class:`Pace`): full speed while no client uses the sources; while clients do (their
+The pace (``pace.py``): full speed while no client uses the sources; while clients do (their
 requests reaching a source, measured from its ``INFO stats`` less the movers' own traffic), at
-most ``busy_rate`` keys/s in takes of at most :data:`BUSY_BATCH` keys, so that the servers stay
-the clients' first.
+most ``busy_rate`` keys/s in small takes, so that the servers stay the clients' first.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from kvstore_cluster.node import CommandRefused, Node, NodeError, parse_info
 from kvstore_cluster.ops import big_keys
 from kvstore_cluster.ops.big_keys import Stalls
 from kvstore_cluster.ops.errors import MoveError
+from kvstore_cluster.ops.pace import BUSY_RATE, SAMPLE_SECONDS, Pace, Sample
 from kvstore_cluster.ops.write_tracker import WriteTracker
 from kvstore_cluster.slots import SLOT_COUNT, key_slot
 
@@ -52,11 +52,6 @@ SCAN_TIMEOUT = 15.0
 MOVER_NICE = 10  # the movers' thread's nice value (see KeyMover._run)
 KEEP_MAX = 4_000_000  # keys kept for later steps per source; beyond, each step reads the source again
 RESUME_HINT = "run 'kvstore-admin reshard --resume'"
-BUSY_RATE = 20_000  # keys/s at most while clients use the sources (0: always full speed)
-BUSY_BYTES_PER_SECOND = 64 << 10  # client requests reaching a source above this: clients are active
-BUSY_BATCH = 100  # keys per take while clients are active (each take blocks the source for its length)
-BUSY_SAMPLE_SECONDS = 0.1  # how often each source's traffic is read
-BUSY_HOLD_SECONDS = 1.0  # paced this long after clients were last seen (they come in bursts)
 T = TypeVar("T")
 
 
@@ -115,41 +110,6 @@ class Tuning:
     key_slot: Callable[[bytes], int] = field(default=key_slot, repr=False)
 
 
-class Pace:
-    """How fast the movers go: full speed while no client uses the sources, ``busy_rate`` keys/s while any does."""
-
-    def __init__(self, busy_rate: int):
-        self.busy_rate = busy_rate
-        self.busy_until = 0.0  # clients were seen: paced until then
-        self.next = 0.0  # when paced: the moment the next take may start
-
-    @property
-    def busy(self) -> bool:
-        return self.busy_rate > 0 and time.monotonic() < self.busy_until
-
-    def seen(self, address: str, client_bytes_per_second: float) -> None:
-        """A source's client traffic was just measured."""
-        if client_bytes_per_second > BUSY_BYTES_PER_SECOND:
-            if not self.busy and self.busy_rate > 0:
-                log.info("reshard_paced", node=address, client_bytes_per_second=round(client_bytes_per_second),
-                         keys_per_second=self.busy_rate)
-            self.busy_until = time.monotonic() + BUSY_HOLD_SECONDS
-
-    def batch(self, keys: int) -> int:
-        """Keys the next take may carry (fewer while clients are active: each take blocks the source)."""
-        return min(keys, BUSY_BATCH) if self.busy else keys
-
-    async def admit(self, keys: int) -> None:
-        """Wait until ``keys`` more keys may move."""
-        if not self.busy:
-            return
-        now = time.monotonic()
-        start = max(self.next, now)
-        self.next = start + keys / self.busy_rate
-        if start > now:
-            await asyncio.sleep(start - now)
-
-
 class SourceMover:
     """One source master's share of a reshard: its tracker, its kept keys, its take workers."""
 
@@ -196,21 +156,19 @@ class SourceMover:
             self.watcher = None
 
     async def _watch(self) -> None:
-        """Tell the pace, every few tenths of a second, how much client traffic reaches the source."""
-        last: tuple[float, int, int] | None = None
+        """Tell the pace, every :data:`SAMPLE_SECONDS`, how much traffic reached the source (and how much was ours)."""
         async with self.node() as node:
             while True:
+                answered = sum(n.answered for n in self.nodes)
                 try:
                     info = await node.call("INFO", "stats")
-                    received = int(parse_info(info.decode(errors="replace")).get("total_net_input_bytes", 0))
-                except (NodeError, ValueError, AttributeError):
-                    last = None  # a node that does not answer is the takes' problem, not the pace's
+                    received = int(parse_info(info.decode(errors="replace"))["total_net_input_bytes"])
+                except (NodeError, ValueError, KeyError, AttributeError):
+                    pass  # a node that does not answer is the takes' problem, not the pace's
                 else:
-                    now, ours = time.monotonic(), sum(n.sent for n in self.nodes)
-                    if last is not None and now > last[0]:
-                        self.pace.seen(self.address, ((received - last[1]) - (ours - last[2])) / (now - last[0]))
-                    last = (now, received, ours)
-                await asyncio.sleep(BUSY_SAMPLE_SECONDS)
+                    self.pace.observe(self.address, Sample(self.pace.clock(), received, answered,
+                                                           sum(n.sent for n in self.nodes)))
+                await asyncio.sleep(SAMPLE_SECONDS)
 
     async def move(self, slot_targets: dict[int, str], still_allowed: Callable[[], None]) -> int:
         """Move every key of ``slot_targets``'s slots to its target; returns the number moved."""
