@@ -40,7 +40,7 @@ from kvstore_cluster.node import CommandRefused, Node, NodeError, parse_info
 from kvstore_cluster.ops import big_keys
 from kvstore_cluster.ops.big_keys import Stalls
 from kvstore_cluster.ops.errors import MoveError
-from kvstore_cluster.ops.pace import BUSY_RATE, SAMPLE_SECONDS, Pace, Sample
+from kvstore_cluster.ops.pace import BUSY_RATE, FIRST_SAMPLE_SECONDS, SAMPLE_SECONDS, Pace, Sample
 from kvstore_cluster.ops.write_tracker import WriteTracker
 from kvstore_cluster.slots import SLOT_COUNT, key_slot
 
@@ -63,6 +63,7 @@ class Progress:
     bytes: int = 0
     big_keys: int = 0
     scans: int = 0  # SCAN passes over a source
+    paced_keys: int = 0  # keys moved while clients used the sources (at the busy rate)
     stalls: Stalls = field(default_factory=Stalls)
 
 
@@ -157,6 +158,7 @@ class SourceMover:
 
     async def _watch(self) -> None:
         """Tell the pace, every :data:`SAMPLE_SECONDS`, how much traffic reached the source (and how much was ours)."""
+        pause = FIRST_SAMPLE_SECONDS  # clients already there are seen before the first takes are far along
         async with self.node() as node:
             while True:
                 answered = sum(n.answered for n in self.nodes)
@@ -168,7 +170,8 @@ class SourceMover:
                 else:
                     self.pace.observe(self.address, Sample(self.pace.clock(), received, answered,
                                                            sum(n.sent for n in self.nodes)))
-                await asyncio.sleep(SAMPLE_SECONDS)
+                await asyncio.sleep(pause)
+                pause = SAMPLE_SECONDS
 
     async def move(self, slot_targets: dict[int, str], still_allowed: Callable[[], None]) -> int:
         """Move every key of ``slot_targets``'s slots to its target; returns the number moved."""
@@ -225,6 +228,7 @@ class SourceMover:
                 pending: dict[int, list[bytes]] = {}
                 async for keys in scanner.scan(SCAN_COUNT):
                     work.check()
+                    await self.pace.scan_pause()
                     for k in keys:
                         s = key_slot(k)
                         t = index[s]
@@ -333,6 +337,8 @@ class _Work:
                             moved, size, nleft = int(reply[0]), int(reply[1]), int(reply[2])
                             self.moved += moved
                             self.progress.keys += moved
+                            if pace.busy:
+                                self.progress.paced_keys += moved
                             self.progress.bytes += size
                             for k in reply[3: 3 + nleft]:
                                 if k not in self.big_seen:

@@ -8,7 +8,8 @@ So the mover watches each source's ``total_net_input_bytes`` (``INFO stats``, ev
 so the clients' share is taken at its lowest: received - (ours sent by now - ours answered by
 the last sample). Above :data:`BUSY_BYTES_PER_SECOND` of client requests on any source, the
 movers are *busy* for :data:`HOLD_SECONDS` (clients come in bursts): takes of at most
-:data:`BUSY_BATCH` keys, ``busy_rate`` keys/s in all. Otherwise: no wait, full batches.
+:data:`BUSY_BATCH` keys, ``busy_rate`` keys/s in all, and SCAN calls :data:`BUSY_SCAN_PAUSE`
+apart. Otherwise: no wait, full batches.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import structlog
 
 log = structlog.get_logger("kvstore.ops.pace")
 
-BUSY_RATE = 10_000  # keys/s at most while clients use the sources (0: always full speed)
+BUSY_RATE = 2_000  # keys/s at most while clients use the sources (0: always full speed)
 BUSY_BYTES_PER_SECOND = 64 << 10  # client requests reaching a source above this: clients are active
 BUSY_BATCH = 100  # keys per take while clients are active (each take blocks the source for its length)
 SAMPLE_SECONDS = 0.25  # how often each source's traffic is read
+FIRST_SAMPLE_SECONDS = 0.05  # the first two readings: clients already there are seen at once
+BUSY_SCAN_PAUSE = 0.05  # while busy, between two SCAN calls of a pass (each blocks its source ~1 ms)
 HOLD_SECONDS = 1.0  # busy this long after clients were last seen
 
 
@@ -79,6 +82,11 @@ class Pace:
         start = max(self.next, now)
         self.next = start + keys / self.busy_rate
         return start - now
+
+    async def scan_pause(self) -> None:
+        """Between two SCAN calls of a pass: a pause while busy."""
+        if self.busy:
+            await asyncio.sleep(BUSY_SCAN_PAUSE)
 
     async def admit(self, keys: int) -> None:
         """Wait until a take of ``keys`` keys may start."""

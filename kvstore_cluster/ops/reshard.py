@@ -112,6 +112,7 @@ class Result:
     big_keys: int = 0  # of them moved in pieces
     steps: int = 0
     scans: int = 0  # SCAN passes over a source
+    paced_keys: int = 0  # keys moved while clients used the sources (at --busy-rate)
     move_seconds: float = 0.0  # time spent moving keys only
     seconds: float = 0.0
     longest_stall: float = 0.0  # the longest single command the mover ran on a server, seconds
@@ -122,7 +123,7 @@ class Result:
     def to_json(self) -> dict[str, Any]:
         return {
             "slots_moved": self.slots, "keys_moved": self.keys, "bytes_moved": self.bytes,
-            "big_keys_moved": self.big_keys, "steps": self.steps, "scan_passes": self.scans,
+            "big_keys_moved": self.big_keys, "keys_moved_paced": self.paced_keys, "steps": self.steps, "scan_passes": self.scans,
             "seconds": round(self.seconds, 3), "move_seconds": round(self.move_seconds, 3),
             "keys_per_second": round(self.keys / self.seconds) if self.seconds > 0 else None,
             "longest_stall_ms": round(self.longest_stall * 1000, 1),
@@ -432,6 +433,7 @@ class Executor:
             p = self.mover.progress
             self.result.keys, self.result.bytes, self.result.big_keys = p.keys, p.bytes, p.big_keys
             self.result.scans = p.scans
+            self.result.paced_keys = p.paced_keys
             self.result.longest_stall = p.stalls.longest
 
     def _report(self, state: ReshardState, force: bool = False) -> None:

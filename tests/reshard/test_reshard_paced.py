@@ -1,0 +1,88 @@
+"""A reshard yields to clients (the pace) and still completes with nothing lost; without clients it goes full speed."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import redis
+from reshard_helpers import admin_process, load_keys
+from test_reshard_through_proxies import Proxy
+
+from kvstore_cluster.slots import key_slot
+
+
+class Writer(threading.Thread):
+    """Pipelined SETs of unique keys through the proxy (enough bytes/s to count as clients), each reply checked."""
+
+    def __init__(self, client: redis.Redis, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.client = client
+        self.stop_event = stop
+        self.acked: list[bytes] = []
+        self.problems: list[str] = []
+
+    def run(self) -> None:
+        n = 0
+        try:
+            while not self.stop_event.is_set():
+                pipe = self.client.pipeline(transaction=False)
+                batch = [b"paced:%d" % (n + i) for i in range(100)]
+                for k in batch:
+                    pipe.set(k, k * 8)
+                replies = pipe.execute(raise_on_error=False)
+                for k, r in zip(batch, replies, strict=True):
+                    if r is True:
+                        self.acked.append(k)
+                    else:
+                        self.problems.append(f"SET {k!r} -> {r!r}")
+                n += len(batch)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            self.problems.append(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.timeout(240)
+def test_a_rebalance_under_client_load_is_paced_and_loses_nothing_and_an_idle_one_is_not(cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c = cluster(groups=3)
+    slots = c.store.read_slots()
+    owners = ["g1" if s < 8192 else "g2" for s in range(16384)]
+    c.store.set_slots(type(slots.value).from_owners(owners), slots.version)
+    keys = [f"bulk:{i}".encode() for i in range(20_000)]
+    for gid in ("g1", "g2"):
+        load_keys(c.master(gid), [k for k in keys if owners[key_slot(k)] == gid])
+    proxy = Proxy(c.zk_hosts, c.tc.name, tmp_path / "proxy.log")
+    stop = threading.Event()
+    writer = Writer(proxy.client(), stop)
+    try:
+        writer.start()
+        deadline = time.monotonic() + 10
+        while len(writer.acked) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = admin_process(c.zk_hosts, "rebalance", "--json", "--busy-rate", "4000", cluster=c.tc.name, timeout=120)
+        assert busy.returncode == 0, busy.stderr
+        stop.set()
+        writer.join(30)
+        # No clients now: the way back goes at full speed.
+        idle = admin_process(c.zk_hosts, "rebalance", "--drain", "g3", "--json", "--busy-rate", "4000",
+                             cluster=c.tc.name, timeout=120)
+        assert idle.returncode == 0, idle.stderr
+    finally:
+        stop.set()
+        proxy.stop()
+    paced, unpaced = json.loads(busy.stdout), json.loads(idle.stdout)
+    assert not writer.problems, writer.problems[:10]
+    assert paced["keys_moved"] >= 6000
+    assert paced["keys_moved_paced"] > 0, paced  # the writer was seen as clients
+    assert unpaced["keys_moved"] >= paced["keys_moved"] and unpaced["keys_moved_paced"] == 0, unpaced
+    owners_after = c.owners()
+    direct = {gid: c.master(gid) for gid in ("g1", "g2", "g3")}
+
+    def read(key: bytes) -> bytes | None:
+        return direct[owners_after[key_slot(key)]].get(key)  # type: ignore[return-value,index]
+
+    lost = [k for k in writer.acked if read(k) != k * 8]
+    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:3]}"
+    assert all(read(k) == b"v" * 100 for k in keys[::53])
+    c.check_ok()
