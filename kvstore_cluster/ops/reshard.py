@@ -123,7 +123,8 @@ class Result:
     def to_json(self) -> dict[str, Any]:
         return {
             "slots_moved": self.slots, "keys_moved": self.keys, "bytes_moved": self.bytes,
-            "big_keys_moved": self.big_keys, "keys_moved_paced": self.paced_keys, "steps": self.steps, "scan_passes": self.scans,
+            "big_keys_moved": self.big_keys, "keys_moved_paced": self.paced_keys, "steps": self.steps,
+            "scan_passes": self.scans,
             "seconds": round(self.seconds, 3), "move_seconds": round(self.move_seconds, 3),
             "keys_per_second": round(self.keys / self.seconds) if self.seconds > 0 else None,
             "longest_stall_ms": round(self.longest_stall * 1000, 1),
