@@ -80,8 +80,9 @@ test-packages:
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-# pytest exits 5 when it collected no test; like every non-zero exit it fails this target.
-test: $(STAMP) test-packages
+# The linters first (ruff, mypy), then the whole suite. pytest exits 5 when it collected no test;
+# like every non-zero exit it fails this target.
+test: $(STAMP) test-packages lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
