@@ -338,7 +338,7 @@ class Session(SessionCore, asyncio.Protocol):
         """Switch to RESP2 or RESP3 (HELLO, RESET): decided here once, never tested per request.
 
         Backend replies are forwarded raw, so a RESP3 session must get them from connections
-        speaking RESP3: it routes with the worker's :class:`~kvstore_proxy.router3.Resp3Router`.
+        speaking RESP3: it routes with the worker's :class:`~kvstore_proxy.resp3_router.Resp3Router`.
         Replies already in flight were asked for in the old protocol and arrive in it, as
         they would from Redis.
         """
