@@ -61,6 +61,11 @@ def records_json(records: Records[ProxyRegistration] | Records[SentinelView]) ->
 def collect(store: ClusterStore, node_timeout: float = NODE_TIMEOUT,
             password: str | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as plain JSON-able data."""
+    # The records of work in progress before the tables that work changes: a reshard or a failover
+    # updates the tables first and removes its record last, so a record found gone means the tables
+    # read next are already the finished ones (never "finished" beside slots still marked).
+    view = _sentinel_view(store)
+    in_progress = _reshard(store)
     meta = store.read_meta()
     groups = store.read_groups()
     slots = store.read_slots()
@@ -84,9 +89,7 @@ def collect(store: ClusterStore, node_timeout: float = NODE_TIMEOUT,
     unowned = len(slots.value.unowned())
     if unowned:
         problems.append(f"{unowned} slots have no owner (run 'kvstore-admin rebalance')")
-    view = _sentinel_view(store)
     problems += [f"failover of group {gid} in progress" for gid in view.get("failovers", {})]
-    in_progress = _reshard(store)
     if in_progress is not None and "error" in in_progress:
         problems.append(in_progress["error"])
     rules = _keyrules(store)
