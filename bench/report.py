@@ -170,6 +170,8 @@ class Row:
     def rules_ratio(self) -> float | None:
         """kvstore with key rules / the same proxy without, same run."""
         return ratio(self.ops.get("rules"), self.ops.get("kvstore"))
+
+    @property
     def tls_ratio(self) -> float | None:
         """kvstore over TLS / the same proxy's plain port."""
         return ratio(self.ops.get("kvstore-tls"), self.ops.get("kvstore"))

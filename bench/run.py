@@ -399,6 +399,10 @@ def finish(doc: dict[str, Any], out: Path, name: str) -> None:
 
     Also used by ``--render`` to redo the table and chart of a saved run with the current code.
     """
+    out.mkdir(parents=True, exist_ok=True)
+    # The raw measurements first: a run's quarter of an hour is never lost to a report bug
+    # (``--render`` redoes the table from this file).
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     cfg = doc["config"]
     measurements = [Measurement(**m) for m in doc["measurements"]]
     row_order = [(t, p) for p in cfg["pipelines"] for t in cfg["tests"]]

@@ -61,6 +61,11 @@ def records_json(records: Records[ProxyRegistration] | Records[SentinelView]) ->
 def collect(store: ClusterStore, node_timeout: float = NODE_TIMEOUT,
             password: str | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as plain JSON-able data."""
+    # The records of work in progress before the tables that work changes: a reshard or a failover
+    # updates the tables first and removes its record last, so a record found gone means the tables
+    # read next are already the finished ones (never "finished" beside slots still marked).
+    view = _sentinel_view(store)
+    in_progress = _reshard(store)
     meta = store.read_meta()
     groups = store.read_groups()
     slots = store.read_slots()
@@ -84,11 +89,12 @@ def collect(store: ClusterStore, node_timeout: float = NODE_TIMEOUT,
     unowned = len(slots.value.unowned())
     if unowned:
         problems.append(f"{unowned} slots have no owner (run 'kvstore-admin rebalance')")
-    view = _sentinel_view(store)
     problems += [f"failover of group {gid} in progress" for gid in view.get("failovers", {})]
-    in_progress = _reshard(store)
     if in_progress is not None and "error" in in_progress:
         problems.append(in_progress["error"])
+    importing = _import(store)
+    if importing is not None and "error" in importing:
+        problems.append(importing["error"])
     rules = _keyrules(store)
     if "error" in rules:
         problems.append(rules["error"])
@@ -112,6 +118,7 @@ def collect(store: ClusterStore, node_timeout: float = NODE_TIMEOUT,
         "groups": group_rows,
         "reshard": in_progress,
         "keyrules": rules,
+        "import": importing,
         "proxies": {"count": len(proxies), "items": proxies},
         "sentinels": {"count": len(sentinels), "items": sentinels},
         "sentinel_view": view,
@@ -127,6 +134,21 @@ def _sentinel_view(store: ClusterStore) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         # Extra information only: a failure reading it must not hide the cluster's own status.
         return {"error": f"cannot read the sentinels' view ({exc})"}
+
+
+def _import(store: ClusterStore) -> dict[str, Any] | None:
+    """The import from a standalone Redis recorded on this cluster and whether a process runs it, or ``None``."""
+    try:
+        record = store.read_import()
+        runner = store.read_import_runner()
+    except CorruptData as exc:
+        return {"error": str(exc)}
+    if record is None:
+        return None
+    state = record.value
+    return {"source": state.source, "db": state.db, "phase": state.phase, "offset": state.offset,
+            "snapshot_keys": state.snapshot_keys, "started_at": state.started_at, "finished_at": state.finished_at,
+            "running": None if runner is None else {"host": runner.value.host, "pid": runner.value.pid}}
 
 
 def _reshard(store: ClusterStore) -> dict[str, Any] | None:
@@ -209,6 +231,17 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"ZooKeeper ACLs: writable by {access['writer']} only{reader}")
     if status.get("reshard"):
         lines += reshard_text(status["reshard"])
+    importing = status.get("import")
+    if importing and "error" not in importing:
+        run = importing["running"]
+        if importing["phase"] == "done":
+            how = "done (cut over)"
+        elif run:
+            how = f"running (pid {run['pid']} on {run['host']})"
+        else:
+            how = "not running ('kvstore-admin import' resumes it)"
+        lines.append(f"import from {importing['source']} db {importing['db']}: {importing['phase']}, {how}, "
+                     f"{importing['snapshot_keys']:,} keys in the snapshot, stream offset {importing['offset']}")
     lines.append("")
     rows = []
     for g in status["groups"]:

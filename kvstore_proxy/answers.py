@@ -10,7 +10,7 @@ from kvstore_proxy import acl, clientcmd, commands, configcmd, fanout, inspectio
 from kvstore_proxy.commands import CommandSpec
 
 if TYPE_CHECKING:
-    from kvstore_proxy.request import CommandStat
+    from kvstore_proxy.datapath import CommandStat
     from kvstore_proxy.session import Session
 
 Handler = Callable[["Session", list[bytes], "CommandStat", float], "bytes | None"]

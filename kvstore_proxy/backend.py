@@ -9,7 +9,6 @@ protocol. The twin connects on its first request and lives and dies with its Bac
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ import structlog
 from kvstore_cluster import tls
 from kvstore_proxy import resp
 from kvstore_proxy.datapath import BackendCore, Outbox, notify
+from kvstore_proxy.sockets import set_nodelay
 
 log = structlog.get_logger("kvstore.proxy.backend")
 
@@ -138,12 +138,7 @@ class Backend(BackendCore, asyncio.Protocol):
         if self.state == CLOSED:
             transport.abort()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         self.transport = transport
         self._reset_reader()
         was = self.state

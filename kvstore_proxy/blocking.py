@@ -31,14 +31,14 @@ import structlog
 from kvstore_proxy import resp
 from kvstore_proxy.backend import Backend
 from kvstore_proxy.clientstate import ClientState, Step, finish, prepare, serving, state_of
+from kvstore_proxy.datapath import Reply
 from kvstore_proxy.migrating import Migrating
-from kvstore_proxy.request import Reply
 from kvstore_proxy.rulehold import RuleHub
 
 if TYPE_CHECKING:
     from kvstore_proxy.commands import CommandSpec
+    from kvstore_proxy.datapath import CommandStat
     from kvstore_proxy.leases import Lease
-    from kvstore_proxy.request import CommandStat
     from kvstore_proxy.session import Session
 
 log = structlog.get_logger("kvstore.proxy.blocking")
@@ -46,7 +46,6 @@ log = structlog.get_logger("kvstore.proxy.blocking")
 _SECONDS_LAST = frozenset({b"blpop", b"brpop", b"brpoplpush", b"blmove", b"bzpopmin", b"bzpopmax"})
 _SECONDS_FIRST = frozenset({b"blmpop", b"bzmpop"})
 _STREAMS = frozenset({b"xread", b"xreadgroup"})
-NULL_ARRAY = {2: resp.NULL_ARRAY, 3: resp.NULL}  # a blocking command's timeout reply, in either protocol
 RETRY_MIN, RETRY_MAX = 0.05, 1.0
 UNBLOCK_AGAIN = 0.01  # CLIENT UNBLOCK answered 0: the command had not reached Redis yet
 
@@ -145,7 +144,7 @@ def _dispatch(b: Blocked) -> None:
         return
     s = b.st.session
     if b.deadline is not None and time.monotonic() >= b.deadline and b.sent:
-        _done(b, NULL_ARRAY[s.protocol])  # timed out while it could not be sent anywhere
+        _done(b, resp.NULL_ARRAY_OF[s.protocol])  # timed out while it could not be sent anywhere
         return
     b.slot = s.worker.router.slotter.key_slot(b.keys[0])  # key rules may have changed meanwhile
     entry = s.router.slot_backend[b.slot]

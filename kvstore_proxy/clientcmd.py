@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kvstore_proxy import resp
-from kvstore_proxy.datapath import Fifo
-from kvstore_proxy.request import CommandStat
+from kvstore_proxy.datapath import CommandStat, Fifo
 
 if TYPE_CHECKING:
     from kvstore_proxy.session import Session

@@ -22,8 +22,8 @@ from kvstore_cluster.node import Node, NodeError
 from kvstore_cluster.node_config import TUNABLES, as_dict, refusal
 from kvstore_cluster.store import StoreError
 from kvstore_proxy import resp
+from kvstore_proxy.datapath import CommandStat
 from kvstore_proxy.inspection import answer_later
-from kvstore_proxy.request import CommandStat
 from kvstore_proxy.scripting import broadcast
 
 if TYPE_CHECKING:

@@ -1277,7 +1277,7 @@ cdef class BackendCore:
 
 
 cdef object twin(object e, object router3):
-    """The RESP3 counterpart of a slot table entry (router3.py says why)."""
+    """The RESP3 counterpart of a slot table entry (resp3_router.py says why)."""
     if isinstance(e, BackendCore):
         return (<BackendCore>e).resp3
     t = getattr(e, "resp3", None)

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kvstore_proxy import resp
-from kvstore_proxy.request import CommandStat, Part, Reply, SplitReply
+from kvstore_proxy.datapath import CommandStat, Reply
+from kvstore_proxy.split_reply import Part, SplitReply
 
 if TYPE_CHECKING:
     from kvstore_proxy.session import Session

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from kvstore_proxy import aggregate, fanout, info, latency, resp, siblings
-from kvstore_proxy.datapath import notify
-from kvstore_proxy.request import CommandStat, Reply
+from kvstore_proxy.datapath import CommandStat, Reply, notify
 
 if TYPE_CHECKING:
     from kvstore_proxy.server import Worker

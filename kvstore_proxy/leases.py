@@ -16,7 +16,6 @@ The per-request hot path never touches any of this.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ import structlog
 from kvstore_cluster import tls
 from kvstore_cluster.codec import parse_address
 from kvstore_proxy import resp
+from kvstore_proxy.sockets import set_nodelay
 
 log = structlog.get_logger("kvstore.proxy.leases")
 
@@ -102,7 +102,7 @@ class Lease(asyncio.Protocol):
         if self.state == CLOSED:
             transport.abort()
             return
-        _nodelay(transport)
+        set_nodelay(transport)
         self.transport = transport
         self.state = READY
         if self.out:
@@ -207,15 +207,6 @@ class Lease(asyncio.Protocol):
         if stack:
             self._scan -= p
         del buf[:p]
-
-
-def _nodelay(transport: Any) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 class LeasePool:

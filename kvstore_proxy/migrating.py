@@ -149,7 +149,7 @@ class Migrating:
         self.script_loaded = True  # until a NOSCRIPT says otherwise: then one EVAL loads it
         self.evicted = False
         self.committed = False  # the slots are the target's now; kept only while takes are in flight
-        # RESP3 sessions (router3.py) use the twin, whose commands go to the target's RESP3 connection.
+        # RESP3 sessions (resp3_router.py) use the twin, whose commands go to the target's RESP3 connection.
         self.is_resp3 = twin_of is not None
         self.primary: Migrating = twin_of if twin_of is not None else self  # the one in the router's table
         self.resp3: Migrating = self if twin_of is not None else Migrating(router, migration, source, target.resp3,

@@ -31,7 +31,7 @@ from kvstore_proxy.commands import CommandSpec
 from kvstore_proxy.inspection import complete
 
 if TYPE_CHECKING:
-    from kvstore_proxy.request import Reply
+    from kvstore_proxy.datapath import Reply
     from kvstore_proxy.server import Worker
     from kvstore_proxy.session import Session
 

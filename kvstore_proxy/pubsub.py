@@ -39,8 +39,8 @@ from kvstore_cluster.slots import key_slot
 from kvstore_proxy import fanout, resp
 from kvstore_proxy.backend import Backend
 from kvstore_proxy.clientstate import ClientState, notify, state_of
+from kvstore_proxy.datapath import CommandStat, Reply
 from kvstore_proxy.migrating import Migrating
-from kvstore_proxy.request import CommandStat, Reply
 from kvstore_proxy.rulehold import unhub
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ NULL_BULK = b"$-1\r\n"
 NULL_ARRAY = b"*-1\r\n"
 EMPTY_ARRAY = b"*0\r\n"
 NULL = b"_\r\n"  # RESP3's one null, for every type
+NULL_ARRAY_OF = {2: NULL_ARRAY, 3: NULL}  # a nil array (EXEC aborted, a blocking timeout) by protocol
 
 # Precomputed headers: most arguments and replies are short, and a list index is cheaper than
 # formatting a number on every request.

@@ -24,7 +24,8 @@ from kvstore_cluster.scripts import library_name
 from kvstore_proxy import resp
 from kvstore_proxy.backend import Backend
 from kvstore_proxy.clientstate import Step
-from kvstore_proxy.request import CommandStat, Merge, Part, Reply, SplitReply
+from kvstore_proxy.datapath import CommandStat, Reply
+from kvstore_proxy.split_reply import Merge, Part, SplitReply
 
 if TYPE_CHECKING:
     from kvstore_proxy.server import Worker

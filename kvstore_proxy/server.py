@@ -27,8 +27,8 @@ from kvstore_proxy.latency import LatencyEvents
 from kvstore_proxy.limits import Limits
 from kvstore_proxy.monitor import Hub
 from kvstore_proxy.registry import Registry
+from kvstore_proxy.resp3_router import Resp3Router
 from kvstore_proxy.router import Router
-from kvstore_proxy.router3 import Resp3Router
 from kvstore_proxy.session import Session
 from kvstore_proxy.siblings import Family, SiblingServer
 from kvstore_proxy.stateful import StatefulHub

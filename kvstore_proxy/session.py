@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,7 @@ from kvstore_proxy import answers, blocking, clientcmd, commands, pubsub, resp, 
 from kvstore_proxy.clientstate import ClientState
 from kvstore_proxy.commands import Kind
 from kvstore_proxy.datapath import Reply, SessionCore
+from kvstore_proxy.sockets import set_nodelay
 
 if TYPE_CHECKING:
     from kvstore_proxy.server import Worker
@@ -87,12 +87,7 @@ class Session(SessionCore, asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio.Transport
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -343,7 +338,7 @@ class Session(SessionCore, asyncio.Protocol):
         """Switch to RESP2 or RESP3 (HELLO, RESET): decided here once, never tested per request.
 
         Backend replies are forwarded raw, so a RESP3 session must get them from connections
-        speaking RESP3: it routes with the worker's :class:`~kvstore_proxy.router3.Resp3Router`.
+        speaking RESP3: it routes with the worker's :class:`~kvstore_proxy.resp3_router.Resp3Router`.
         Replies already in flight were asked for in the old protocol and arrive in it, as
         they would from Redis.
         """

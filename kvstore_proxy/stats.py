@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from kvstore_proxy.latency import LatencyEvents, event_for
 
 if TYPE_CHECKING:
-    from kvstore_proxy.request import Reply
+    from kvstore_proxy.datapath import Reply
 
 ERROR_CODES_MAX = 128  # distinct error codes counted, as Redis bounds its errorstats
 

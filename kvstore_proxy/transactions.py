@@ -35,13 +35,13 @@ from kvstore_proxy import answers, commands, resp, scripting
 from kvstore_proxy.backend import Backend
 from kvstore_proxy.clientstate import ClientState, finish, prepare, serving, state_of
 from kvstore_proxy.commands import CommandSpec, Kind, Merge
+from kvstore_proxy.datapath import Reply
 from kvstore_proxy.migrating import Migrating
-from kvstore_proxy.request import Reply
 from kvstore_proxy.rulehold import RuleHub
 
 if TYPE_CHECKING:
+    from kvstore_proxy.datapath import CommandStat
     from kvstore_proxy.leases import Lease
-    from kvstore_proxy.request import CommandStat
     from kvstore_proxy.session import Session
 
 log = structlog.get_logger("kvstore.proxy.transactions")
@@ -59,7 +59,6 @@ _EMPTY = b"*0\r\n"
 _MULTI = resp.command([b"MULTI"])
 _EXEC = resp.command([b"EXEC"])
 _UNWATCH = resp.command([b"UNWATCH"])
-NULL_ARRAY = {2: resp.NULL_ARRAY, 3: resp.NULL}
 
 
 class Watch:
@@ -394,13 +393,13 @@ def _exec(s: Session, spec: CommandSpec, stat: CommandStat, args: list[bytes], r
     s.fifo.append(r)
     queued, watching, watch = txn.queued, txn.watching, txn.watch
     if txn.dirty or txn.broken or (not queued and not watching):
-        data = EXECABORT if txn.dirty else NULL_ARRAY[s.protocol] if txn.broken else _EMPTY
+        data = EXECABORT if txn.dirty else resp.NULL_ARRAY_OF[s.protocol] if txn.broken else _EMPTY
         discard(st)
         finish(r, data)
         return
     if watch is not None and serving(s.worker.router, watch.slot) != watch.address:
         discard(st)  # moved since the WATCH, and routes_changed has not run yet
-        finish(r, NULL_ARRAY[s.protocol])
+        finish(r, resp.NULL_ARRAY_OF[s.protocol])
         return
     if txn.slotter is not s.worker.router.slotter:
         discard(st)  # the slots of its queued commands were computed under other key rules
@@ -520,7 +519,7 @@ def _send(part: _Part) -> None:
     if run.watch is not None:
         lease = run.watch.lease
         if lease.address != master.address or lease.state == "closed":
-            part.reply = NULL_ARRAY[s.protocol]  # the slot moved (or the lease dropped) since WATCH
+            part.reply = resp.NULL_ARRAY_OF[s.protocol]  # the slot moved (or the lease dropped) since WATCH
             _part_done(part)
             return
         run.watch = None

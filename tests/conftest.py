@@ -16,6 +16,7 @@ from kvstore_cluster.store import connect
 
 sys.path.insert(0, str(Path(__file__).parent / "sentinel"))
 
+from chaos.report import CHAOS_ROW, render_table  # noqa: E402
 from sentinel_helpers import SentinelFactory  # noqa: E402
 
 
@@ -175,3 +176,19 @@ def make_cluster(zk_hosts: str, redis_factory: RedisFactory):  # type: ignore[no
         return TestCluster(zk_hosts, name, meta, group_model, slots, nodes)
 
     return make
+
+
+# The chaos suite's fault table (tests/chaos): each fault test reports its row with its result,
+# so the table is whole however pytest-xdist spread the tests over its workers.
+_chaos_rows: list[tuple[list[str], list[str]]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        _chaos_rows.extend(value for name, value in report.user_properties if name == CHAOS_ROW)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+    if _chaos_rows:
+        terminalreporter.write_sep("=", "chaos: fault table")
+        terminalreporter.write_line(render_table(sorted(_chaos_rows)))

@@ -194,3 +194,16 @@ def test_paired_ratios_compare_the_two_proxies_within_each_round():
           m(target="kvstore", rnd=2, rps=999)]  # no nutcracker run in round 2: no pair
     (row,) = build_rows(ms, [("SET", 1)], targets=["nutcracker", "kvstore"])
     assert row.paired_ratios == [pytest.approx(0.5), pytest.approx(1.1)]
+
+
+def test_tls_and_key_rules_rows_are_compared_with_the_plain_proxy_of_the_same_run():
+    ms = [m(target="kvstore", rps=100, cpu=0.01), m(target="kvstore-tls", rps=80, cpu=0.0125),
+          m(target="rules", rps=99, cpu=0.0101)]
+    (row,) = build_rows(ms, [("SET", 1)], targets=["kvstore", "kvstore-tls", "rules"])
+    assert row.tls_ratio == pytest.approx(0.8) and row.rules_ratio == pytest.approx(0.99)
+    lines = summary_lines([row], {}, [], rules=20)
+    assert "kvstore with 20 key rules / without, ops/s, same run: SET P1 0.99×" in lines
+    assert "kvstore with 20 key rules / without, CPU s/1M: SET P1 1.01×" in lines
+    assert [ln for ln in lines if ln.startswith("TLS: kvstore-proxy --tls-listen / its plain port") and "0.80×" in ln]
+    assert "TLS: kvstore-proxy CPU s/1M, TLS / plain: SET P1 1.25×" in lines
+    assert row.to_json()["ratio_kvstore_tls_plain_ops"] == pytest.approx(0.8)

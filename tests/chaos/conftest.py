@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chaos.cluster import ChaosCluster
-from chaos.report import ROWS, render_table
+from chaos.report import CHAOS_ROW, ROWS
 from kvstore_admin.processes import LocalProcess, start_zookeeper
 
 
@@ -40,7 +40,11 @@ def chaos_cluster(chaos_zookeeper: LocalProcess, tmp_path: Path) -> Iterator[Cal
             cluster.stop()
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
-    if ROWS:
-        terminalreporter.write_sep("=", "chaos: fault table")
-        terminalreporter.write_line(render_table(ROWS))
+@pytest.fixture(autouse=True)
+def report_table_rows(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each fault's row goes with its test's report, so the session's table (tests/conftest.py) has
+    every row, whichever process (pytest-xdist worker) ran the test."""
+    before = len(ROWS)
+    yield
+    for row in ROWS[before:]:
+        request.node.user_properties.append((CHAOS_ROW, row.rendered()))

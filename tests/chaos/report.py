@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from chaos.checker import DIVERGED, LOST, MISPLACED, UNEXPECTED, Report
 
+CHAOS_ROW = "chaos_row"  # the user property a fault test reports its row under
+
 COLUMNS = ("fault", "mode", "rounds", "ok", "failed", "unknown", "lost", "unexpected", "misplaced", "diverged",
            "seconds", "verdict")
 
@@ -28,12 +30,17 @@ class Row:
                 str(r.total(DIVERGED)), f"{self.seconds:.0f}", self.verdict]
 
 
-ROWS: list[Row] = []  # every row of this session, for pytest_terminal_summary
+    def rendered(self) -> tuple[list[str], list[str]]:
+        """The row's cells and its notes: what the session's table needs, sent from a test worker as is."""
+        return self.cells(), [f"- {self.fault}: {n}" for n in self.notes]
 
 
-def render_table(rows: list[Row]) -> str:
-    """A Markdown table (readable on a terminal too)."""
-    table = [list(COLUMNS)] + [row.cells() for row in rows]
+ROWS: list[Row] = []  # every row of this process, reported with its test (tests/chaos/conftest.py)
+
+
+def render_table(rows: list[tuple[list[str], list[str]]]) -> str:
+    """A Markdown table (readable on a terminal too) of ``Row.rendered()`` rows."""
+    table = [list(COLUMNS)] + [cells for cells, _ in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
 
     def line(cells: list[str]) -> str:
@@ -41,5 +48,5 @@ def render_table(rows: list[Row]) -> str:
 
     out = [line(table[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in table[1:]]
-    notes = [f"- {row.fault}: {n}" for row in rows for n in row.notes]
+    notes = [n for _, row_notes in rows for n in row_notes]
     return "\n".join(out + ([""] + notes if notes else []))

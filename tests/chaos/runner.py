@@ -89,7 +89,7 @@ def run_fault(cluster: ChaosCluster, name: str, fault: Callable[[ChaosCluster], 
         row.notes.append(f"{excused} lost writes, all inside a lossy fault's window (allowed)")
     ROWS.append(row)
     print()
-    print(render_table([row]))
+    print(render_table([row.rendered()]))
     print(f"errors seen by clients: {history.errors()}")
     print(f"keys served at the end: {report.keys}; history: {out_dir / 'history.jsonl'}")
     if report.anomalies:

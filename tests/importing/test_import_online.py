@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from import_helpers import Writer, admin_process, fill, start_admin, summary
+from import_helpers import Writer, admin, admin_process, fill, start_admin, summary
 
 from kvstore_admin.importing import testhooks
 from kvstore_admin.importing.groups import MARKER_DB, MARKER_KEY
@@ -110,6 +110,11 @@ def test_killed_while_copying_the_snapshot_starts_over(cluster, source, zk) -> N
     assert crashed.returncode == testhooks.EXIT_CODE, crashed.stderr
     record = ClusterStore(zk, cluster.name).read_import()
     assert record is not None and record.value.phase == "snapshot"
+    # status shows the stopped import (its runner's ephemeral znode goes with the dead process's session)
+    shown = admin(cluster.zk_hosts, cluster.name, "status")
+    assert f"import from {source.address} db 0: snapshot, " in shown.output, shown.output
+    as_json = json.loads(admin(cluster.zk_hosts, cluster.name, "status", "--json").output)
+    assert as_json["import"]["source"] == source.address and as_json["import"]["phase"] == "snapshot"
     # Keys copied by the dead run that the source deletes meanwhile must not survive the next run.
     copied = [k for procs in cluster.nodes.values() for k in redis.Redis(port=procs[0].port).scan_iter(count=1000)]
     assert copied

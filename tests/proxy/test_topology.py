@@ -151,7 +151,10 @@ def test_slot_range_moved_under_load_changes_routing_without_a_wrong_reply(proxy
     try:
         with Load(cluster.proxy, keys) as load:
             time.sleep(0.5)
-            g1.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+            # Paused until UNPAUSE below, however long the copy and the proxy's drain (up to its
+            # 5 s request timeout) take: a pause that ran out would let g1 acknowledge writes for
+            # slots that have moved, which the real reshard's barrier prevents.
+            g1.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
             for k in g1.scan_iter(count=1000):
                 if moving[0] <= key_slot(k) <= moving[1]:
                     dump = g1.dump(k)

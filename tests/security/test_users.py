@@ -158,7 +158,10 @@ def test_rule_changes_apply_to_connected_sessions(proxy: LocalProcess, secured_c
     wait_until(lambda: _works(lambda: live.get("live:k")), 10, "the new user at the proxy")
     assert live.set("live:k", "1")
     assert c.admin("user", "set", "live", "-set").exit_code == 0
-    wait_until(lambda: _refused(lambda: live.set("live:k", "2")), 10, "the rule change to reach the session")
+    # Probed on a key of its own: a SET that still went through before the change arrived must
+    # not be mistaken for one that got through after it.
+    wait_until(lambda: _refused(lambda: live.set("live:probe", "2")), 10, "the rule change to reach the session")
+    noperm(lambda: live.set("live:k", "2"), "this user has no permissions to run the 'set' command")
     assert live.get("live:k") == b"1"
     assert c.admin("user", "set", "live", "resetkeys", "~live:*", "+set").exit_code == 0
     wait_until(lambda: _works(lambda: live.set("live:k", "3")), 10, "the second change")

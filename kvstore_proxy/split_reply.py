@@ -1,7 +1,7 @@
 """Requests answered from several backend replies merged in Python: the fan-out commands (fanout.py).
 
 The per-request types (Reply, CommandStat, and MGET/MSET/DEL's split MultiReply) are compiled, in
-datapath.pyx; they are re-exported here for the Python features that build replies.
+datapath.pyx; this is the slow path's split, for commands answered rarely.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ import hiredis
 
 from kvstore_proxy import resp
 from kvstore_proxy.datapath import CommandStat, Reply
-
-__all__ = ["CommandStat", "Merge", "Part", "Reply", "SplitReply"]
-
 
 Merge = Callable[[list[Any]], bytes]
 
