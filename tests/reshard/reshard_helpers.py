@@ -35,6 +35,17 @@ def load_keys(client: redis.Redis, keys: list[bytes], value: bytes = b"v" * 100,
     pipe.execute()
 
 
+def g3_just_added(c: Cluster, n: int) -> list[bytes]:
+    """A 3-group cluster as after ``group add`` of g3: every slot on g1 or g2, ``n`` keys of 100 bytes on them."""
+    slots = c.store.read_slots()
+    owners = ["g1" if s < 8192 else "g2" for s in range(16384)]
+    c.store.set_slots(type(slots.value).from_owners(owners), slots.version)
+    keys = [f"bulk:{i}".encode() for i in range(n)]
+    for gid in ("g1", "g2"):
+        load_keys(c.master(gid), [k for k in keys if owners[key_slot(k)] == gid])
+    return keys
+
+
 def keys_in_slots(lo: int, hi: int, n: int, prefix: str = "k") -> list[bytes]:
     """``n`` distinct keys whose slots are in ``lo..hi``."""
     out: list[bytes] = []

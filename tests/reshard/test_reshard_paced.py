@@ -8,7 +8,7 @@ import time
 
 import pytest
 import redis
-from reshard_helpers import admin_process, load_keys
+from reshard_helpers import admin_process, g3_just_added
 from test_reshard_through_proxies import Proxy
 
 from kvstore_cluster.slots import key_slot
@@ -46,12 +46,7 @@ class Writer(threading.Thread):
 @pytest.mark.timeout(240)
 def test_a_rebalance_under_client_load_is_paced_and_loses_nothing_and_an_idle_one_is_not(cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     c = cluster(groups=3)
-    slots = c.store.read_slots()
-    owners = ["g1" if s < 8192 else "g2" for s in range(16384)]
-    c.store.set_slots(type(slots.value).from_owners(owners), slots.version)
-    keys = [f"bulk:{i}".encode() for i in range(20_000)]
-    for gid in ("g1", "g2"):
-        load_keys(c.master(gid), [k for k in keys if owners[key_slot(k)] == gid])
+    keys = g3_just_added(c, 20_000)
     proxy = Proxy(c.zk_hosts, c.tc.name, tmp_path / "proxy.log")
     stop = threading.Event()
     writer = Writer(proxy.client(), stop)

@@ -139,18 +139,12 @@ def test_8000_slots_move_back_and_forth_twice_under_load_through_two_proxies(clu
 @pytest.mark.timeout(300)
 def test_rebalance_onto_a_new_group_under_an_incr_load_reads_each_source_once(cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The operator's case: keys on two groups, a third added, `rebalance` in several steps under load."""
-    from reshard_helpers import load_keys
+    from reshard_helpers import g3_just_added
 
     from kvstore_cluster.slots import key_slot
 
     c = cluster(groups=3)
-    # g3 starts empty, as a group just added: its slots go to g1 and g2 first.
-    slots = c.store.read_slots()
-    owners = ["g1" if s < 8192 else "g2" for s in range(16384)]
-    c.store.set_slots(type(slots.value).from_owners(owners), slots.version)
-    keys = [f"bulk:{i}".encode() for i in range(30_000)]
-    for gid in ("g1", "g2"):
-        load_keys(c.master(gid), [k for k in keys if owners[key_slot(k)] == gid])
+    keys = g3_just_added(c, 30_000)
     proxy = Proxy(c.zk_hosts, c.tc.name, tmp_path / "proxy.log")
     stop = threading.Event()
     workers = [Workload(f"w{i}", proxy.client(protocol=2 + i % 2), stop) for i in range(3)]
