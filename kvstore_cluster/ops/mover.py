@@ -145,9 +145,9 @@ class SourceMover:
         return node
 
     async def close_tracker(self) -> None:
-        if self.tracker is not None:
-            await self.tracker.close()
-            self.tracker = None
+        tracker, self.tracker = self.tracker, None  # the watcher and a pass may both close it
+        if tracker is not None:
+            await tracker.close()
 
     async def close(self) -> None:
         await self.close_tracker()
@@ -170,6 +170,11 @@ class SourceMover:
                 else:
                     self.pace.observe(self.address, Sample(self.pace.clock(), received, answered,
                                                            sum(n.sent for n in self.nodes)))
+                    if self.pace.busy and self.tracker is not None:
+                        # Clients are here: every write of theirs would cost the source and us an
+                        # invalidation; the next step reads the source again instead (paced).
+                        log.info("write_tracking_paused", node=self.address)
+                        await self.close_tracker()
                 await asyncio.sleep(pause)
                 pause = SAMPLE_SECONDS
 
@@ -212,7 +217,7 @@ class SourceMover:
         self.kept.clear()
         self.written.clear()
         self.kept_count = 0
-        keep = self.keeping and any(self.later)
+        keep = self.keeping and any(self.later) and not self.pace.busy
         if keep:
             self.tracker = WriteTracker(self.address, self._on_written, self.tuning.password)
             try:
