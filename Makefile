@@ -112,7 +112,7 @@ bench: $(STAMP)
 	@$(PY) -c 'import matplotlib, psutil' 2>/dev/null || $(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-# make bench-metrics: kvstore-proxy with and without --metrics-listen (scraped every second), same
+# make bench-metrics: kvstore-proxy with and without --metrics-listen (scraped every second) and an identical control proxy, same
 # run, interleaved (bench/metrics_cost.py), a few minutes; BENCH_ARGS=--quick for a short run.
 .PHONY: bench-metrics
 bench-metrics: $(STAMP)

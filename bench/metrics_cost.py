@@ -1,11 +1,14 @@
 """What serving metrics costs the proxy: kvstore-proxy with and without --metrics-listen, in one run.
 
-    redis A (g1) ◄──┬── kvstore-proxy --workers 1                       ◄── redis-benchmark
-    redis B (g2) ◄──┴── kvstore-proxy --workers 1 --metrics-listen ...  ◄── redis-benchmark
+    redis A (g1) ◄──┬── kvstore-proxy --workers 1                       ◄── redis-benchmark  (plain)
+    redis B (g2) ◄──┼── kvstore-proxy --workers 1                       ◄── redis-benchmark  (control)
+                    └── kvstore-proxy --workers 1 --metrics-listen ...  ◄── redis-benchmark  (metrics)
                                   ▲ GET /metrics every --scrape-every seconds, all along
 
-Both proxies run the same code over the same two Redis servers; each row is measured on one
-then the other, interleaved over rounds, and the table gives the medians and their ratio
+The three proxies run the same code over the same two Redis servers; each row is measured on
+each of them in turn, the order rotating over the rounds, and the table gives the medians and
+two ratios: metrics / plain, what serving metrics costs, and control / plain, two identical
+proxies compared the same way, which is how far the run's noise alone moves a ratio
 (``make bench-metrics``; ``--quick`` for a short run). Uses bench/'s cluster and workload.
 """
 
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import cluster, workload  # noqa: E402
 from kvstore_admin.processes import free_port  # noqa: E402
 
+NAMES = ("plain", "metrics", "control")
 ROWS = (("SET", 1), ("GET", 1), ("MGET (10 keys)", 1), ("SET", 16), ("GET", 16), ("MGET (10 keys)", 16))
 
 
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         mport = free_port()
         targets = {
             "plain": cluster.start_kvstore(stack, tmp, zk, name="plain"),
+            "control": cluster.start_kvstore(stack, tmp, zk, name="control"),
             "metrics": cluster.start_kvstore(stack, tmp, zk, ["--metrics-listen", f"127.0.0.1:{mport}"],
                                              name="metrics"),
         }
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, pipeline in ROWS:
                     test = workload.TESTS_BY_NAME[name]
                     requests = int((400_000 if pipeline > 1 else 100_000) * scale)
-                    order = ("plain", "metrics") if rnd % 2 == 0 else ("metrics", "plain")
+                    order = NAMES[rnd % 3:] + NAMES[:rnd % 3]
                     for target in order:
                         t = targets[target]
                         assert t.tree is not None
@@ -113,15 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"One scrape costs the idle proxy {scrape_cpu * 1000:.2f} ms of CPU (median of 3 x 20 scrapes): "
           f"{scrape_cpu / args.scrape_every * 100:.3f}% of a core at one scrape every {args.scrape_every:g} s, "
           f"{scrape_cpu / 15 * 100:.4f}% at Prometheus's usual 15 s.\n")
-    print("| test | pipeline | without ops/s | with metrics ops/s | with/without | CPU s/1M without | CPU s/1M with |")
-    print("|:---|---:|---:|---:|---:|---:|---:|")
+    print("| test | pipeline | without ops/s | with metrics ops/s | with/without | control/without (noise) "
+          "| CPU s/1M without | CPU s/1M with | CPU s/1M control |")
+    print("|:---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, pipeline in ROWS:
-        plain = statistics.median(results[(name, pipeline, "plain")])
-        with_m = statistics.median(results[(name, pipeline, "metrics")])
-        c_plain = statistics.median(cpu[(name, pipeline, "plain")])
-        c_with = statistics.median(cpu[(name, pipeline, "metrics")])
-        print(f"| {name} | {pipeline} | {plain:,.0f} | {with_m:,.0f} | {with_m / plain:.2f}× | "
-              f"{c_plain:.2f} | {c_with:.2f} |")
+        ops = {n: statistics.median(results[(name, pipeline, n)]) for n in NAMES}
+        c = {n: statistics.median(cpu[(name, pipeline, n)]) for n in NAMES}
+        print(f"| {name} | {pipeline} | {ops['plain']:,.0f} | {ops['metrics']:,.0f} | "
+              f"{ops['metrics'] / ops['plain']:.2f}× | {ops['control'] / ops['plain']:.2f}× | "
+              f"{c['plain']:.2f} | {c['metrics']:.2f} | {c['control']:.2f} |")
     return 0 if counts[1] == 0 else 1
 
 

@@ -17,6 +17,10 @@ import math
 import time
 from collections import Counter
 
+# A whole token, less the rounding of monotonic clock differences: 0.1 s at 10/s refills one token
+# even when ``now - stamp`` comes out as 0.0999999999985.
+_ONE_TOKEN = 1.0 - 1e-9
+
 
 class RateBucket:
     """A token bucket of ``rate`` tokens per second, holding at most one second's worth."""
@@ -31,7 +35,7 @@ class RateBucket:
     def take(self, now: float) -> bool:
         tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if tokens < 1.0:
+        if tokens < _ONE_TOKEN:
             self.tokens = tokens
             return False
         self.tokens = tokens - 1.0

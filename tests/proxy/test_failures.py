@@ -27,9 +27,16 @@ def key_on(group_index: int, prefix: bytes = b"k") -> bytes:
         i += 1
 
 
-# A script that keeps its group busy for 0.5 s, so a pipeline behind it is in flight when the group dies.
+# A script that keeps its group busy for 1.5 s, so a pipeline behind it is in flight when the group dies.
 _BUSY_SCRIPT = ("local t=redis.call('time'); local s=t[1]*1e6+t[2]; while true do local n=redis.call('time');"
-                " if n[1]*1e6+n[2]-s > 500000 then break end end return 1")
+                " if n[1]*1e6+n[2]-s > 1500000 then break end end return 1")
+
+
+def _in_flight_on(proxy_port: int, gid: str) -> int:
+    """Requests the proxy has sent to group ``gid``'s master and not had answered (INFO backends)."""
+    info = redis.Redis(port=proxy_port, socket_timeout=5).info("backends")
+    return sum(int(b["pending"]) + int(b["resp3_pending"]) for b in info.values()
+               if isinstance(b, dict) and b.get("group") == gid)
 
 
 def kill_g2_mid_pipeline(cluster, client: redis.Redis, read_g2) -> tuple[list[object], list[object]]:  # type: ignore[no-untyped-def]
@@ -53,7 +60,8 @@ def kill_g2_mid_pipeline(cluster, client: redis.Redis, read_g2) -> tuple[list[ob
 
     t = threading.Thread(target=pipeline)
     t.start()
-    time.sleep(0.2)  # the kill must land while the script runs; there is no state to poll for that
+    # The kill lands while the script runs, with at least the first read behind it in flight.
+    wait_until(lambda: _in_flight_on(cluster.proxy.port, "g2") >= 2, 1.2, "the pipeline in flight on g2")
     cluster.nodes["g2"].signal(signal.SIGKILL)
     t.join(15)
     assert not t.is_alive()
