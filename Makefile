@@ -18,9 +18,9 @@ STAMP := $(VENV)/.installed
 LOCAL_DIR ?= .kvstore-local
 PYTEST_ARGS ?=
 # make test runs the suite in this many processes (pytest-xdist), a test file to each at a time
-# (its module fixtures shared): the tests mostly wait on servers they started, so 4 fit 2 cores.
+# (its module fixtures shared): the tests mostly wait on servers they started, so 3 fit 2 cores.
 # TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 
 .PHONY: help up down status test lint system-packages
 
