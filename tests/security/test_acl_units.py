@@ -66,4 +66,10 @@ def test_rates_and_shares() -> None:
     t = bucket.stamp
     assert sum(bucket.take(t) for _ in range(20)) == 10  # a second's worth, then refused
     assert bucket.take(t + 0.1) and not bucket.take(t + 0.1)  # refilled at 10/s
+    # A monotonic clock hours into a host's uptime: (t + 0.1) - t comes out a hair under 0.1, which
+    # must still refill a whole token.
+    late = RateBucket(10)
+    late.stamp, late.tokens = 17884.893862564, 0.0
+    assert (late.stamp + 0.1) - late.stamp < 0.1
+    assert late.take(late.stamp + 0.1)
     assert share(None, 4) is None and share(10, 4) == 3 and share(1, 4) == 1
