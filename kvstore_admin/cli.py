@@ -328,6 +328,10 @@ move_options = [
                  help="Seconds to wait for every proxy to apply each slots change (barrier)."),
     click.option("--slots-per-step", type=click.IntRange(min=1), default=reshard.DEFAULT_SLOTS_PER_STEP,
                  show_default=True, help="Slots marked migrating at once."),
+    click.option("--busy-slots-per-step", type=click.IntRange(min=1), default=reshard.BUSY_SLOTS_PER_STEP,
+                 show_default=True,
+                 help="Slots marked migrating at once while clients use the source groups (each request for a "
+                      "key not moved yet costs a MIGRATE)."),
     click.option("--no-data", is_flag=True,
                  help="Reassign without moving keys; the old owners' keys of those slots are DELETED."),
     click.option("--yes-lose-data", is_flag=True, help="Confirm --no-data in datastore mode."),
@@ -349,10 +353,10 @@ with_move_options = with_options(move_options)
 
 
 def _options(settings: Settings, batch: int, batch_bytes: int, parallel: int, big_key_bytes: int, busy_rate: int,
-             timeout: float, slots_per_step: int) -> reshard.Options:
+             timeout: float, slots_per_step: int, busy_slots_per_step: int) -> reshard.Options:
     return reshard.Options(batch=batch, batch_bytes=batch_bytes, parallel=parallel, big_key_bytes=big_key_bytes,
                            busy_rate=busy_rate, timeout=timeout, slots_per_step=slots_per_step,
-                           password=settings.redis_password)
+                           busy_slots_per_step=busy_slots_per_step, password=settings.redis_password)
 
 
 def _emit(out: dict[str, Any], as_json: bool) -> None:
@@ -371,7 +375,8 @@ def _emit(out: dict[str, Any], as_json: bool) -> None:
 @pass_settings
 def reshard_cmd(settings: Settings, slots_text: str | None, target: str | None, resume: bool, abort: bool,
                 batch: int, batch_bytes: int, parallel: int, big_key_bytes: int, busy_rate: int, timeout: float,
-                slots_per_step: int, no_data: bool, yes_lose_data: bool, as_json: bool) -> None:
+                slots_per_step: int, busy_slots_per_step: int, no_data: bool, yes_lose_data: bool,
+                as_json: bool) -> None:
     """Move slots (and their keys) to GROUP while proxies keep serving; resumable.
 
     Keys move with SCAN + MIGRATE (TTLs kept, never REPLACE: a key already on the target stops
@@ -381,7 +386,8 @@ def reshard_cmd(settings: Settings, slots_text: str | None, target: str | None, 
         raise click.UsageError("--resume and --abort exclude each other")
     if not (resume or abort) and not (slots_text and target):
         raise click.UsageError("give --slots and --to (or --resume / --abort)")
-    options = _options(settings, batch, batch_bytes, parallel, big_key_bytes, busy_rate, timeout, slots_per_step)
+    options = _options(settings, batch, batch_bytes, parallel, big_key_bytes, busy_rate, timeout, slots_per_step,
+                       busy_slots_per_step)
     reporter = None if as_json else reshard_report.ProgressBar()
     with open_store(settings) as store:
         if resume or abort:
@@ -406,14 +412,16 @@ reshard_cmd.name = "reshard"
 @with_move_options
 @pass_settings
 def rebalance_cmd(settings: Settings, dry_run: bool, drain: str | None, batch: int, batch_bytes: int, parallel: int,
-                  big_key_bytes: int, busy_rate: int, timeout: float, slots_per_step: int, no_data: bool,
+                  big_key_bytes: int, busy_rate: int, timeout: float, slots_per_step: int,
+                  busy_slots_per_step: int, no_data: bool,
                   yes_lose_data: bool, as_json: bool) -> None:
     """Even out slot ownership among the groups in state ok, moving the fewest slots (with their keys).
 
     Unowned slots are assigned first (no data to move). Then slots move from the groups holding
     the most to those holding the least, as a reshard (resumable, one at a time).
     """
-    options = _options(settings, batch, batch_bytes, parallel, big_key_bytes, busy_rate, timeout, slots_per_step)
+    options = _options(settings, batch, batch_bytes, parallel, big_key_bytes, busy_rate, timeout, slots_per_step,
+                       busy_slots_per_step)
     with open_store(settings) as store:
         if dry_run:
             plan = rebalance.plan_rebalance(store, drain)

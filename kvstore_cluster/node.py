@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -272,12 +272,16 @@ class Node:
 
     # --- keys (the key mover, check) ----------------------------------------------------------------
 
-    async def scan(self, count: int, match: bytes | None = None) -> AsyncIterator[list[bytes]]:
-        """Every key of the node (matching the glob ``match``, if given), one SCAN reply at a time."""
+    async def scan(self, count: int | Callable[[], int], match: bytes | None = None) -> AsyncIterator[list[bytes]]:
+        """Every key of the node (matching the glob ``match``, if given), one SCAN reply at a time.
+
+        ``count`` may be a function: asked before each call (the key mover's pace shortens them).
+        """
         cursor = b"0"
         extra: tuple[Any, ...] = ("MATCH", match) if match is not None else ()
         while True:
-            reply = await self.call("SCAN", cursor, "COUNT", count, *extra, what="SCAN")
+            n = count() if callable(count) else count
+            reply = await self.call("SCAN", cursor, "COUNT", n, *extra, what="SCAN")
             try:
                 cursor, keys = reply
                 done = int(cursor) == 0

@@ -2,14 +2,14 @@
 
 Per source (:class:`SourceMover`), at the first step it moves::
 
-    CLIENT TRACKING ON BCAST (write_tracker.py) ─► one SCAN pass ─┬─ keys of this step's slots ─► take workers
-                                                                  └─ keys of later steps' slots ─► kept, by slot
-    each later step: tracker fence ─► kept keys + keys written since (tracker) of its slots ─► take workers
+    new-key events (new_keys.py) ─► one SCAN pass ─┬─ keys of this step's slots ─► take workers
+                                                   └─ keys of later steps' slots ─► kept, by slot
+    each later step: tracker fence ─► kept keys + keys created since (tracker) of its slots ─► take workers
 
 A SCAN pass returns every key present from its start to its end; a step's slots are released
 (every proxy moves their keys on access, none writes them on the source) before its keys move,
-so the kept keys plus the keys written since the pass began are all its keys. If the tracker
-cannot vouch for that (its connection dropped, the node was flushed) or too many keys would be
+so the kept keys plus the keys created since the pass began are all its keys. If the tracker
+cannot vouch for that (its connection dropped, its flags were changed) or too many keys would be
 kept, the step reads the source again instead.
 
 Keys leave through the take script (``kvstore_cluster/keymove.py``) in batches of ``batch`` keys
@@ -19,7 +19,9 @@ or locked keys in place, which one task per source then moves in pieces (``big_k
 
 The pace (``pace.py``): full speed while no client uses the sources; while clients do (their
 requests reaching a source, measured from its ``INFO stats`` less the movers' own traffic), at
-most ``busy_rate`` keys/s in small takes, so that the servers stay the clients' first.
+most ``busy_rate`` keys/s in small takes and short SCAN calls, so that the servers stay the
+clients' first. The sources are watched from the start of the run (``KeyMover.watch``): the
+executor sizes the steps it marks by the verdict.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from kvstore_cluster.node import CommandRefused, Node, NodeError, parse_info
 from kvstore_cluster.ops import big_keys
 from kvstore_cluster.ops.big_keys import Stalls
 from kvstore_cluster.ops.errors import MoveError
+from kvstore_cluster.ops.new_keys import NewKeyTracker
 from kvstore_cluster.ops.pace import BUSY_RATE, FIRST_SAMPLE_SECONDS, SAMPLE_SECONDS, Pace, Sample
-from kvstore_cluster.ops.write_tracker import WriteTracker
 from kvstore_cluster.slots import SLOT_COUNT, key_slot
 
 log = structlog.get_logger("kvstore.ops.mover")
@@ -52,6 +54,7 @@ SCAN_TIMEOUT = 15.0
 MOVER_NICE = 10  # the movers' thread's nice value (see KeyMover._run)
 KEEP_MAX = 4_000_000  # keys kept for later steps per source; beyond, each step reads the source again
 RESUME_HINT = "run 'kvstore-admin reshard --resume'"
+WATCH_WAIT = 0.25  # seconds a run waits at most for the pace's first verdict (two readings, 0.05 s apart)
 T = TypeVar("T")
 
 
@@ -126,17 +129,17 @@ class SourceMover:
             self.later[s] = 1
         self.kept: dict[int, list[bytes]] = {}
         self.kept_count = 0
-        self.written: dict[int, set[bytes]] = {}
-        self.tracker: WriteTracker | None = None
+        self.created: dict[int, set[bytes]] = {}
+        self.tracker: NewKeyTracker | None = None
         self.read = False  # a pass has read the source for every slot still to move
         self.keeping = True  # False once KEEP_MAX was exceeded: every step reads the source itself
 
-    def _on_written(self, keys: list[bytes]) -> None:
-        later, written, slot = self.later, self.written, self.tuning.key_slot
+    def _on_created(self, keys: list[bytes]) -> None:
+        later, created, slot = self.later, self.created, self.tuning.key_slot
         for k in keys:
             s = slot(k)
             if later[s]:
-                written.setdefault(s, set()).add(k)
+                created.setdefault(s, set()).add(k)
 
     def node(self) -> Node:
         """A connection to the source, its traffic counted as ours."""
@@ -170,19 +173,18 @@ class SourceMover:
                 else:
                     self.pace.observe(self.address, Sample(self.pace.clock(), received, answered,
                                                            sum(n.sent for n in self.nodes)))
-                    if self.pace.busy and self.tracker is not None:
-                        # Clients are here: every write of theirs would cost the source and us an
-                        # invalidation; the next step reads the source again instead (paced).
-                        log.info("write_tracking_paused", node=self.address)
-                        await self.close_tracker()
                 await asyncio.sleep(pause)
                 pause = SAMPLE_SECONDS
+
+    def watch(self) -> None:
+        """Start telling the pace how busy the source is (once)."""
+        if self.watcher is None and self.pace.busy_rate > 0:
+            self.watcher = asyncio.create_task(self._watch())
 
     async def move(self, slot_targets: dict[int, str], still_allowed: Callable[[], None]) -> int:
         """Move every key of ``slot_targets``'s slots to its target; returns the number moved."""
         slots = SlotMap(slot_targets)
-        if self.watcher is None and self.pace.busy_rate > 0:
-            self.watcher = asyncio.create_task(self._watch())
+        self.watch()
         work = _Work(self, slots, still_allowed)
         async with work:
             await work.resume_locked(slot_targets)
@@ -198,7 +200,7 @@ class SourceMover:
                 for s in slot_targets:
                     keys = self.kept.pop(s, [])
                     self.kept_count -= len(keys)
-                    keys.extend(self.written.pop(s, ()))
+                    keys.extend(self.created.pop(s, ()))
                     buf = pending.setdefault(slots.index[s], [])
                     buf.extend(keys)
                     if len(buf) >= self.tuning.batch:
@@ -215,15 +217,15 @@ class SourceMover:
         """One SCAN over the source: this step's keys to the workers, later steps' kept (and tracked from now on)."""
         await self.close_tracker()
         self.kept.clear()
-        self.written.clear()
+        self.created.clear()
         self.kept_count = 0
-        keep = self.keeping and any(self.later) and not self.pace.busy
+        keep = self.keeping and any(self.later)
         if keep:
-            self.tracker = WriteTracker(self.address, self._on_written, self.tuning.password)
+            self.tracker = NewKeyTracker(self.address, self._on_created, self.tuning.password)
             try:
                 await self.tracker.start()
             except NodeError as exc:
-                log.warning("write_tracking_unavailable", node=self.address, error=str(exc))
+                log.warning("new_key_tracking_unavailable", node=self.address, error=str(exc))
                 await self.close_tracker()
                 keep = False
         index, later, kept, key_slot = work.slots.index, self.later, self.kept, self.tuning.key_slot
@@ -231,7 +233,7 @@ class SourceMover:
         try:
             async with self.node() as scanner:
                 pending: dict[int, list[bytes]] = {}
-                async for keys in scanner.scan(SCAN_COUNT):
+                async for keys in scanner.scan(lambda: self.pace.scan_count(SCAN_COUNT)):
                     work.check()
                     await self.pace.scan_pause()
                     for k in keys:
@@ -428,16 +430,34 @@ class KeyMover:
         """Run ``coro`` on the movers' loop; a ``concurrent.futures.Future`` of its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
+    async def _source(self, gid: str, address: str) -> SourceMover:
+        mover = self.sources.get(gid)
+        if mover is None or mover.address != address:
+            if mover is not None:
+                await mover.close()
+            mover = self.sources[gid] = SourceMover(address, self.later.get(gid, set()), self.tuning,
+                                                    self.progress, self.pace)
+        return mover
+
+    async def watch(self, masters: dict[str, str], wait: float = WATCH_WAIT) -> bool:
+        """Watch these sources (group -> master) from now on; return once the pace knows if clients use them.
+
+        At most ``wait`` seconds (then the pace says idle until it knows better); returns the verdict.
+        """
+        for gid, address in masters.items():
+            (await self._source(gid, address)).watch()
+        deadline = time.monotonic() + wait
+        while self.pace.busy_rate > 0 and not self.pace.judged.issuperset(masters.values()):
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.005)
+        return self.pace.busy
+
     async def move(self, by_source: dict[str, tuple[str, dict[int, str]]], still_allowed: Callable[[], None]) -> int:
         """``by_source``: group -> (its master's address, slot -> target address). All sources at once."""
         movers = []
         for gid, (address, slot_targets) in by_source.items():
-            mover = self.sources.get(gid)
-            if mover is None or mover.address != address:
-                if mover is not None:
-                    await mover.close()
-                mover = self.sources[gid] = SourceMover(address, self.later.get(gid, set()), self.tuning,
-                                                        self.progress, self.pace)
+            mover = await self._source(gid, address)
             movers.append(mover.move(slot_targets, still_allowed))
         results = await asyncio.gather(*movers, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]

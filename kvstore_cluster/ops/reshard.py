@@ -56,7 +56,7 @@ from kvstore_cluster.ops.context import crash_point
 from kvstore_cluster.ops.errors import OpError, ReshardInProgress, ReshardStopped
 from kvstore_cluster.ops.fence import NO_FENCE, Fence
 from kvstore_cluster.ops.rule_change import no_rule_change
-from kvstore_cluster.ops.slot_moves import split_steps
+from kvstore_cluster.ops.slot_moves import cut_step, split_steps
 from kvstore_cluster.proxy_registration import MIGRATION, PROTOCOLS, ProxyRegistration
 from kvstore_cluster.reshard_state import ReshardProgress, ReshardState
 from kvstore_cluster.slots import format_slot_ranges, merge_ranges
@@ -64,7 +64,9 @@ from kvstore_cluster.store import Check, ClusterStore, CorruptData, Create, Dele
 
 log = structlog.get_logger("kvstore.ops.reshard")
 
-DEFAULT_SLOTS_PER_STEP = 1024
+DEFAULT_SLOTS_PER_STEP = 4096  # without clients: fewer barriers (docs/design.md, "Resharding figures")
+# While clients use the sources: the step size measured to keep them served (ops/pace.py).
+BUSY_SLOTS_PER_STEP = 1024
 DEFAULTS = mover.Tuning()  # batch sizes and parallelism (tuned by measurement: docs/design.md)
 
 def in_progress_error(state: ReshardState) -> ReshardInProgress:
@@ -81,6 +83,7 @@ class Options:
     parallel: int = mover.Tuning.parallel  # take connections per source
     timeout: float = 30.0  # seconds to wait for the proxies at each barrier
     slots_per_step: int = DEFAULT_SLOTS_PER_STEP
+    busy_slots_per_step: int = BUSY_SLOTS_PER_STEP
     migrate_timeout_ms: int = mover.MIGRATE_TIMEOUT_MS
     batch_bytes: int = mover.Tuning.batch_bytes
     big_key_bytes: int = mover.Tuning.big_key_bytes
@@ -286,11 +289,28 @@ class Executor:
         # A new SlotTable validates the marks now (source == owner) rather than a proxy rejecting them.
         return SlotTable(table.ranges, (*table.migrating, *moves))
 
+    def _cut_if_busy(self, state: ReshardState, step: int) -> ReshardState:
+        """While clients use the sources, ``step`` is cut to ``busy_slots_per_step`` slots before it is marked.
+
+        Recorded with the mark (the steps are part of the record), so a resumed run goes on from there.
+        """
+        limit = self.options.busy_slots_per_step
+        moves = state.steps[step]
+        if self.mover is None or not self.mover.pace.busy or sum(m.size for m in moves) <= limit:
+            return state
+        head, rest = cut_step(moves, limit)
+        log.info("reshard_step_cut", step=step + 1, slots=limit, rest=sum(m.size for m in rest),
+                 reason="clients are using the sources")
+        return state.at(steps=(*state.steps[:step], tuple(head), tuple(rest), *state.steps[step + 1:]))
+
     def _mark(self, cur: Versioned[ReshardState], step: int) -> Versioned[ReshardState]:
+        if self.mover is None and not cur.value.no_data:
+            self.mover = self._start_mover(cur.value)  # the sources watched: is the step to be cut?
+        state = self._cut_if_busy(cur.value, step)
         slots = self.store.read_slots()
-        new_table = self._marked(cur.value, slots.value, step)
-        phase = "committed" if cur.value.no_data else "marked"
-        state = cur.value.at(step=step, phase=phase, version=slots.version + 1)
+        new_table = self._marked(state, slots.value, step)
+        phase = "committed" if state.no_data else "marked"
+        state = state.at(step=step, phase=phase, version=slots.version + 1)
         self._commit_ops([
             Set(self.slots_path, new_table.encode(), slots.version),
             Set(self.path, state.encode(), cur.version),
@@ -362,9 +382,10 @@ class Executor:
                     "rebalance again")
 
     def _start_mover(self, state: ReshardState) -> mover.KeyMover:
-        """The movers of this run: each source is read once, for this step and every later one."""
+        """The movers of this run: each source is read once, for this step and every later one, and watched."""
+        # This step's slots too: cut while clients are busy, its rest becomes a later step.
         later: dict[str, set[int]] = {}
-        for step in state.steps[state.step + 1:]:
+        for step in state.steps[state.step:]:
             for m in step:
                 later.setdefault(m.source, set()).update(range(m.lo, m.hi + 1))
         moving: dict[str, int] = {}
@@ -380,6 +401,10 @@ class Executor:
             except Exception:  # noqa: BLE001 - only the ETA suffers
                 size = 0
             self.keys_total += mover.estimate(size, n, counts.get(gid, 0))
+        try:
+            keymover.submit(keymover.watch({g: masters[g] for g in moving if g in masters})).result(5)
+        except Exception as exc:  # noqa: BLE001 - without a verdict the pace says idle until it knows better
+            log.warning("reshard_pace_unknown", error=str(exc))
         return keymover
 
     def _tuning(self) -> mover.Tuning:
@@ -471,6 +496,7 @@ class Executor:
         if not last:
             # Marking the next step in the same transaction saves a barrier per step: a proxy that
             # sees this record before the table holds the old step's slots for those milliseconds.
+            state = self._cut_if_busy(state, state.step + 1)
             new_table = self._marked(state, new_table, state.step + 1)
             state = state.at(step=state.step + 1, phase="marked")
         self._commit_ops([

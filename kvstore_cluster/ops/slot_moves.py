@@ -105,6 +105,9 @@ def split_steps(moves: Sequence[Migration], slots_per_step: int) -> list[list[Mi
     total = sum(m.size for m in moves)
     if not total:
         return []
+    if slots_per_step < len(pairs):  # a share of every pair would not fit in one step: one pair per step
+        return [share for ms in pairs.values()
+                for share in _take_shares(list(ms), -(-sum(m.size for m in ms) // slots_per_step))]
     nsteps = -(-total // slots_per_step)
     while True:
         steps = [_take_shares(list(ms), nsteps) for ms in pairs.values()]
@@ -113,6 +116,23 @@ def split_steps(moves: Sequence[Migration], slots_per_step: int) -> list[list[Mi
         if all(sum(m.size for m in step) <= slots_per_step for step in merged):
             return [step for step in merged if step]
         nsteps += 1  # shares rounded up in the same steps overflowed one: spread them thinner
+
+
+def cut_step(step: Sequence[Migration], slots: int) -> tuple[list[Migration], list[Migration]]:
+    """``step`` cut in two: a first part of at most ``slots`` slots (a share of every pair) and the rest.
+
+    The executor cuts the step it marks next while clients are busy (ops/pace.py); the rest is
+    cut again when its turn comes, or not, if the clients have gone.
+    """
+    parts = split_steps(step, slots)
+    rest: dict[tuple[str, str], list[Migration]] = {}
+    for m in sorted((m for part in parts[1:] for m in part), key=lambda m: (m.source, m.target, m.lo)):
+        pair = rest.setdefault((m.source, m.target), [])
+        if pair and pair[-1].hi + 1 == m.lo:
+            pair[-1] = Migration(pair[-1].lo, m.hi, m.source, m.target)  # shares of one range: whole again
+        else:
+            pair.append(m)
+    return parts[0], sorted((m for pair in rest.values() for m in pair), key=lambda m: (m.lo, m.source, m.target))
 
 
 def _take_shares(moves: list[Migration], nsteps: int) -> list[list[Migration]]:

@@ -1,4 +1,4 @@
-"""The key mover against real redis-servers: one read of the source for every step, writes tracked between steps."""
+"""The key mover against real redis-servers: one read of the source for every step, new keys tracked between steps."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_a_lost_tracker_makes_the_next_step_read_the_source_again(redis_factory)
     late = keys_in_slots(*STEP2, 50, "late")
 
     def lose_tracker() -> None:
-        tracking = [c for c in a.client_list() if "t" in c["flags"]]
+        tracking = [c for c in a.client_list() if "P" in c["flags"]]  # the subscribed connection
         assert len(tracking) == 1
         a.client_kill_filter(_id=tracking[0]["id"])
         for k in late:  # written while nobody tracks: only a new pass finds them
@@ -76,3 +76,57 @@ def test_a_lost_tracker_makes_the_next_step_read_the_source_again(redis_factory)
     progress = _run_two_steps(a, src.address, dst.address, lose_tracker)
     assert progress.scans == 2
     assert a.dbsize() == 0 and b.dbsize() == 650
+
+
+def test_new_key_flags_are_added_for_the_move_and_taken_away_after(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    src, dst = redis_factory.start(), redis_factory.start()
+    a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
+    a.config_set("notify-keyspace-events", "Kx")  # an application's own keyspace notifications
+    for k in keys_in_slots(*STEP1, 300, "one") + keys_in_slots(*STEP2, 300, "two"):
+        a.set(k, b"v")
+    seen: list[str] = []
+
+    def look() -> None:
+        seen.append(a.config_get("notify-keyspace-events")["notify-keyspace-events"])
+
+    progress = _run_two_steps(a, src.address, dst.address, look)
+    assert progress.scans == 1
+    assert set(seen[0]) == set("KxEn")  # while the mover tracks new keys
+    assert set(a.config_get("notify-keyspace-events")["notify-keyspace-events"]) == set("Kx")
+    assert a.dbsize() == 0 and b.dbsize() == 600
+
+
+def test_flags_changed_under_the_tracker_make_the_next_step_read_the_source_again(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    src, dst = redis_factory.start(), redis_factory.start()
+    a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
+    for k in keys_in_slots(*STEP1, 300, "one") + keys_in_slots(*STEP2, 300, "two"):
+        a.set(k, b"v")
+    late = keys_in_slots(*STEP2, 50, "late")
+
+    def turn_events_off() -> None:
+        a.config_set("notify-keyspace-events", "")
+        for k in late:  # created while the node says nothing about new keys
+            a.set(k, b"late")
+
+    progress = _run_two_steps(a, src.address, dst.address, turn_events_off)
+    assert progress.scans == 2
+    assert a.dbsize() == 0 and b.dbsize() == 650
+
+
+def test_flags_a_dead_mover_left_are_taken_away_by_the_next_one(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    src, dst = redis_factory.start(), redis_factory.start()
+    a = redis.Redis(port=src.port)
+    a.config_set("notify-keyspace-events", "Ex")
+    for k in keys_in_slots(*STEP1, 300, "one") + keys_in_slots(*STEP2, 300, "two"):
+        a.set(k, b"v")
+
+    async def die_tracking() -> None:
+        mover = SourceMover(src.address, set(range(STEP2[0], STEP2[1] + 1)), Tuning(), Progress())
+        await mover.move(_targets((300, 399), dst.address), _allowed)  # no key there: the flags are what counts
+        assert mover.tracker is not None
+        mover.tracker._writer = None  # type: ignore[attr-defined]  # dies: nobody takes the flags away
+
+    asyncio.run(die_tracking())
+    assert set(a.config_get("notify-keyspace-events")["notify-keyspace-events"]) == set("Exn")
+    _run_two_steps(a, src.address, dst.address, lambda: None)
+    assert set(a.config_get("notify-keyspace-events")["notify-keyspace-events"]) == set("Ex")

@@ -58,13 +58,16 @@ def test_a_rebalance_under_client_load_is_paced_and_loses_nothing_and_an_idle_on
         deadline = time.monotonic() + 10
         while writer.count < 2000 and time.monotonic() < deadline:
             time.sleep(0.01)
-        busy = admin_process(c.zk_hosts, "rebalance", "--json", "--busy-rate", "4000", cluster=c.tc.name, timeout=120)
+        # One step planned: while clients are busy it is cut to --busy-slots-per-step slots.
+        busy = admin_process(c.zk_hosts, "rebalance", "--json", "--busy-rate", "4000", "--slots-per-step", "16384",
+                             "--busy-slots-per-step", "2000",
+                             cluster=c.tc.name, timeout=120)
         assert busy.returncode == 0, busy.stderr
         stop.set()
         writer.join(30)
         # No clients now: the way back goes at full speed.
         idle = admin_process(c.zk_hosts, "rebalance", "--drain", "g3", "--json", "--busy-rate", "4000",
-                             cluster=c.tc.name, timeout=120)
+                             "--slots-per-step", "16384", cluster=c.tc.name, timeout=120)
         assert idle.returncode == 0, idle.stderr
     finally:
         stop.set()
@@ -74,6 +77,7 @@ def test_a_rebalance_under_client_load_is_paced_and_loses_nothing_and_an_idle_on
     assert paced["keys_moved"] >= 6000
     assert paced["keys_moved_paced"] > 0, paced  # the writer was seen as clients
     assert unpaced["keys_moved"] >= paced["keys_moved"] and unpaced["keys_moved_paced"] == 0, unpaced
+    assert paced["steps"] >= 2 and unpaced["steps"] == 1, (paced["steps"], unpaced["steps"])
     owners_after = c.owners()
     direct = {gid: c.master(gid) for gid in ("g1", "g2", "g3")}
 

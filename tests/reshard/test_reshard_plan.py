@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from kvstore_cluster.model import Migration, even_split
 from kvstore_cluster.ops.errors import PlanError
-from kvstore_cluster.ops.slot_moves import apply_moves, rebalance_moves, reshard_moves, split_steps
+from kvstore_cluster.ops.slot_moves import apply_moves, cut_step, rebalance_moves, reshard_moves, split_steps
 from kvstore_cluster.slots import SLOT_COUNT
 
 
@@ -105,6 +105,19 @@ def test_split_steps_cuts_ranges_to_the_step_size_and_keeps_every_slot() -> None
     many = [Migration(i * 10, i * 10 + 6, f"g{i}", "g9") for i in range(8)]
     assert all(sum(m.size for m in s) <= 10 for s in split_steps(many, 10))
     assert sum(m.size for s in split_steps(many, 10) for m in s) == 56
+
+
+def test_cut_step_takes_a_share_of_every_pair_first_and_keeps_the_rest_whole() -> None:
+    step = [Migration(0, 999, "g1", "g3"), Migration(5000, 5499, "g2", "g3")]
+    head, rest = cut_step(step, 30)
+    assert sum(m.size for m in head) <= 30 and {m.source for m in head} == {"g1", "g2"}
+    assert rest == [Migration(head[0].hi + 1, 999, "g1", "g3"), Migration(head[1].hi + 1, 5499, "g2", "g3")]
+    assert sorted(s for m in head + rest for s in range(m.lo, m.hi + 1)) == [*range(0, 1000), *range(5000, 5500)]
+    # Fewer slots than pairs: one pair at a time (a share of each would never fit).
+    assert cut_step(step, 1) == ([Migration(0, 0, "g1", "g3")], [Migration(1, 999, "g1", "g3"), *step[1:]])
+    assert [len(s) for s in split_steps(step, 1)] == [1] * 1500
+    # A step already small enough has no rest.
+    assert cut_step(step, 1500) == (sorted(step, key=lambda m: m.lo), [])
 
 
 GROUPS = [f"g{i}" for i in range(1, 7)]

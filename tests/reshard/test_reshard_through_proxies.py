@@ -105,8 +105,11 @@ def test_8000_slots_move_back_and_forth_twice_under_load_through_two_proxies(clu
         for _ in range(2):
             for target in ("g2", "g1"):
                 # A process of its own, as in production (in-process it would share the GIL with the load).
+                # The workload creates keys in every slot; on a quiet machine faster than the default
+                # busy rate moves them, so that rate would make each reshard chase them for minutes.
                 result = admin_process(c.zk_hosts, "reshard", "--slots", "0-7999", "--to", target, "--json",
-                                       "--slots-per-step", "2000", "--timeout", "20", cluster=c.tc.name)
+                                       "--slots-per-step", "2000", "--busy-slots-per-step", "2000",
+                                       "--busy-rate", "10000", "--timeout", "20", cluster=c.tc.name)
                 assert result.returncode == 0, result.stderr
                 assert not any(w.problems for w in workers), [w.problems[:3] for w in workers]
         elapsed = time.monotonic() - began
