@@ -327,7 +327,7 @@ move_options = [
     click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
                  help="Seconds to wait for every proxy to apply each slots change (barrier)."),
     click.option("--slots-per-step", type=click.IntRange(min=1), default=reshard.DEFAULT_SLOTS_PER_STEP,
-                 show_default=True, help="Slots marked migrating at once."),
+                 show_default=True, help="Slots marked migrating at once while no client uses the source groups."),
     click.option("--busy-slots-per-step", type=click.IntRange(min=1), default=reshard.BUSY_SLOTS_PER_STEP,
                  show_default=True,
                  help="Slots marked migrating at once while clients use the source groups (each request for a "

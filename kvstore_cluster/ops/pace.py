@@ -25,7 +25,7 @@ import structlog
 
 log = structlog.get_logger("kvstore.ops.pace")
 
-BUSY_RATE = 2_000  # keys/s at most while clients use the sources (0: always full speed)
+BUSY_RATE = 1_000  # keys/s at most while clients use the sources (0: always full speed; docs/design.md)
 BUSY_BYTES_PER_SECOND = 64 << 10  # client requests reaching a source above this: clients are active
 BUSY_BATCH = 100  # keys per take while clients are active (each take blocks the source for its length)
 SAMPLE_SECONDS = 0.25  # how often each source's traffic is read
