@@ -8,6 +8,7 @@ import redis
 from reshard_helpers import keys_in_slots
 
 from kvstore_cluster.ops.mover import Progress, SourceMover, Tuning
+from kvstore_cluster.ops.new_keys import missing_flags, without_flags
 
 STEP1, STEP2 = (0, 99), (100, 199)
 
@@ -130,3 +131,10 @@ def test_flags_a_dead_mover_left_are_taken_away_by_the_next_one(redis_factory) -
     assert set(a.config_get("notify-keyspace-events")["notify-keyspace-events"]) == set("Exn")
     _run_two_steps(a, src.address, dst.address, lambda: None)
     assert set(a.config_get("notify-keyspace-events")["notify-keyspace-events"]) == set("Ex")
+
+
+def test_the_tracker_adds_only_missing_flags_and_takes_away_only_its_own() -> None:
+    assert missing_flags("") == "En" and missing_flags("AKE") == "n" and missing_flags("KEnx") == ""
+    assert without_flags("KxEn", "En") == "Kx"
+    assert without_flags("AKEn", "n") == "AKE"  # "E" was the application's: it stays
+    assert without_flags("Kx", "En") == "Kx"  # someone took ours away already
