@@ -137,7 +137,7 @@ import-bench: $(STAMP)
 
 # make bench-reshard: kvstore-admin rebalance of 600,000 keys onto a third group timed from start to
 # exit, clients' ops/s and p99 through the proxy during vs before, the longest stall of a server while
-# a 1,000,000-field hash moves (tools/reshard_bench.py; README "Resharding figures"), a few minutes.
+# a 1,000,000-field hash moves (tools/reshard_bench.py; README "Resharding while serving"), a few minutes.
 # Writes bench/results/reshard.json; RESHARD_BENCH_ARGS="--keys N --rounds N ... -- --batch N" to vary.
 RESHARD_BENCH_ARGS ?=
 

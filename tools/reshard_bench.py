@@ -1,4 +1,4 @@
-"""Measure resharding the way an operator meets it (``make bench-reshard``; README "Resharding figures").
+"""Measure resharding the way an operator meets it (``make bench-reshard``; README "Resharding while serving").
 
 Starts ZooKeeper, three redis-servers and one kvstore-proxy (loopback, free ports), puts N keys of
 100 bytes on groups g1 and g2, then:

@@ -64,7 +64,7 @@ from kvstore_cluster.store import Check, ClusterStore, CorruptData, Create, Dele
 
 log = structlog.get_logger("kvstore.ops.reshard")
 
-DEFAULT_SLOTS_PER_STEP = 4096  # without clients: fewer barriers (docs/design.md, "Resharding figures")
+DEFAULT_SLOTS_PER_STEP = 4096  # without clients: fewer barriers (measured: docs/design.md, "Resharding")
 # While clients use the sources: the step size measured to keep them served (ops/pace.py).
 BUSY_SLOTS_PER_STEP = 1024
 DEFAULTS = mover.Tuning()  # batch sizes and parallelism (tuned by measurement: docs/design.md)
