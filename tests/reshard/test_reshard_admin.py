@@ -291,6 +291,7 @@ def test_datastore_reshard_moves_master_to_master_and_replicas_follow(cluster) -
 
 def test_bad_reshard_requests_are_refused_with_exit_1(cluster) -> None:  # type: ignore[no-untyped-def]
     c = cluster(groups=2)
+    owners_before = c.owners()
     unknown = c.admin("reshard", "--slots", "0-9", "--to", "g9")
     assert unknown.exit_code == 1 and "unknown group 'g9'" in unknown.stderr
     bad = c.admin("reshard", "--slots", "0-99999", "--to", "g2")
@@ -302,6 +303,10 @@ def test_bad_reshard_requests_are_refused_with_exit_1(cluster) -> None:  # type:
     assert "no reshard in progress; nothing to resume" in c.admin("reshard", "--resume").stdout
     drain = c.admin("rebalance", "--drain", "g7")
     assert drain.exit_code == 1 and "unknown group 'g7'" in drain.stderr
+    for flag, value in (("--busy-slots-per-step", "0"), ("--slots-per-step", "x"), ("--busy-rate", "-1")):
+        refused = c.admin("rebalance", flag, value)
+        assert refused.exit_code == 2 and f"Invalid value for '{flag}'" in refused.stderr, refused.stderr
+    assert c.owners() == owners_before  # nothing moved
 
 
 def test_a_reshard_whose_marks_were_dropped_stops_before_moving_a_key(cluster) -> None:  # type: ignore[no-untyped-def]
