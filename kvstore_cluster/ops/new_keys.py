@@ -121,7 +121,12 @@ class NewKeyTracker:
 
     async def fence(self) -> None:
         """Return once every key the node created before now has been passed to ``on_keys``."""
-        if missing_flags(await _flags(self._control)):
+        try:
+            flags = await _flags(self._control)
+        except NodeError as exc:
+            self._lose(f"notify-keyspace-events could not be checked ({exc})")
+            raise
+        if missing_flags(flags):
             self._lose("notify-keyspace-events no longer has the flags E and n (changed by someone else)")
         await self._call(["PING"], "PING")
 

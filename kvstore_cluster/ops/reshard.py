@@ -305,7 +305,7 @@ class Executor:
 
     def _mark(self, cur: Versioned[ReshardState], step: int) -> Versioned[ReshardState]:
         if self.mover is None and not cur.value.no_data:
-            self.mover = self._start_mover(cur.value)  # the sources watched: is the step to be cut?
+            self.mover = self._start_mover(cur.value.at(step=step))  # the sources watched: is the step to be cut?
         state = self._cut_if_busy(cur.value, step)
         slots = self.store.read_slots()
         new_table = self._marked(state, slots.value, step)

@@ -38,6 +38,21 @@ def _run_two_steps(source: redis.Redis, source_address: str, target_address: str
     return progress
 
 
+def _source_with_two_steps(redis_factory, events: str | None = None):  # type: ignore[no-untyped-def]
+    """A source holding 300 keys in each step's slots (and ``notify-keyspace-events``), an empty target."""
+    src, dst = redis_factory.start(), redis_factory.start()
+    a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
+    if events is not None:
+        a.config_set("notify-keyspace-events", events)
+    for k in keys_in_slots(*STEP1, 300, "one") + keys_in_slots(*STEP2, 300, "two"):
+        a.set(k, b"v")
+    return src, dst, a, b
+
+
+def _events(node: redis.Redis) -> set[str]:
+    return set(node.config_get("notify-keyspace-events")["notify-keyspace-events"])
+
+
 def test_keys_written_after_the_pass_move_with_their_step_without_reading_the_source_again(redis_factory) -> None:  # type: ignore[no-untyped-def]
     src, dst = redis_factory.start(), redis_factory.start()
     a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
@@ -60,11 +75,7 @@ def test_keys_written_after_the_pass_move_with_their_step_without_reading_the_so
 
 
 def test_a_lost_tracker_makes_the_next_step_read_the_source_again(redis_factory) -> None:  # type: ignore[no-untyped-def]
-    src, dst = redis_factory.start(), redis_factory.start()
-    a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
-    first, second = keys_in_slots(*STEP1, 300, "one"), keys_in_slots(*STEP2, 300, "two")
-    for k in first + second:
-        a.set(k, b"v")
+    src, dst, a, b = _source_with_two_steps(redis_factory)
     late = keys_in_slots(*STEP2, 50, "late")
 
     def lose_tracker() -> None:
@@ -80,28 +91,18 @@ def test_a_lost_tracker_makes_the_next_step_read_the_source_again(redis_factory)
 
 
 def test_new_key_flags_are_added_for_the_move_and_taken_away_after(redis_factory) -> None:  # type: ignore[no-untyped-def]
-    src, dst = redis_factory.start(), redis_factory.start()
-    a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
-    a.config_set("notify-keyspace-events", "Kx")  # an application's own keyspace notifications
-    for k in keys_in_slots(*STEP1, 300, "one") + keys_in_slots(*STEP2, 300, "two"):
-        a.set(k, b"v")
-    seen: list[str] = []
+    src, dst, a, b = _source_with_two_steps(redis_factory, "Kx")  # an application's own keyspace notifications
+    seen: list[set[str]] = []
 
-    def look() -> None:
-        seen.append(a.config_get("notify-keyspace-events")["notify-keyspace-events"])
-
-    progress = _run_two_steps(a, src.address, dst.address, look)
+    progress = _run_two_steps(a, src.address, dst.address, lambda: seen.append(_events(a)))
     assert progress.scans == 1
-    assert set(seen[0]) == set("KxEn")  # while the mover tracks new keys
-    assert set(a.config_get("notify-keyspace-events")["notify-keyspace-events"]) == set("Kx")
+    assert seen == [set("KxEn")]  # while the mover tracks new keys
+    assert _events(a) == set("Kx")
     assert a.dbsize() == 0 and b.dbsize() == 600
 
 
 def test_flags_changed_under_the_tracker_make_the_next_step_read_the_source_again(redis_factory) -> None:  # type: ignore[no-untyped-def]
-    src, dst = redis_factory.start(), redis_factory.start()
-    a, b = redis.Redis(port=src.port), redis.Redis(port=dst.port)
-    for k in keys_in_slots(*STEP1, 300, "one") + keys_in_slots(*STEP2, 300, "two"):
-        a.set(k, b"v")
+    src, dst, a, b = _source_with_two_steps(redis_factory)
     late = keys_in_slots(*STEP2, 50, "late")
 
     def turn_events_off() -> None:
@@ -115,11 +116,7 @@ def test_flags_changed_under_the_tracker_make_the_next_step_read_the_source_agai
 
 
 def test_flags_a_dead_mover_left_are_taken_away_by_the_next_one(redis_factory) -> None:  # type: ignore[no-untyped-def]
-    src, dst = redis_factory.start(), redis_factory.start()
-    a = redis.Redis(port=src.port)
-    a.config_set("notify-keyspace-events", "Ex")
-    for k in keys_in_slots(*STEP1, 300, "one") + keys_in_slots(*STEP2, 300, "two"):
-        a.set(k, b"v")
+    src, dst, a, _ = _source_with_two_steps(redis_factory, "Ex")
 
     async def die_tracking() -> None:
         mover = SourceMover(src.address, set(range(STEP2[0], STEP2[1] + 1)), Tuning(), Progress())
@@ -128,9 +125,24 @@ def test_flags_a_dead_mover_left_are_taken_away_by_the_next_one(redis_factory) -
         mover.tracker._writer = None  # type: ignore[attr-defined]  # dies: nobody takes the flags away
 
     asyncio.run(die_tracking())
-    assert set(a.config_get("notify-keyspace-events")["notify-keyspace-events"]) == set("Exn")
+    assert _events(a) == set("Exn")
     _run_two_steps(a, src.address, dst.address, lambda: None)
-    assert set(a.config_get("notify-keyspace-events")["notify-keyspace-events"]) == set("Ex")
+    assert _events(a) == set("Ex")
+
+
+def test_a_fence_that_cannot_check_the_flags_makes_the_next_step_read_the_source_again(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    src, dst, a, b = _source_with_two_steps(redis_factory)
+
+    def drop_the_flags_check() -> None:
+        # The tracker's other connection (the one reading notify-keyspace-events) goes away:
+        # without that check the fence cannot vouch for the keys.
+        control = [c for c in a.client_list() if c["cmd"].startswith("config")]
+        assert len(control) == 1
+        a.client_kill_filter(_id=control[0]["id"])
+
+    progress = _run_two_steps(a, src.address, dst.address, drop_the_flags_check)
+    assert progress.scans == 2
+    assert a.dbsize() == 0 and b.dbsize() == 600
 
 
 def test_the_tracker_adds_only_missing_flags_and_takes_away_only_its_own() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvstore_cluster.ops.pace import BUSY_BATCH, BUSY_BYTES_PER_SECOND, HOLD_SECONDS, Pace, Sample
+from kvstore_cluster.ops.pace import BUSY_BATCH, BUSY_BYTES_PER_SECOND, BUSY_SCAN_COUNT, HOLD_SECONDS, Pace, Sample
 
 
 class Clock:
@@ -34,12 +34,14 @@ def test_only_the_movers_own_traffic_keeps_full_speed_even_with_requests_in_flig
 def test_client_traffic_above_the_threshold_paces_the_movers_until_it_stops() -> None:
     pace, clock = _pace(rate=1000)
     pace.observe("a", Sample(clock.now, 0, 0, 0))
+    assert "a" not in pace.judged and pace.scan_count(2000) == 2000  # one reading: no verdict yet
     clock.now += 0.25
     received = int(BUSY_BYTES_PER_SECOND * 0.25 * 2)  # twice the threshold, none of it ours
     assert pace.observe("a", Sample(clock.now, received, 0, 0)) == received / 0.25
-    assert pace.busy
+    assert pace.busy and "a" in pace.judged
     assert pace.batch(500) == BUSY_BATCH
     assert pace.batch(10) == 10
+    assert pace.scan_count(2000) == BUSY_SCAN_COUNT and pace.scan_count(100) == 100
     # 1000 keys/s: takes of 100 keys start 0.1 s apart.
     assert pace.delay(100) == 0.0
     assert abs(pace.delay(100) - 0.1) < 1e-9
@@ -50,6 +52,7 @@ def test_client_traffic_above_the_threshold_paces_the_movers_until_it_stops() ->
     clock.now += 0.02
     assert not pace.busy
     assert pace.delay(500) == 0.0
+    assert pace.scan_count(2000) == 2000
 
 
 def test_traffic_below_the_threshold_or_a_restarted_node_does_not_pace() -> None:
